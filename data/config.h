@@ -1,0 +1,78 @@
+// The `tokenizer` and `data` config sections.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "parallel/config_fields.h"
+
+namespace ftune::data {
+
+struct TokenizerConfig {
+  std::string path;  // HF model dir or tokenizer.json; empty = model.path
+
+  template <class V>
+  void VisitFields(V& v) {
+    v("path", path, "HF model directory or tokenizer.json file; empty = model.path");
+  }
+  void Validate() const {}
+};
+
+struct SplitConfig {
+  double test_ratio = 0.1;   // fraction of records held out for test (used when test_count < 0)
+  int64_t test_count = -1;   // exact number of test records; -1 = use test_ratio
+  int64_t seed = 1234;       // the split is a deterministic function of this seed
+  bool dedup = false;        // drop exact duplicate records before splitting
+
+  template <class V>
+  void VisitFields(V& v) {
+    v("test_ratio", test_ratio, "fraction of records held out for the test split");
+    v("test_count", test_count, "exact number of test records; -1 = use test_ratio");
+    v("seed", seed, "seed of the deterministic train/test split");
+    v("dedup", dedup, "drop exact duplicate records before splitting");
+  }
+  void Validate() const {
+    CheckRange("test_ratio", test_ratio, 0.0, 1.0);
+    if (test_count < -1) throw ConfigKeyError("test_count", "must be >= 0 or -1");
+  }
+};
+
+struct DataConfig {
+  std::vector<std::string> inputs;      // JSONL files or globs
+  std::string format = "auto";          // auto | text | qa | alpaca | chat
+  std::string template_name = "auto";   // auto | none | qa | alpaca | llama3-chat | inline text with {field}
+  std::string dir = "data";             // prepared shards, relative to run.output_dir unless absolute
+  int64_t max_seq_len = 512;            // tokens per example (prepare) and per row (training)
+  std::string overlong = "truncate";    // truncate | drop examples longer than max_seq_len
+  bool train_on_prompt = false;         // loss on prompt tokens too (default: response only)
+  bool packing = false;                 // concatenate examples into full rows (else pad each)
+  bool strict = false;                  // stop at the first bad record instead of skipping it
+  int64_t shard_tokens = 1 << 22;       // tokens per HDF5 shard file
+  int64_t shuffle_seed = 1234;          // per-epoch shuffling of training samples
+  SplitConfig split;
+
+  template <class V>
+  void VisitFields(V& v) {
+    v("inputs", inputs, "JSONL files or glob patterns");
+    v("format", format, "auto | text | qa | alpaca | chat");
+    v("template", template_name, "auto | none | qa | alpaca | llama3-chat | inline '{field}' text");
+    v("dir", dir, "directory of prepared shards (relative to run.output_dir unless absolute)");
+    v("max_seq_len", max_seq_len, "maximum tokens per example and per training row");
+    v("overlong", overlong, "truncate | drop examples longer than max_seq_len");
+    v("train_on_prompt", train_on_prompt, "compute the loss on prompt tokens too");
+    v("packing", packing, "pack several examples into each row");
+    v("strict", strict, "stop at the first bad record instead of skipping it");
+    v("shard_tokens", shard_tokens, "tokens per HDF5 shard file");
+    v("shuffle_seed", shuffle_seed, "seed of the per-epoch shuffle of training samples");
+    v("split", split, "train/test split");
+  }
+  void Validate() const {
+    CheckOneOf("format", format, {"auto", "text", "qa", "alpaca", "chat"});
+    CheckRange<int64_t>("max_seq_len", max_seq_len, 8, 1 << 20);
+    CheckOneOf("overlong", overlong, {"truncate", "drop"});
+    CheckRange<int64_t>("shard_tokens", shard_tokens, 1024, int64_t(1) << 40);
+  }
+};
+
+}  // namespace ftune::data

@@ -1,0 +1,91 @@
+// `ftune env`: what each rank sees (placement, device, threads, library versions).
+#include <fmt/format.h>
+
+#include "launch/commands.h"
+#include "parallel/communicator.h"
+#include "runtime/log.h"
+
+namespace ftune::launch {
+namespace {
+
+// Gathers one string per rank on every rank, in rank order.
+std::vector<std::string> GatherStrings(parallel::Communicator& comm, const std::string& mine) {
+  auto len = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
+  auto lens = torch::empty({comm.size()}, torch::kLong);
+  comm.AllGather(len, lens)->Wait();
+  std::vector<int64_t> counts(lens.data_ptr<int64_t>(), lens.data_ptr<int64_t>() + comm.size());
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  auto in = torch::empty({static_cast<int64_t>(mine.size())}, torch::kByte);
+  std::memcpy(in.data_ptr(), mine.data(), mine.size());
+  auto out = torch::empty({total}, torch::kByte);
+  comm.AllGatherV(in, out, counts)->Wait();
+  std::vector<std::string> result;
+  int64_t off = 0;
+  for (auto c : counts) {
+    result.emplace_back(reinterpret_cast<const char*>(out.data_ptr<uint8_t>()) + off, c);
+    off += c;
+  }
+  return result;
+}
+
+}  // namespace
+
+void AddCommonOptions(CLI::App* sub, runtime::CommonArgs& args) {
+  sub->add_option("--config,-c", args.config_path, "YAML config file")->check(CLI::ExistingFile);
+  sub->add_option("--set", args.overrides, "override a config key: --set train.steps=10")
+      ->allow_extra_args(false);
+}
+
+void AddEnvCommand(CLI::App& app, runtime::World& world) {
+  auto* sub = app.add_subcommand(
+      "env", "print each rank's placement, device and library versions (and, with --config, "
+             "check and print the resolved config)");
+  static runtime::CommonArgs args;
+  AddCommonOptions(sub, args);
+  sub->callback([&world]() {
+    if (!args.config_path.empty() || !args.overrides.empty()) {
+      runtime::SetUpRun(world, args, {world.world_size(), false}, "env");
+    }
+    const std::string line = fmt::format(
+        "rank {}/{} | local rank {}/{} | host {} | device {} | torch threads {}", world.rank(),
+        world.world_size(), world.local_rank(), world.local_size(), world.host(),
+        world.device().str(), world.threads());
+    auto lines = GatherStrings(world.comm(), line);
+    if (world.rank() != 0) return;
+    fmt::print("ftune env\n");
+    fmt::print("  libtorch {} | MPI: {} (thread level {}) | HDF5 {} | NCCL {}\n",
+               runtime::TorchVersion(), parallel::MpiLibraryVersion(), world.mpi_thread_level(),
+               runtime::HdfVersion(),
+               parallel::HasNccl() ? parallel::NcclVersion() : std::string("not built"));
+    for (const auto& l : lines) fmt::print("  {}\n", l);
+  });
+}
+
+void AddPendingCommands(CLI::App& app, runtime::World& world) {
+  struct Pending {
+    const char* name;
+    const char* help;
+    const char* issue;
+  };
+  static const Pending kPending[] = {
+      {"prepare", "JSONL -> templated, tokenized, split HDF5 shards", "#4 (data)"},
+      {"train", "full-parameter finetuning under mpirun", "#5 (train)"},
+      {"eval", "eval loss, perplexity, exact match, base vs finetuned", "#7 (eval)"},
+      {"generate", "generate answers from a model or checkpoint", "#3 (models)"},
+      {"export", "write a checkpoint as an HF model directory", "#3/#6 (export)"},
+      {"plan", "memory and communication estimate per GPU", "#8 (clusters)"},
+  };
+  for (const auto& p : kPending) {
+    if (app.get_subcommands([&](CLI::App* s) { return s->get_name() == p.name; }).size()) continue;
+    auto* sub = app.add_subcommand(p.name, std::string(p.help) + " [not built yet]");
+    sub->allow_extras();
+    sub->callback([p]() {
+      FT_THROW(Error, "'ftune {}' is not built yet in this version (issue {}); nothing was done",
+               p.name, p.issue);
+    });
+  }
+  (void)world;
+}
+
+}  // namespace ftune::launch

@@ -1,0 +1,77 @@
+// Every difference between the libtorch versions ftune builds against (Debian's
+// 1.13 CPU build, and 2.x builds with CUDA) lives in this one header. It sits in
+// parallel/, the bottom layer, so that every layer (models too) can use it.
+#pragma once
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <string>
+
+#ifdef FTUNE_WITH_NCCL  // defined exactly when libtorch has CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#define FTUNE_HAS_C10_CUDA 1
+#endif
+
+namespace ftune::compat {
+
+inline std::string TorchVersion() { return TORCH_VERSION; }
+
+inline constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
+
+inline bool CudaAvailable() { return torch::cuda::is_available(); }
+inline int CudaDeviceCount() { return static_cast<int>(torch::cuda::device_count()); }
+inline void SetCudaDevice(int index) {
+#ifdef FTUNE_HAS_C10_CUDA
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+#else
+  (void)index;
+#endif
+}
+
+// Causal self-attention over (B, H, T, D) q and (B, Hkv, T, D) k, v with GQA:
+// on libtorch >= 2.0 through at::scaled_dot_product_attention (flash / memory
+// efficient kernels), on 1.13 through the explicit softmax(QK^T/sqrt(d))V path.
+// `mask` (optional, bool (B|1, 1, T, S), true = attend) replaces the causal mask. With
+// causal and S > T (cached keys) the queries are the last T positions (bottom-right alignment).
+inline torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& mask,
+                               bool causal) {
+  const int64_t h = q.size(1), hkv = k.size(1);
+  torch::Tensor kk = k, vv = v;
+  if (h != hkv) {
+    // (B, Hkv, S, D) -> (B, H, S, D) as an expand+reshape (one copy, no repeat_interleave loop).
+    const int64_t rep = h / hkv;
+    kk = k.unsqueeze(2).expand({k.size(0), hkv, rep, k.size(2), k.size(3)})
+             .reshape({k.size(0), h, k.size(2), k.size(3)});
+    vv = v.unsqueeze(2).expand({v.size(0), hkv, rep, v.size(2), v.size(3)})
+             .reshape({v.size(0), h, v.size(2), v.size(3)});
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  if (mask.defined()) {
+    return at::scaled_dot_product_attention(q, kk, vv, mask, 0.0, false);
+  }
+  const int64_t t = q.size(2), s = kk.size(2);
+  if (causal && t != s) {
+    // SDPA's is_causal aligns the mask top-left; with cached keys (t < s) the queries are the
+    // last t positions, so build the bottom-right aligned mask explicitly.
+    auto keep = torch::ones({t, s}, torch::dtype(torch::kBool).device(q.device())).tril(s - t);
+    return at::scaled_dot_product_attention(q, kk, vv, keep, 0.0, false);
+  }
+  return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0, causal);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto att = torch::matmul(q, kk.transpose(-2, -1)) * scale;  // (B, H, T, S)
+  if (mask.defined()) {
+    att = att.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  } else if (causal) {
+    const int64_t t = q.size(2), s = kk.size(2);
+    auto keep = torch::ones({t, s}, torch::dtype(torch::kBool).device(q.device())).tril(s - t);
+    att = att.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  att = torch::softmax(att.to(torch::kFloat), -1).to(q.scalar_type());
+  return torch::matmul(att, vv);
+#endif
+}
+
+}  // namespace ftune::compat

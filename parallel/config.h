@@ -1,0 +1,38 @@
+// The `parallel` config section: how ranks are laid out and synchronised.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "parallel/config_fields.h"
+
+namespace ftune::parallel {
+
+struct ParallelConfig {
+  int64_t dp = -1;          // data-parallel ranks; -1 = world_size / tp
+  int64_t tp = 1;           // tensor-parallel ranks (Megatron style) per model replica
+  int64_t zero = 0;         // ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters
+  double bucket_mb = 25.0;  // gradient all-reduce bucket size; larger = fewer, bigger messages
+  std::string backend = "auto";  // auto (nccl for CUDA tensors, mpi for CPU), mpi, nccl
+  double timeout_s = 300;   // a collective waiting longer than this aborts the job (lost rank)
+
+  template <class V>
+  void VisitFields(V& v) {
+    v("dp", dp, "data-parallel ranks; -1 = world_size / tp");
+    v("tp", tp, "tensor-parallel ranks per model replica");
+    v("zero", zero, "ZeRO stage 0-3 (optimizer state, +grads, +params sharded over dp)");
+    v("bucket_mb", bucket_mb, "gradient all-reduce bucket size in MB");
+    v("backend", backend, "auto | mpi | nccl");
+    v("timeout_s", timeout_s, "seconds a collective may wait before the job aborts");
+  }
+  void Validate() const {
+    if (dp != -1 && dp < 1) throw ConfigKeyError("dp", "must be >= 1 or -1 (auto)");
+    CheckRange<int64_t>("tp", tp, 1, 1 << 16);
+    CheckRange<int64_t>("zero", zero, 0, 3);
+    CheckRange("bucket_mb", bucket_mb, 0.001, 1e6);
+    CheckOneOf("backend", backend, {"auto", "mpi", "nccl"});
+    CheckRange("timeout_s", timeout_s, 1.0, 1e7);
+  }
+};
+
+}  // namespace ftune::parallel

@@ -1,0 +1,21 @@
+// MPI_CHECK: wraps an MPI call, throwing CommError with the call, file:line,
+// rank and MPI's own message. Only parallel/ and runtime/world* include mpi.h.
+#pragma once
+
+#include <mpi.h>
+
+#include "parallel/error.h"
+
+namespace ftune::parallel {
+
+[[noreturn]] void ThrowMpiError(int code, const char* call, const char* file, int line);
+
+}  // namespace ftune::parallel
+
+#define MPI_CHECK(call)                                                           \
+  do {                                                                            \
+    int ft_mpi_rc_ = (call);                                                      \
+    if (ft_mpi_rc_ != MPI_SUCCESS) {                                              \
+      ::ftune::parallel::ThrowMpiError(ft_mpi_rc_, #call, __FILE__, __LINE__);    \
+    }                                                                             \
+  } while (0)

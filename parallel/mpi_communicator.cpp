@@ -1,0 +1,320 @@
+// MPI backend of Communicator: non-blocking MPI collectives on CPU tensors.
+#include <unistd.h>
+
+#include <thread>
+
+#include "parallel/communicator.h"
+#include "parallel/mpi_check.h"
+
+namespace ftune::parallel {
+
+void ThrowMpiError(int code, const char* call, const char* file, int line) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, msg, &len);
+  int rank = -1;
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  throw CommError(fmt::format("{} failed at {}:{} on rank {} ({}): {}", call, file, line, rank,
+                              host, std::string(msg, len)));
+}
+
+namespace {
+
+MPI_Datatype ToMpi(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kInt: return MPI_INT32_T;
+    case at::kLong: return MPI_INT64_T;
+    case at::kByte: return MPI_UINT8_T;
+    default: break;
+  }
+  FT_THROW(CommError, "dtype {} has no MPI type", c10::toString(t));
+}
+
+MPI_Op ToMpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg: return MPI_SUM;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kMin: return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+bool IsHalf(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+void CheckTensor(const at::Tensor& t, const char* what) {
+  if (!t.defined()) FT_THROW(CommError, "{}: tensor is undefined", what);
+  if (!t.device().is_cpu()) {
+    FT_THROW(CommError, "{}: the MPI backend takes CPU tensors, got one on {}", what,
+             t.device().str());
+  }
+  if (!t.is_contiguous()) {
+    FT_THROW(CommError, "{}: tensor of shape {} is not contiguous; call .contiguous() first", what,
+             fmt::join(t.sizes(), "x"));
+  }
+  if (!IsSupportedDtype(t.scalar_type())) {
+    FT_THROW(CommError, "{}: unsupported dtype {}", what, c10::toString(t.scalar_type()));
+  }
+}
+
+void CheckAvg(ReduceOp op, const at::Tensor& t, const char* what) {
+  if (op == ReduceOp::kAvg && !at::isFloatingType(t.scalar_type())) {
+    FT_THROW(CommError, "{}: kAvg needs a floating dtype, got {}", what,
+             c10::toString(t.scalar_type()));
+  }
+}
+
+int CountOf(int64_t n, const char* what) {
+  if (n > std::numeric_limits<int>::max()) {
+    FT_THROW(CommError, "{}: {} elements exceed MPI's int count; split the tensor", what, n);
+  }
+  return static_cast<int>(n);
+}
+
+// Polls an MPI request until done, throwing after `timeout_s` (a lost rank
+// otherwise leaves the survivors blocked forever).
+void WaitRequest(MPI_Request* req, double timeout_s, const std::string& what) {
+  using Clock = std::chrono::steady_clock;
+  auto start = Clock::now();
+  int done = 0;
+  for (int spins = 0;; ++spins) {
+    MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (spins > 64) {
+      // Yield so oversubscribed ranks (more ranks than cores) make progress.
+      std::this_thread::yield();
+      if ((spins & 1023) == 0 &&
+          std::chrono::duration<double>(Clock::now() - start).count() > timeout_s) {
+        FT_THROW(CommError,
+                 "{} did not complete within parallel.timeout_s = {} s: a rank has probably "
+                 "died or stopped calling collectives (see the other ranks' logs)",
+                 what, timeout_s);
+      }
+    }
+  }
+}
+
+class MpiWork : public Work {
+ public:
+  MpiWork(std::string what, double timeout_s) : what_(std::move(what)), timeout_s_(timeout_s) {}
+  ~MpiWork() override {
+    if (!done_) {
+      try {
+        Wait();
+      } catch (...) {
+        // Destructors must not throw; the failure surfaces on the next collective.
+      }
+    }
+  }
+  void Wait() override {
+    if (done_) return;
+    done_ = true;
+    WaitRequest(&req_, timeout_s_, what_);
+    if (finish_) finish_();
+  }
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  std::function<void()> finish_;  // runs after completion (copy back, divide)
+  std::vector<at::Tensor> keep_;  // buffers that must outlive the request
+  std::vector<int> counts_, displs_;
+
+ private:
+  std::string what_;
+  double timeout_s_;
+  bool done_ = false;
+};
+
+// Buffer the MPI call reads/writes: fp32 for 16-bit floats (exact reduction), else `t` itself.
+at::Tensor WireBuffer(const at::Tensor& t) {
+  return IsHalf(t.scalar_type()) ? t.to(at::kFloat) : t;
+}
+
+class MpiCommunicator : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, std::string name)
+      : Communicator(RankOf(comm), SizeOf(comm), std::move(name)), comm_(comm) {}
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  }
+
+  WorkPtr AllReduce(at::Tensor& t, ReduceOp op) override {
+    CheckTensor(t, "AllReduce");
+    CheckAvg(op, t, "AllReduce");
+    auto w = NewWork("AllReduce");
+    at::Tensor buf = WireBuffer(t);
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data_ptr(), CountOf(buf.numel(), "AllReduce"),
+                             ToMpi(buf.scalar_type()), ToMpi(op), comm_, &w->req_));
+    w->keep_ = {t, buf};
+    int n = size_;
+    w->finish_ = [t, buf, op, n]() mutable {
+      if (op == ReduceOp::kAvg) buf.div_(n);
+      if (!buf.is_same(t)) t.copy_(buf);
+    };
+    return w;
+  }
+
+  WorkPtr ReduceScatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) override {
+    CheckTensor(input, "ReduceScatter");
+    if (input.numel() % size_ != 0) {
+      FT_THROW(CommError, "ReduceScatter: input numel {} is not divisible by {} ranks; use "
+               "ReduceScatterV", input.numel(), size_);
+    }
+    return ReduceScatterV(input, output, std::vector<int64_t>(size_, input.numel() / size_), op);
+  }
+
+  WorkPtr ReduceScatterV(const at::Tensor& input, at::Tensor& output,
+                         const std::vector<int64_t>& counts, ReduceOp op) override {
+    CheckTensor(input, "ReduceScatter");
+    CheckTensor(output, "ReduceScatter output");
+    CheckAvg(op, input, "ReduceScatter");
+    CheckSameDtype(input, output, "ReduceScatter");
+    CheckCounts(counts, input.numel(), output.numel(), "ReduceScatter");
+    auto w = NewWork("ReduceScatter");
+    at::Tensor in = WireBuffer(input);
+    at::Tensor out = WireBuffer(output);
+    for (int64_t c : counts) w->counts_.push_back(CountOf(c, "ReduceScatter"));
+    MPI_CHECK(MPI_Ireduce_scatter(in.data_ptr(), out.data_ptr(), w->counts_.data(),
+                                  ToMpi(in.scalar_type()), ToMpi(op), comm_, &w->req_));
+    w->keep_ = {input, output, in, out};
+    int n = size_;
+    at::Tensor dst = output;
+    w->finish_ = [dst, out, op, n]() mutable {
+      if (op == ReduceOp::kAvg) out.div_(n);
+      if (!out.is_same(dst)) dst.copy_(out);
+    };
+    return w;
+  }
+
+  WorkPtr AllGather(const at::Tensor& input, at::Tensor& output) override {
+    return AllGatherV(input, output, std::vector<int64_t>(size_, input.numel()));
+  }
+
+  WorkPtr AllGatherV(const at::Tensor& input, at::Tensor& output,
+                     const std::vector<int64_t>& counts) override {
+    CheckTensor(input, "AllGather");
+    CheckTensor(output, "AllGather output");
+    CheckSameDtype(input, output, "AllGather");
+    CheckCounts(counts, output.numel(), input.numel(), "AllGather");
+    auto w = NewWork("AllGather");
+    int64_t off = 0;
+    for (int64_t c : counts) {
+      w->counts_.push_back(CountOf(c, "AllGather"));
+      w->displs_.push_back(CountOf(off, "AllGather"));
+      off += c;
+    }
+    // 16-bit floats travel as raw 2-byte words: no arithmetic, so no rounding.
+    MPI_Datatype type =
+        IsHalf(input.scalar_type()) ? MPI_UINT16_T : ToMpi(input.scalar_type());
+    MPI_CHECK(MPI_Iallgatherv(input.data_ptr(), CountOf(input.numel(), "AllGather"), type,
+                              output.data_ptr(), w->counts_.data(), w->displs_.data(), type,
+                              comm_, &w->req_));
+    w->keep_ = {input, output};
+    return w;
+  }
+
+  WorkPtr Broadcast(at::Tensor& t, int root) override {
+    CheckTensor(t, "Broadcast");
+    if (root < 0 || root >= size_) FT_THROW(CommError, "Broadcast: root {} out of range", root);
+    auto w = NewWork("Broadcast");
+    MPI_Datatype type = IsHalf(t.scalar_type()) ? MPI_UINT16_T : ToMpi(t.scalar_type());
+    MPI_CHECK(MPI_Ibcast(t.data_ptr(), CountOf(t.numel(), "Broadcast"), type, root, comm_,
+                         &w->req_));
+    w->keep_ = {t};
+    return w;
+  }
+
+  WorkPtr Barrier() override {
+    auto w = NewWork("Barrier");
+    MPI_CHECK(MPI_Ibarrier(comm_, &w->req_));
+    return w;
+  }
+
+  std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
+    MPI_Comm sub;
+    MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+    auto c = std::make_unique<MpiCommunicator>(sub, name);
+    c->set_timeout(timeout_s_);
+    return c;
+  }
+
+ private:
+  static int RankOf(MPI_Comm c) {
+    int r = 0;
+    MPI_CHECK(MPI_Comm_rank(c, &r));
+    return r;
+  }
+  static int SizeOf(MPI_Comm c) {
+    int s = 0;
+    MPI_CHECK(MPI_Comm_size(c, &s));
+    return s;
+  }
+  std::unique_ptr<MpiWork> NewWork(const char* op) {
+    return std::make_unique<MpiWork>(fmt::format("{} on communicator '{}'", op, name_),
+                                     timeout_s_);
+  }
+  static void CheckSameDtype(const at::Tensor& a, const at::Tensor& b, const char* what) {
+    if (a.scalar_type() != b.scalar_type()) {
+      FT_THROW(CommError, "{}: input dtype {} differs from output dtype {}", what,
+               c10::toString(a.scalar_type()), c10::toString(b.scalar_type()));
+    }
+  }
+  void CheckCounts(const std::vector<int64_t>& counts, int64_t total, int64_t mine,
+                   const char* what) const {
+    if (static_cast<int>(counts.size()) != size_) {
+      FT_THROW(CommError, "{}: {} counts given for {} ranks", what, counts.size(), size_);
+    }
+    int64_t sum = 0;
+    for (int64_t c : counts) sum += c;
+    if (sum != total || counts[rank_] != mine) {
+      FT_THROW(CommError, "{}: counts sum to {} (full tensor has {}), this rank's count is {} "
+               "(its tensor has {})", what, sum, total, counts[rank_], mine);
+    }
+  }
+
+  MPI_Comm comm_;
+};
+
+}  // namespace
+
+bool IsSupportedDtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: case at::kDouble: case at::kBFloat16: case at::kHalf:
+    case at::kInt: case at::kLong: case at::kByte:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::unique_ptr<Communicator> MakeMpiWorldCommunicator() {
+  MPI_Comm dup;
+  MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup));
+  return std::make_unique<MpiCommunicator>(dup, "world");
+}
+
+std::string MpiLibraryVersion() {
+  char v[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(v, &len);
+  std::string s(v, len);
+  auto nl = s.find_first_of("\n,");
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+#ifndef FTUNE_WITH_NCCL
+bool HasNccl() { return false; }
+std::string NcclVersion() { return ""; }
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator&) {
+  FT_THROW(CommError, "this ftune was built without NCCL (libtorch has no CUDA); use "
+           "parallel.backend: mpi or rebuild against a CUDA libtorch (-DTorch_DIR=...)");
+}
+#endif
+
+}  // namespace ftune::parallel

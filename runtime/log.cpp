@@ -1,0 +1,59 @@
+#include "runtime/log.h"
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+namespace ftune::runtime {
+namespace {
+
+struct LogState {
+  std::mutex mu;
+  int rank = 0;
+  int world_size = 1;
+  std::ofstream file;
+};
+
+LogState& State() {
+  static LogState s;
+  return s;
+}
+
+}  // namespace
+
+void InitLogging(int rank, int world_size) {
+  auto& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.rank = rank;
+  s.world_size = world_size;
+}
+
+void OpenLogFile(const std::string& path) {
+  auto& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  s.file.open(path, std::ios::app);
+}
+
+void LogLine(LogLevel level, const std::string& msg, bool all_ranks) {
+  auto& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const char* tag = level == LogLevel::kInfo ? "" : level == LogLevel::kWarn ? "warning: " : "error: ";
+  std::string prefix = s.world_size > 1 ? fmt::format("[rank {}] ", s.rank) : "";
+  if (s.rank == 0 || all_ranks) {
+    std::FILE* out = level == LogLevel::kInfo ? stdout : stderr;
+    fmt::print(out, "{}{}{}\n", prefix, tag, msg);
+    std::fflush(out);
+  }
+  if (s.file.is_open()) {
+    std::time_t now = std::time(nullptr);
+    char ts[32];
+    std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
+    s.file << ts << " [rank " << s.rank << "] " << tag << msg << '\n';
+    s.file.flush();
+  }
+}
+
+}  // namespace ftune::runtime

@@ -1,0 +1,35 @@
+// Logging with a rank prefix: rank 0 writes to the console, every rank to its
+// own file (run_dir/logs/rank_N.log) once OpenLogFile is called. Thread-safe.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <string>
+
+namespace ftune::runtime {
+
+enum class LogLevel { kInfo, kWarn, kError };
+
+// Sets the rank shown in each line; call once after MPI is up.
+void InitLogging(int rank, int world_size);
+// Also appends every line of this rank to `path` (directories created).
+void OpenLogFile(const std::string& path);
+// Writes `msg`: to the console on rank 0 (or on every rank when all_ranks), and to this
+// rank's log file.
+void LogLine(LogLevel level, const std::string& msg, bool all_ranks = false);
+
+template <class... A>
+void LogInfo(fmt::format_string<A...> f, A&&... a) {
+  LogLine(LogLevel::kInfo, fmt::format(f, std::forward<A>(a)...));
+}
+template <class... A>
+void LogWarn(fmt::format_string<A...> f, A&&... a) {
+  LogLine(LogLevel::kWarn, fmt::format(f, std::forward<A>(a)...));
+}
+// Errors go to the console from whichever rank hit them.
+template <class... A>
+void LogError(fmt::format_string<A...> f, A&&... a) {
+  LogLine(LogLevel::kError, fmt::format(f, std::forward<A>(a)...), /*all_ranks=*/true);
+}
+
+}  // namespace ftune::runtime

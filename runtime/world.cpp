@@ -1,0 +1,69 @@
+#include "runtime/world.h"
+
+#include <hdf5.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "parallel/mpi_check.h"
+#include "parallel/compat.h"
+
+namespace ftune::runtime {
+
+World::World(int* argc, char*** argv) {
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
+  thread_level_ = provided == MPI_THREAD_MULTIPLE   ? "multiple"
+                  : provided == MPI_THREAD_SERIALIZED ? "serialized"
+                  : provided == MPI_THREAD_FUNNELED   ? "funneled"
+                                                      : "single";
+  // Errors come back as codes so MPI_CHECK can name the call and the rank.
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
+  MPI_Comm node;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  MPI_CHECK(MPI_Comm_rank(node, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(node, &local_size_));
+  MPI_CHECK(MPI_Comm_free(&node));
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  host_ = host;
+  comm_ = parallel::MakeMpiWorldCommunicator();
+  if (compat::CudaAvailable()) {
+    const int n = compat::CudaDeviceCount();
+    device_ = torch::Device(torch::kCUDA, local_rank_ % n);
+    compat::SetCudaDevice(device_.index());
+  }
+  SetThreads(0);
+}
+
+World::~World() {
+  comm_.reset();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+void World::SetThreads(int64_t requested) {
+  int n = static_cast<int>(requested);
+  if (n <= 0) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    n = std::max(1, cores / std::max(1, local_size_));
+  }
+  torch::set_num_threads(n);
+  threads_ = n;
+}
+
+void World::Abort(int code) const { MPI_Abort(MPI_COMM_WORLD, code); std::abort(); }
+
+std::string TorchVersion() { return compat::TorchVersion(); }
+
+std::string HdfVersion() {
+  unsigned maj = 0, min = 0, rel = 0;
+  H5get_libversion(&maj, &min, &rel);
+  return fmt::format("{}.{}.{}", maj, min, rel);
+}
+
+}  // namespace ftune::runtime

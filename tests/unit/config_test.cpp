@@ -1,0 +1,201 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "runtime/config.h"
+
+namespace ftune::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ftune_config_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Write(const std::string& text) {
+    auto p = (dir_ / "c.yaml").string();
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  // Loads and returns the ConfigError message ("" if none was thrown).
+  std::string ErrorOf(const std::string& path, std::vector<std::string> ov = {},
+                      ConfigCheck check = {}) {
+    try {
+      LoadConfig(path, ov, check);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(ConfigTest, DefaultsWithoutFile) {
+  Config c = LoadConfig("", {}, {});
+  EXPECT_EQ(c.train.micro_batch, 4);
+  EXPECT_EQ(c.parallel.tp, 1);
+  EXPECT_EQ(c.data.split.seed, 1234);
+  EXPECT_EQ(c.model.dtype, "fp32");
+}
+
+TEST_F(ConfigTest, YamlThenOverridesWin) {
+  auto p = Write("train:\n  micro_batch: 8\n  steps: 10\noptim:\n  lr: 0.001\n"
+                 "data:\n  inputs: [a.jsonl, b.jsonl]\n  split:\n    test_ratio: 0.2\n");
+  Config c = LoadConfig(p, {"train.micro_batch=16", "data.split.seed=7", "model.dtype=bf16"},
+                        {1, true});
+  EXPECT_EQ(c.train.micro_batch, 16);  // CLI > YAML
+  EXPECT_EQ(c.train.steps, 10);        // YAML > default
+  EXPECT_DOUBLE_EQ(c.optim.lr, 0.001);
+  EXPECT_EQ(c.data.inputs, (std::vector<std::string>{"a.jsonl", "b.jsonl"}));
+  EXPECT_DOUBLE_EQ(c.data.split.test_ratio, 0.2);
+  EXPECT_EQ(c.data.split.seed, 7);
+  EXPECT_EQ(c.model.dtype, "bf16");
+  EXPECT_EQ(c.train.grad_accum, 1);  // default
+}
+
+TEST_F(ConfigTest, ScalarIsAOneElementList) {
+  auto p = Write("data:\n  inputs: only.jsonl\n");
+  EXPECT_EQ(LoadConfig(p, {}, {}).data.inputs, std::vector<std::string>{"only.jsonl"});
+}
+
+TEST_F(ConfigTest, UnknownKeyNamesKeyFileLineAndClosest) {
+  auto p = Write("train:\n  micro_batch: 2\n  micro_bach: 3\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":3"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.micro_bach"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'train.micro_batch'"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, UnknownKeyInWrongSectionSuggestsTheRightOne) {
+  auto p = Write("train:\n  lr: 0.1\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find("did you mean 'optim.lr'"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, UnknownSection) {
+  auto p = Write("trian:\n  steps: 3\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":1"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'train'"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, WrongTypeNamesExpectedType) {
+  auto p = Write("run:\n  seed: 1\ntrain:\n  micro_batch: four\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":4"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.micro_batch"), std::string::npos) << e;
+  EXPECT_NE(e.find("expected an integer"), std::string::npos) << e;
+  EXPECT_NE(e.find("four"), std::string::npos) << e;
+
+  auto p2 = Write("train:\n  activation_checkpointing: maybe\n");
+  EXPECT_NE(ErrorOf(p2).find("expected a boolean"), std::string::npos);
+  auto p3 = Write("train:\n  micro_batch: 2.5\n");
+  EXPECT_NE(ErrorOf(p3).find("expected an integer"), std::string::npos);
+  auto p4 = Write("train: 5\n");
+  EXPECT_NE(ErrorOf(p4).find("expected a section"), std::string::npos);
+  auto p5 = Write("optim:\n  lr: [1, 2]\n");
+  EXPECT_NE(ErrorOf(p5).find("expected a number"), std::string::npos);
+}
+
+TEST_F(ConfigTest, OutOfRangeNamesRangeAndLine) {
+  auto p = Write("optim:\n  lr: 0.1\n  beta2: 1.5\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":3"), std::string::npos) << e;
+  EXPECT_NE(e.find("optim.beta2"), std::string::npos) << e;
+  EXPECT_NE(e.find("out of range"), std::string::npos) << e;
+
+  auto p2 = Write("optim:\n  schedule: exponential\n");
+  auto e2 = ErrorOf(p2);
+  EXPECT_NE(e2.find("optim.schedule"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("cosine, linear, constant"), std::string::npos) << e2;
+}
+
+TEST_F(ConfigTest, MissingFileAndBadYaml) {
+  auto e = ErrorOf((dir_ / "nope.yaml").string());
+  EXPECT_NE(e.find("nope.yaml"), std::string::npos) << e;
+  EXPECT_NE(e.find("cannot open"), std::string::npos) << e;
+
+  auto p = Write("train:\n  steps: 3\n  micro_batch: [1, 2\n");
+  auto e2 = ErrorOf(p);
+  EXPECT_NE(e2.find(p + ":"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("invalid YAML"), std::string::npos) << e2;
+
+  auto p3 = Write("- a\n- b\n");
+  EXPECT_NE(ErrorOf(p3).find("top level must be a mapping"), std::string::npos);
+}
+
+TEST_F(ConfigTest, UnreadableFile) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads files regardless of permissions";
+  auto p = Write("train:\n  steps: 1\n");
+  fs::permissions(p, fs::perms::none);
+  EXPECT_NE(ErrorOf(p).find("cannot open"), std::string::npos);
+}
+
+TEST_F(ConfigTest, DirectoryIsNotAConfig) {
+  auto e = ErrorOf(dir_.string());
+  EXPECT_NE(e.find(dir_.string()), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, LayoutMustMatchWorldSize) {
+  auto p = Write("parallel:\n  dp: 2\n  tp: 2\n");
+  auto e = ErrorOf(p, {}, {2, false});
+  EXPECT_NE(e.find("parallel.dp"), std::string::npos) << e;
+  EXPECT_NE(e.find("parallel.tp"), std::string::npos) << e;
+  EXPECT_NE(e.find("world size 2"), std::string::npos) << e;
+  EXPECT_EQ(ErrorOf(p, {}, {4, false}), "");
+  // dp = -1 derives dp from the world size.
+  EXPECT_EQ(ErrorOf("", {"parallel.tp=2"}, {4, false}), "");
+  EXPECT_NE(ErrorOf("", {"parallel.tp=2"}, {3, false}).find("world size 3"), std::string::npos);
+}
+
+TEST_F(ConfigTest, TpMustDivideTheModel) {
+  auto e = ErrorOf("", {"parallel.tp=3"}, {3, false});
+  EXPECT_NE(e.find("parallel.tp = 3"), std::string::npos) << e;
+  EXPECT_NE(e.find("num_attention_heads"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, StepsXorEpochsForTraining) {
+  EXPECT_NE(ErrorOf("", {}, {1, true}).find("exactly one of train.steps"), std::string::npos);
+  EXPECT_NE(ErrorOf("", {"train.steps=3", "train.epochs=1"}, {1, true}).find("exactly one"),
+            std::string::npos);
+  EXPECT_EQ(ErrorOf("", {"train.epochs=0.5"}, {1, true}), "");
+}
+
+TEST_F(ConfigTest, OverrideErrors) {
+  auto e = ErrorOf("", {"train.micro_bach=3"});
+  EXPECT_NE(e.find("--set train.micro_bach=3"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'train.micro_batch'"), std::string::npos) << e;
+  EXPECT_NE(ErrorOf("", {"train.steps"}).find("expected key.sub=value"), std::string::npos);
+  auto e2 = ErrorOf("", {"train.steps=abc"});
+  EXPECT_NE(e2.find("--set train.steps=abc"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("expected an integer"), std::string::npos) << e2;
+}
+
+TEST_F(ConfigTest, YamlRoundTripAndTable) {
+  Config c = LoadConfig("", {"optim.lr=3e-4", "data.inputs=[x.jsonl]", "run.name=\"a b: c\"",
+                             "model.arch.rope_theta=500000.5"},
+                        {});
+  auto p = Write(ConfigToYaml(c));
+  Config d = LoadConfig(p, {}, {});
+  EXPECT_EQ(ConfigToYaml(c), ConfigToYaml(d));
+  EXPECT_DOUBLE_EQ(d.optim.lr, 3e-4);
+  EXPECT_EQ(d.run.name, "a b: c");
+  EXPECT_DOUBLE_EQ(d.model.arch.rope_theta, 500000.5);
+  auto table = ConfigTable(c);
+  EXPECT_NE(table.find("optim.lr"), std::string::npos);
+  EXPECT_NE(table.find("parameter"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ftune::runtime
