@@ -49,6 +49,7 @@ struct DataConfig {
   bool packing = false;                 // concatenate examples into full rows (else pad each)
   bool strict = false;                  // stop at the first bad record instead of skipping it
   int64_t shard_tokens = 1 << 22;       // tokens per HDF5 shard file
+  int64_t compression = 0;              // gzip level of shard datasets (0 = uncompressed)
   int64_t shuffle_seed = 1234;          // per-epoch shuffling of training samples
   SplitConfig split;
 
@@ -64,6 +65,7 @@ struct DataConfig {
     v("packing", packing, "pack several examples into each row");
     v("strict", strict, "stop at the first bad record instead of skipping it");
     v("shard_tokens", shard_tokens, "tokens per HDF5 shard file");
+    v("compression", compression, "gzip level 0-9 of shard datasets (0 = uncompressed)");
     v("shuffle_seed", shuffle_seed, "seed of the per-epoch shuffle of training samples");
     v("split", split, "train/test split");
   }
@@ -72,6 +74,7 @@ struct DataConfig {
     CheckRange<int64_t>("max_seq_len", max_seq_len, 8, 1 << 20);
     CheckOneOf("overlong", overlong, {"truncate", "drop"});
     CheckRange<int64_t>("shard_tokens", shard_tokens, 1024, int64_t(1) << 40);
+    CheckRange<int64_t>("compression", compression, 0, 9);
   }
 };
 

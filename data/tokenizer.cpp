@@ -4,9 +4,9 @@
 //   ids  -> pieces -> decoders -> text
 // Mirrors the Rust `tokenizers` crate component by component; see tokenizer.h for the contract.
 #include "data/tokenizer.h"
+#include "data/sha256.h"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -980,17 +980,6 @@ bool IsFile(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string Sha256Hex(std::string_view bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &len, EVP_sha256(), nullptr) != 1) {
-    FT_THROW(InternalError, "OpenSSL EVP_Digest(sha256) failed");
-  }
-  std::string hex;
-  for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
-}
-
 json ParseJsonFile(const std::string& path, std::string* bytes_out = nullptr) {
   std::string bytes = ReadFile(path);
   json j;
@@ -1666,6 +1655,26 @@ std::string Tokenizer::IdToPiece(int32_t id) const {
     return im.id_to_token[id];
   }
   FT_THROW(DataError, "id {} names no token of {} (vocab size {})", id, im.path, im.vocab_size);
+}
+
+std::string Tokenizer::TokenBytes(int32_t id) const {
+  const Impl& im = *impl_;
+  std::string piece = IdToPiece(id);
+  if (im.added_by_id.count(id) != 0) return piece;
+  if (im.model.byte_level) {
+    std::string bytes;
+    return ByteLevelToBytes(piece, &bytes) ? bytes : piece;
+  }
+  if (im.model.byte_fallback) {
+    for (int b = 0; b < 256; ++b) {
+      if (im.model.byte_ids[b] == id) return std::string(1, static_cast<char>(b));
+    }
+  }
+  for (const Decoder& d : im.decoders) {
+    if (d.kind == Decoder::kReplace) piece = ReplaceAll(piece, d.pattern, d.content);
+    if (d.kind == Decoder::kMetaspace) piece = ReplaceAll(piece, d.content, " ");
+  }
+  return piece;
 }
 
 int32_t Tokenizer::TokenToId(std::string_view token) const { return impl_->Lookup(token); }

@@ -62,7 +62,12 @@ class Tokenizer {
   // [0, vocab_size()); ids inside the range that name no token are skipped, as HF does.
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
-  std::string IdToPiece(int32_t id) const;          // raw vocab string of an id; DataError if none
+  std::string IdToPiece(int32_t id) const;  // raw vocab string of an id; DataError if none
+  // The bytes token `id` stands for in decoded text: byte-level characters mapped back to bytes,
+  // "<0xNN>" to its byte, "▁" to a space; an added token's own text. Concatenating TokenBytes
+  // of a sequence gives its decoded bytes before the decoder's leading-space strip and UTF-8
+  // repair (useful for streaming output, which must hold back incomplete UTF-8).
+  std::string TokenBytes(int32_t id) const;
   int32_t TokenToId(std::string_view token) const;  // -1 if absent
   int64_t vocab_size() const;                       // max id + 1 over vocab and added tokens
   int32_t bos_id() const;                           // -1 if none
@@ -81,9 +86,8 @@ class Tokenizer {
   // True for added tokens marked "special" (those Decode(..., true) drops).
   bool IsSpecial(int32_t id) const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
 };

@@ -16,6 +16,15 @@ void AddCommonOptions(CLI::App* sub, runtime::CommonArgs& args);
 void AddEnvCommand(CLI::App& app, runtime::World& world);
 void AddBenchCommand(CLI::App& app, runtime::World& world);
 void AddTokenizeCommand(CLI::App& app);
+// `ftune generate --model DIR --prompt ...` and `ftune export --model DIR --out DIR`.
+void AddGenerateCommand(CLI::App& app, runtime::World& world);
+void AddExportCommand(CLI::App& app, runtime::World& world);
+// `ftune prepare` (launch/prepare_command.cpp).
+void AddPrepareCommand(CLI::App& app, runtime::World& world);
+// `ftune train` (launch/train_command.cpp).
+void AddTrainCommand(CLI::App& app, runtime::World& world);
+// `ftune eval` (launch/eval_command.cpp).
+void AddEvalCommand(CLI::App& app, runtime::World& world);
 // Subcommands whose issues have not landed yet: they say so and exit non-zero.
 void AddPendingCommands(CLI::App& app, runtime::World& world);
 

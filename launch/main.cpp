@@ -43,6 +43,11 @@ int main(int argc, char** argv) {
   launch::AddEnvCommand(app, world);
   launch::AddTokenizeCommand(app);
   launch::AddBenchCommand(app, world);
+  launch::AddPrepareCommand(app, world);
+  launch::AddGenerateCommand(app, world);
+  launch::AddExportCommand(app, world);
+  launch::AddTrainCommand(app, world);
+  launch::AddEvalCommand(app, world);
   launch::AddPendingCommands(app, world);
 
   try {

@@ -1,5 +1,6 @@
 // `ftune tokenize`: run a tokenizer.json from the command line.
-//   --text "..."          one line per token: id, tab, the raw vocab piece as a JSON string
+//   --text "..."          one line per token: id, the raw vocab piece as a JSON string, and the
+//                         bytes it stands for with escapes (\n, \t, \xNN), tab-separated
 //   --jsonl FILE          one JSON string (or {"text": ...}) per line in, one JSON array of ids
 //                         per line out, special tokens not added unless --add-special-tokens
 //   --jsonl FILE --decode one JSON array of ids per line in, one JSON string per line out
@@ -33,6 +34,41 @@ struct TokenizeArgs {
 
 std::string Quote(const std::string& s) {
   return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Bytes as a quoted C-style string: UTF-8 characters and printable ASCII as they are, other
+// bytes (controls, the pieces of a split character) as escapes.
+std::string QuoteBytes(const std::string& s) {
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80                ? 1
+                 : c >= 0xC2 && c < 0xE0 ? 2
+                 : c >= 0xE0 && c < 0xF0 ? 3
+                 : c >= 0xF0 && c < 0xF5 ? 4
+                                         : 0;
+    bool utf8 = len > 1 && i + len <= s.size();
+    for (size_t k = 1; utf8 && k < len; ++k)
+      utf8 = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (utf8) {
+      out.append(s, i, len);
+      i += len - 1;
+    } else if (c == '\\' || c == '"') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c >= 0x20 && c < 0x7F) {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  return out + "\"";
 }
 
 // Reads one JSON value per non-blank line.
@@ -85,7 +121,8 @@ void RunTokenize(const TokenizeArgs& a) {
   std::string out;
   if (!a.text.empty()) {
     for (int32_t id : tok.Encode(a.text, a.add_special_tokens)) {
-      out += fmt::format("{}\t{}\n", id, Quote(tok.IdToPiece(id)));
+      out +=
+          fmt::format("{}\t{}\t{}\n", id, Quote(tok.IdToPiece(id)), QuoteBytes(tok.TokenBytes(id)));
     }
     Write(out);
     return;

@@ -44,7 +44,9 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::string& name() const { return name_; }
-  // Seconds a Wait() may block before the job is declared broken (lost rank).
+  // Seconds a Wait() may block: past it the job is declared broken (a lost
+  // rank) and aborted with a message naming the collective (MPI backend: a
+  // watchdog thread calls MPI_Abort; the wait itself is a plain MPI_Wait).
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
 

@@ -15,6 +15,25 @@
 
 namespace ftune::compat {
 
+// Runs `fn` after autograd has accumulated a gradient into leaf `param`.grad
+// (a post-hook on its AccumulateGrad node; PyTorch DDP's readiness signal).
+// The returned node must be kept alive as long as the hook is wanted.
+inline std::shared_ptr<torch::autograd::Node> AddPostAccumulateHook(
+    const torch::Tensor& param, std::function<void()> fn) {
+  struct Hook : torch::autograd::FunctionPostHook {
+    explicit Hook(std::function<void()> f) : fn(std::move(f)) {}
+    torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                              const torch::autograd::variable_list&) override {
+      fn();
+      return outputs;
+    }
+    std::function<void()> fn;
+  };
+  auto acc = torch::autograd::impl::grad_accumulator(param);
+  acc->add_post_hook(std::make_unique<Hook>(std::move(fn)));
+  return acc;
+}
+
 inline std::string TorchVersion() { return TORCH_VERSION; }
 
 inline constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;

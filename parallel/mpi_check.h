@@ -10,6 +10,11 @@ namespace ftune::parallel {
 
 [[noreturn]] void ThrowMpiError(int code, const char* call, const char* file, int line);
 
+class Communicator;
+// The MPI_Comm behind a communicator of the MPI backend (for MPI-IO: parallel/hdf5_mpio.h).
+// Throws CommError for a communicator of another backend. The handle stays owned by `c`.
+MPI_Comm NativeMpiComm(Communicator& c);
+
 }  // namespace ftune::parallel
 
 #define MPI_CHECK(call)                                                           \

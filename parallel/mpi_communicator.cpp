@@ -1,6 +1,9 @@
 // MPI backend of Communicator: non-blocking MPI collectives on CPU tensors.
 #include <unistd.h>
 
+#include <cstdio>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "parallel/communicator.h"
@@ -77,27 +80,75 @@ int CountOf(int64_t n, const char* what) {
   return static_cast<int>(n);
 }
 
-// Polls an MPI request until done, throwing after `timeout_s` (a lost rank
-// otherwise leaves the survivors blocked forever).
-void WaitRequest(MPI_Request* req, double timeout_s, const std::string& what) {
+// Bounds every blocking wait: one thread per process watches the deadlines of
+// the waits in progress and, when one passes parallel.timeout_s (a rank died or
+// stopped calling collectives), prints what was waited for and aborts the whole
+// job. Waiting itself is a plain MPI_Wait, so MPI progresses at full speed.
+class Watchdog {
+ public:
+  static Watchdog& Get() {
+    static Watchdog* w = new Watchdog();  // never destroyed: its thread outlives main
+    return *w;
+  }
+  void Arm(const std::string& what, double timeout_s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    waits_[std::this_thread::get_id()] = {Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                              std::chrono::duration<double>(timeout_s)),
+                                          what, timeout_s};
+  }
+  void Disarm() {
+    std::lock_guard<std::mutex> lock(mu_);
+    waits_.erase(std::this_thread::get_id());
+  }
+
+ private:
   using Clock = std::chrono::steady_clock;
-  auto start = Clock::now();
-  int done = 0;
-  for (int spins = 0;; ++spins) {
-    MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
-    if (done) return;
-    if (spins > 64) {
-      // Yield so oversubscribed ranks (more ranks than cores) make progress.
-      std::this_thread::yield();
-      if ((spins & 1023) == 0 &&
-          std::chrono::duration<double>(Clock::now() - start).count() > timeout_s) {
-        FT_THROW(CommError,
-                 "{} did not complete within parallel.timeout_s = {} s: a rank has probably "
-                 "died or stopped calling collectives (see the other ranks' logs)",
-                 what, timeout_s);
+  struct Pending {
+    Clock::time_point deadline;
+    std::string what;
+    double timeout_s;
+  };
+  Watchdog() {
+    std::thread([this]() { Run(); }).detach();
+  }
+  void Run() {
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      std::string msg;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const auto& [id, p] : waits_) {
+          if (Clock::now() > p.deadline) {
+            msg = fmt::format(
+                "{} did not complete within parallel.timeout_s = {} s: a rank has probably died "
+                "or stopped calling collectives (see the other ranks' logs); aborting the job",
+                p.what, p.timeout_s);
+            break;
+          }
+        }
       }
+      if (msg.empty()) continue;
+      int finalized = 0, rank = -1;
+      MPI_Finalized(&finalized);
+      if (finalized) return;
+      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      std::fprintf(stderr, "[rank %d] error: %s\n", rank, msg.c_str());
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 3);
     }
   }
+  std::mutex mu_;
+  std::map<std::thread::id, Pending> waits_;
+};
+
+void WaitRequest(MPI_Request* req, double timeout_s, const std::string& what) {
+  int done = 0;
+  MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));  // most small collectives end here
+  if (done) return;
+  Watchdog::Get().Arm(what, timeout_s);
+  const int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
+  Watchdog::Get().Disarm();
+  MPI_CHECK(rc);
 }
 
 class MpiWork : public Work {
@@ -236,6 +287,8 @@ class MpiCommunicator : public Communicator {
     return w;
   }
 
+  MPI_Comm native() const { return comm_; }
+
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
     MPI_Comm sub;
     MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
@@ -282,6 +335,14 @@ class MpiCommunicator : public Communicator {
 };
 
 }  // namespace
+
+MPI_Comm NativeMpiComm(Communicator& c) {
+  auto* m = dynamic_cast<MpiCommunicator*>(&c);
+  if (!m) {
+    FT_THROW(CommError, "communicator '{}' is not an MPI communicator (MPI-IO needs one)", c.name());
+  }
+  return m->native();
+}
 
 bool IsSupportedDtype(at::ScalarType t) {
   switch (t) {

@@ -345,7 +345,7 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
   const auto& p = cfg.parallel;
   const int64_t dp = p.dp == -1 ? (check.world_size % p.tp == 0 ? check.world_size / p.tp : -1)
                                 : p.dp;
-  if (dp * p.tp != check.world_size) {
+  if (check.layout && dp * p.tp != check.world_size) {
     FT_THROW(ConfigError,
              "{}: parallel.dp * parallel.tp = {} * {} does not equal the world size {} (ranks "
              "launched); set parallel.dp: -1 or launch parallel.dp * parallel.tp ranks",
@@ -355,7 +355,7 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
     FT_THROW(ConfigError, "{}: set exactly one of train.steps ({}) and train.epochs ({}); leave "
              "the other at -1", origins.Of("train.steps"), cfg.train.steps, cfg.train.epochs);
   }
-  if (cfg.model.path.empty()) {
+  if (check.layout && cfg.model.path.empty()) {
     const auto& a = cfg.model.arch;
     if (a.num_attention_heads % p.tp || a.num_key_value_heads % p.tp ||
         a.intermediate_size % p.tp || a.vocab_size % p.tp) {

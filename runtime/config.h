@@ -126,6 +126,7 @@ struct EvalConfig {
   double temperature = 0.0;    // 0 = greedy
   int64_t top_k = 0;           // 0 = off
   double top_p = 1.0;          // 1 = off
+  bool generate = false;       // during training: also exact match / F1 at each eval (slower)
 
   template <class V>
   void VisitFields(V& v) {
@@ -137,8 +138,12 @@ struct EvalConfig {
     v("temperature", temperature, "sampling temperature (0 = greedy)");
     v("top_k", top_k, "top-k sampling (0 = off)");
     v("top_p", top_p, "nucleus sampling (1 = off)");
+    v("generate", generate,
+      "during training: also generation metrics on max_samples examples at each eval");
   }
   void Validate() const {
+    CheckRange<int64_t>("every", every, 0, int64_t(1) << 40);
+    CheckRange<int64_t>("max_samples", max_samples, -1, int64_t(1) << 40);
     CheckRange<int64_t>("batch_size", batch_size, 1, 1 << 16);
     CheckRange<int64_t>("max_new_tokens", max_new_tokens, 1, 1 << 20);
     CheckOneOf("normalize", normalize, {"none", "lower", "punct", "lower,punct"});
@@ -195,6 +200,7 @@ struct Config {
 struct ConfigCheck {
   int world_size = 1;          // ranks of the job (checks parallel.dp * parallel.tp)
   bool need_train = false;     // train.steps / train.epochs must be set (ftune train)
+  bool layout = true;          // parallel.* must fit world_size (not for prepare, which ignores it)
 };
 
 // Builds the config: defaults, then `yaml_path` (may be empty), then each

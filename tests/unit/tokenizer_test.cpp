@@ -312,6 +312,18 @@ TEST(TokenizerLlama3, ExactIdsAndRoundTrip) {
   EXPECT_EQ(tok.Decode(tok.Encode(text)), text);
 }
 
+TEST(TokenizerBoth, TokenBytes) {
+  const auto l3 = Tokenizer::FromPath(WriteTokenizer(Llama3Json(true)));
+  EXPECT_EQ(l3.TokenBytes(l3.TokenToId(ByteChar(' ') + "world")), " world");
+  EXPECT_EQ(l3.TokenBytes('\n'), "\n");
+  EXPECT_EQ(l3.TokenBytes(0xE4), "\xE4");
+  EXPECT_EQ(l3.TokenBytes(301), "<|eot_id|>");
+  const auto l2 = Tokenizer::FromPath(WriteTokenizer(Llama2Json()));
+  EXPECT_EQ(l2.TokenBytes(l2.TokenToId(std::string(kSp) + "hello")), " hello");
+  EXPECT_EQ(l2.TokenBytes(Byte(0xC3)), "\xC3");
+  EXPECT_EQ(l2.TokenBytes(1), "<s>");
+}
+
 TEST(TokenizerLlama3, WhitespaceLookahead) {
   const auto tok = Tokenizer::FromPath(WriteTokenizer(Llama3Json(true)));
   const int32_t gb = tok.TokenToId(ByteChar(' ') + "b");

@@ -1,0 +1,436 @@
+#include "data/shards.h"
+
+#include <hdf5.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "parallel/error.h"
+
+namespace ftune::data {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::mutex& Hdf5Mutex() {
+  static std::mutex m;
+  return m;
+}
+
+namespace {
+
+// The innermost message of HDF5's error stack (automatic printing is turned off).
+herr_t WalkError(unsigned n, const H5E_error2_t* err, void* data) {
+  auto* out = static_cast<std::string*>(data);
+  if (n == 0 && err->desc) *out = err->desc;
+  return 0;
+}
+
+std::string Hdf5Message() {
+  std::string msg;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, WalkError, &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg.empty() ? "HDF5 call failed" : msg;
+}
+
+void QuietHdf5() {
+  static bool done = false;
+  if (!done) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    done = true;
+  }
+}
+
+// An HDF5 handle closed by its matching H5*close on scope exit.
+class Hid {
+ public:
+  Hid() = default;
+  Hid(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Hid() { reset(); }
+  Hid(const Hid&) = delete;
+  Hid& operator=(const Hid&) = delete;
+  Hid(Hid&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+  Hid& operator=(Hid&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = o.id_;
+      close_ = o.close_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  hid_t get() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+  hid_t release() {
+    hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
+  void reset() {
+    if (id_ >= 0 && close_) close_(id_);
+    id_ = -1;
+  }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+// Throws `Type` naming the file and HDF5's message when `status` < 0.
+#define H5_CHECK(Type, status, file, what)                                         \
+  do {                                                                             \
+    if ((status) < 0) {                                                            \
+      throw ::ftune::Type(::fmt::format("{}: {} failed ({}:{}): {}", file, what,   \
+                                        __FILE__, __LINE__, Hdf5Message()));       \
+    }                                                                              \
+  } while (0)
+
+Hid Checked(hid_t id, herr_t (*close)(hid_t), const std::string& file, const char* what,
+            bool data_error) {
+  if (id < 0) {
+    const std::string msg = fmt::format("{}: {} failed: {}", file, what, Hdf5Message());
+    if (data_error) throw DataError(msg);
+    throw IoError(msg);
+  }
+  return Hid(id, close);
+}
+
+void WriteStringAttr(hid_t obj, const char* name, const std::string& value,
+                     const std::string& file) {
+  Hid type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5_CHECK(IoError, H5Tset_size(type.get(), std::max<size_t>(1, value.size())), file,
+           "H5Tset_size");
+  H5_CHECK(IoError, H5Tset_strpad(type.get(), H5T_STR_NULLPAD), file, "H5Tset_strpad");
+  Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+  Hid attr = Checked(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                     H5Aclose, file, name, false);
+  std::string buf = value.empty() ? std::string(1, '\0') : value;
+  H5_CHECK(IoError, H5Awrite(attr.get(), type.get(), buf.data()), file, name);
+}
+
+void WriteIntAttr(hid_t obj, const char* name, const std::vector<int64_t>& values, bool scalar,
+                  const std::string& file) {
+  Hid space;
+  if (scalar) {
+    space = Hid(H5Screate(H5S_SCALAR), H5Sclose);
+  } else {
+    hsize_t n = values.size();
+    space = Hid(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  }
+  Hid attr = Checked(H5Acreate2(obj, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                     H5Aclose, file, name, false);
+  H5_CHECK(IoError, H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()), file, name);
+}
+
+std::string ReadStringAttr(hid_t obj, const char* name, const std::string& file) {
+  if (H5Aexists(obj, name) <= 0) FT_THROW(DataError, "{}: attribute '{}' is missing", file, name);
+  Hid attr = Checked(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose, file, name, true);
+  Hid type = Checked(H5Aget_type(attr.get()), H5Tclose, file, name, true);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
+    FT_THROW(DataError, "{}: attribute '{}' is not a fixed-length string", file, name);
+  }
+  std::string buf(H5Tget_size(type.get()), '\0');
+  H5_CHECK(DataError, H5Aread(attr.get(), type.get(), buf.data()), file, name);
+  buf.resize(std::strlen(buf.c_str()));
+  return buf;
+}
+
+int64_t ReadIntAttr(hid_t obj, const char* name, const std::string& file) {
+  if (H5Aexists(obj, name) <= 0) FT_THROW(DataError, "{}: attribute '{}' is missing", file, name);
+  Hid attr = Checked(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose, file, name, true);
+  Hid space = Checked(H5Aget_space(attr.get()), H5Sclose, file, name, true);
+  if (H5Sget_simple_extent_npoints(space.get()) != 1) {
+    FT_THROW(DataError, "{}: attribute '{}' is not a scalar", file, name);
+  }
+  int64_t v = 0;
+  H5_CHECK(DataError, H5Aread(attr.get(), H5T_NATIVE_INT64, &v), file, name);
+  return v;
+}
+
+template <class T>
+void WriteDataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type,
+                  const std::vector<T>& data, int compression, const std::string& path) {
+  const hsize_t n = data.size();
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  // No timestamps in object headers: equal inputs give byte-identical files.
+  H5_CHECK(IoError, H5Pset_obj_track_times(dcpl.get(), false), path, "H5Pset_obj_track_times");
+  // Small chunks when uncompressed: the loader reads documents at random and HDF5 reads
+  // (and caches) whole chunks. Compressed chunks are larger to compress well.
+  const hsize_t limit = compression > 0 ? hsize_t(1) << 16 : hsize_t(1) << 14;
+  const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(n, limit));
+  H5_CHECK(IoError, H5Pset_chunk(dcpl.get(), 1, &chunk), path, "H5Pset_chunk");
+  if (compression > 0) {
+    H5_CHECK(IoError, H5Pset_shuffle(dcpl.get()), path, "H5Pset_shuffle");
+    H5_CHECK(IoError, H5Pset_deflate(dcpl.get(), compression), path, "H5Pset_deflate");
+  }
+  Hid ds = Checked(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(),
+                              H5P_DEFAULT),
+                   H5Dclose, path, name, false);
+  H5_CHECK(IoError, H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()),
+           path, name);
+}
+
+// Opens a 1-D dataset of integers of `size` bytes, returning its length.
+Hid OpenDataset(hid_t file, const char* name, size_t size, const std::string& path,
+                int64_t* length) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) {
+    FT_THROW(DataError, "{}: dataset {} is missing (not a ftune shard?)", path, name);
+  }
+  Hid ds = Checked(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose, path, name, true);
+  Hid type = Checked(H5Dget_type(ds.get()), H5Tclose, path, name, true);
+  Hid space = Checked(H5Dget_space(ds.get()), H5Sclose, path, name, true);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != size ||
+      H5Sget_simple_extent_ndims(space.get()) != 1) {
+    FT_THROW(DataError, "{}: dataset {} is not a 1-D array of {}-byte integers", path, name,
+             size);
+  }
+  hsize_t n = 0;
+  H5Sget_simple_extent_dims(space.get(), &n, nullptr);
+  *length = static_cast<int64_t>(n);
+  return ds;
+}
+
+void ReadSlab(hid_t ds, hid_t mem_type, int64_t start, int64_t count, void* out,
+              const std::string& path, const char* name) {
+  Hid fspace = Checked(H5Dget_space(ds), H5Sclose, path, name, true);
+  const hsize_t off = start, cnt = count;
+  H5_CHECK(DataError, H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, &off, nullptr, &cnt,
+                                          nullptr),
+           path, "H5Sselect_hyperslab");
+  Hid mspace(H5Screate_simple(1, &cnt, nullptr), H5Sclose);
+  H5_CHECK(DataError, H5Dread(ds, mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, out), path,
+           fmt::format("reading {} [{}, {})", name, start, start + count));
+}
+
+}  // namespace
+
+std::string ShardFileName(const std::string& split, int64_t index) {
+  return fmt::format("{}-{:05d}.h5", split, index);
+}
+
+void WriteShard(const std::string& path, const DatasetMeta& meta, const std::string& split,
+                int64_t shard_index, const std::vector<int32_t>& tokens,
+                const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_offsets) {
+  FT_CHECK(tokens.size() == mask.size() && doc_offsets.size() >= 2 &&
+               doc_offsets.back() == static_cast<int64_t>(tokens.size()),
+           "malformed shard contents for {}", path);
+  const std::string tmp = path + ".tmp";
+  {
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5();
+    Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+    H5_CHECK(IoError, H5Pset_obj_track_times(fcpl.get(), false), tmp, "H5Pset_obj_track_times");
+    Hid file = Checked(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT), H5Fclose,
+                       tmp, "H5Fcreate", false);
+    WriteDataset(file.get(), "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, tokens,
+                 meta.compression, tmp);
+    WriteDataset(file.get(), "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, mask,
+                 meta.compression, tmp);
+    WriteDataset(file.get(), "doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, doc_offsets,
+                 meta.compression, tmp);
+    const hid_t root = file.get();
+    WriteIntAttr(root, "format_version", {kShardFormatVersion}, true, tmp);
+    WriteStringAttr(root, "tokenizer_sha256", meta.tokenizer_sha256, tmp);
+    WriteIntAttr(root, "vocab_size", {meta.vocab_size}, true, tmp);
+    WriteIntAttr(root, "bos_id", {meta.bos_id}, true, tmp);
+    WriteIntAttr(root, "eos_id", {meta.eos_ids.empty() ? -1 : meta.eos_ids[0]}, true, tmp);
+    WriteIntAttr(root, "eos_ids", meta.eos_ids.empty() ? std::vector<int64_t>{-1} : meta.eos_ids,
+                 false, tmp);
+    WriteIntAttr(root, "pad_id", {meta.pad_id}, true, tmp);
+    WriteStringAttr(root, "template", meta.template_name, tmp);
+    WriteStringAttr(root, "split", split, tmp);
+    WriteIntAttr(root, "shard_index", {shard_index}, true, tmp);
+    WriteIntAttr(root, "num_docs", {static_cast<int64_t>(doc_offsets.size()) - 1}, true, tmp);
+    WriteIntAttr(root, "num_tokens", {static_cast<int64_t>(tokens.size())}, true, tmp);
+    WriteStringAttr(root, "sources", meta.sources_json, tmp);
+    WriteStringAttr(root, "created_by", meta.created_by, tmp);
+    H5_CHECK(IoError, H5Fflush(file.get(), H5F_SCOPE_GLOBAL), tmp, "H5Fflush");
+    file.reset();
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, path, ec.message());
+}
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  QuietHdf5();
+  if (!fs::exists(path)) FT_THROW(DataError, "shard {} does not exist", path);
+  if (H5Fis_hdf5(path.c_str()) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    FT_THROW(DataError, "shard {} is not a readable HDF5 file (truncated or corrupt)", path);
+  }
+  Hid file = Checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path,
+                     "H5Fopen (truncated or corrupt shard?)", true);
+  int64_t n_tok = 0, n_mask = 0, n_off = 0;
+  Hid tokens = OpenDataset(file.get(), "tokens", 4, path, &n_tok);
+  Hid mask = OpenDataset(file.get(), "loss_mask", 1, path, &n_mask);
+  Hid offsets = OpenDataset(file.get(), "doc_offsets", 8, path, &n_off);
+  if (n_tok != n_mask) {
+    FT_THROW(DataError, "{}: /tokens has {} entries but /loss_mask {}", path, n_tok, n_mask);
+  }
+  if (n_off < 2) FT_THROW(DataError, "{}: /doc_offsets has {} entries (< 2)", path, n_off);
+  const int64_t version = ReadIntAttr(file.get(), "format_version", path);
+  if (version != kShardFormatVersion) {
+    FT_THROW(DataError, "{}: shard format_version {} is not {} (re-run ftune prepare)", path,
+             version, kShardFormatVersion);
+  }
+  doc_offsets_.resize(n_off);
+  ReadSlab(offsets.get(), H5T_NATIVE_INT64, 0, n_off, doc_offsets_.data(), path, "doc_offsets");
+  if (doc_offsets_.front() != 0 || doc_offsets_.back() != n_tok) {
+    FT_THROW(DataError, "{}: /doc_offsets runs from {} to {}, not 0 to {} (corrupt shard)", path,
+             doc_offsets_.front(), doc_offsets_.back(), n_tok);
+  }
+  for (int64_t i = 1; i < n_off; ++i) {
+    if (doc_offsets_[i] <= doc_offsets_[i - 1]) {
+      FT_THROW(DataError, "{}: /doc_offsets is not increasing at {} (corrupt shard)", path, i);
+    }
+  }
+  num_tokens_ = n_tok;
+  tokenizer_sha256_ = ReadStringAttr(file.get(), "tokenizer_sha256", path);
+  split_ = ReadStringAttr(file.get(), "split", path);
+  vocab_size_ = ReadIntAttr(file.get(), "vocab_size", path);
+  pad_id_ = ReadIntAttr(file.get(), "pad_id", path);
+  eos_id_ = ReadIntAttr(file.get(), "eos_id", path);
+  if (ReadIntAttr(file.get(), "num_tokens", path) != n_tok) {
+    FT_THROW(DataError, "{}: attribute num_tokens disagrees with /tokens (corrupt shard)", path);
+  }
+  tokens_ = tokens.release();
+  mask_ = mask.release();
+  file_ = file.release();
+}
+
+ShardReader::~ShardReader() {
+  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  if (tokens_ >= 0) H5Dclose(tokens_);
+  if (mask_ >= 0) H5Dclose(mask_);
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+void ShardReader::Read(int64_t start, int64_t count, int32_t* tokens, uint8_t* mask) {
+  if (start < 0 || count < 0 || start + count > num_tokens_) {
+    FT_THROW(InternalError, "{}: read [{}, {}) outside [0, {})", path_, start, start + count,
+             num_tokens_);
+  }
+  if (count == 0) return;
+  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  ReadSlab(tokens_, H5T_NATIVE_INT32, start, count, tokens, path_, "tokens");
+  ReadSlab(mask_, H5T_NATIVE_UINT8, start, count, mask, path_, "loss_mask");
+}
+
+void ShardReader::ReadAll(std::vector<int32_t>* tokens, std::vector<uint8_t>* mask) {
+  tokens->resize(num_tokens_);
+  mask->resize(num_tokens_);
+  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  H5_CHECK(DataError,
+           H5Dread(tokens_, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens->data()),
+           path_, "H5Dread tokens");
+  H5_CHECK(DataError,
+           H5Dread(mask_, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, mask->data()), path_,
+           "H5Dread loss_mask");
+}
+
+// ---------------------------------------------------------------- manifest
+
+namespace {
+
+json SplitToJson(const SplitEntry& s) {
+  json shards = json::array();
+  for (const auto& e : s.shards) {
+    shards.push_back({{"file", e.file},
+                      {"num_docs", e.num_docs},
+                      {"num_tokens", e.num_tokens},
+                      {"bytes", e.bytes}});
+  }
+  return {{"num_docs", s.num_docs}, {"num_tokens", s.num_tokens}, {"shards", shards}};
+}
+
+SplitEntry SplitFromJson(const json& j) {
+  SplitEntry s;
+  s.num_docs = j.at("num_docs").get<int64_t>();
+  s.num_tokens = j.at("num_tokens").get<int64_t>();
+  for (const auto& e : j.at("shards")) {
+    s.shards.push_back({e.at("file").get<std::string>(), e.at("num_docs").get<int64_t>(),
+                        e.at("num_tokens").get<int64_t>(), e.at("bytes").get<int64_t>()});
+  }
+  return s;
+}
+
+}  // namespace
+
+const SplitEntry& Manifest::split(const std::string& name) const {
+  if (name == "train") return train;
+  if (name == "test") return test;
+  FT_THROW(DataError, "unknown split '{}' (train | test)", name);
+}
+
+void WriteManifest(const std::string& dir, const Manifest& m) {
+  json j = {{"format_version", m.format_version},
+            {"created_by", m.meta.created_by},
+            {"fingerprint", m.fingerprint},
+            {"tokenizer_sha256", m.meta.tokenizer_sha256},
+            {"vocab_size", m.meta.vocab_size},
+            {"bos_id", m.meta.bos_id},
+            {"eos_ids", m.meta.eos_ids},
+            {"pad_id", m.meta.pad_id},
+            {"template", m.meta.template_name},
+            {"compression", m.meta.compression},
+            {"max_seq_len", m.max_seq_len},
+            {"train_on_prompt", m.train_on_prompt},
+            {"sources", json::parse(m.meta.sources_json)},
+            {"splits", {{"train", SplitToJson(m.train)}, {"test", SplitToJson(m.test)}}}};
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << j.dump(1) << "\n";
+    out.flush();
+    if (!out) FT_THROW(IoError, "cannot write {}", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, path, ec.message());
+}
+
+Manifest ReadManifest(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  if (!fs::exists(path)) {
+    FT_THROW(DataError,
+             "{} has no {}: it is not a prepared dataset, or its `ftune prepare` did not "
+             "finish; run ftune prepare",
+             dir, kManifestName);
+  }
+  std::ifstream in(path, std::ios::binary);
+  json j = json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) FT_THROW(DataError, "{}: invalid JSON", path);
+  try {
+    Manifest m;
+    m.format_version = j.at("format_version").get<int64_t>();
+    if (m.format_version != kShardFormatVersion) {
+      FT_THROW(DataError, "{}: format_version {} is not {} (re-run ftune prepare)", path,
+               m.format_version, kShardFormatVersion);
+    }
+    m.fingerprint = j.at("fingerprint").get<std::string>();
+    m.meta.created_by = j.at("created_by").get<std::string>();
+    m.meta.tokenizer_sha256 = j.at("tokenizer_sha256").get<std::string>();
+    m.meta.vocab_size = j.at("vocab_size").get<int64_t>();
+    m.meta.bos_id = j.at("bos_id").get<int64_t>();
+    m.meta.eos_ids = j.at("eos_ids").get<std::vector<int64_t>>();
+    m.meta.pad_id = j.at("pad_id").get<int64_t>();
+    m.meta.template_name = j.at("template").get<std::string>();
+    m.meta.compression = j.at("compression").get<int>();
+    m.meta.sources_json = j.at("sources").dump();
+    m.max_seq_len = j.at("max_seq_len").get<int64_t>();
+    m.train_on_prompt = j.at("train_on_prompt").get<bool>();
+    m.train = SplitFromJson(j.at("splits").at("train"));
+    m.test = SplitFromJson(j.at("splits").at("test"));
+    return m;
+  } catch (const json::exception& e) {
+    FT_THROW(DataError, "{}: malformed manifest: {}", path, e.what());
+  }
+}
+
+}  // namespace ftune::data

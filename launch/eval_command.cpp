@@ -1,0 +1,131 @@
+// `ftune eval`: loss, perplexity, exact match and token F1 on the test split, optionally base
+// vs finetuned side by side.
+//   mpirun -np N ftune eval --config C [--model DIR|CKPT] [--compare DIR|CKPT] [--set k=v ...]
+// --model defaults to <run.output_dir>/final (what `ftune train` exports). Evaluation is data
+// parallel over all ranks (parallel.tp is ignored: each rank holds whole models). Everything
+// that can be wrong with the inputs (dataset, tokenizers, vocabularies, model paths) is checked
+// before any compute. Rank 0 writes eval.json, eval_examples.jsonl, report.md and
+// loss_curve.svg into the run directory (runtime/report.h).
+#include <fmt/format.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "launch/commands.h"
+#include "models/llama_config.h"
+#include "parallel/error.h"
+#include "runtime/evaluator.h"
+#include "runtime/log.h"
+#include "runtime/model_setup.h"
+#include "runtime/report.h"
+
+namespace ftune::launch {
+namespace {
+
+struct EvalArgs {
+  runtime::CommonArgs common;
+  std::string model;    // default <run>/final
+  std::string compare;  // base model, optional
+};
+
+void RunEval(EvalArgs a, runtime::World& world) {
+  using namespace runtime;
+  // Evaluation is data parallel only, whatever layout the training config asks for.
+  a.common.overrides.push_back("parallel.tp=1");
+  a.common.overrides.push_back("parallel.dp=-1");
+  Config cfg = SetUpRun(world, a.common, {world.world_size(), /*need_train=*/false}, "eval");
+  parallel::ProcessGrid grid(world.comm(), world.world_size(), 1);
+  grid.world().set_timeout(cfg.parallel.timeout_s);
+  grid.dp_comm().set_timeout(cfg.parallel.timeout_s);
+
+  // Inputs first, compute later.
+  const data::Tokenizer tok = LoadRunTokenizer(cfg);
+  const std::string data_dir = RunPath(cfg, cfg.data.dir);
+  Evaluator evaluator(cfg, data_dir, tok, grid);
+  const std::string model_path = a.model.empty() ? RunPath(cfg, "final") : a.model;
+  const auto dtype = models::ParseDtype(cfg.model.dtype);
+  const std::string sha = evaluator.manifest().meta.tokenizer_sha256;
+  auto model = LoadModelForEval(model_path, dtype, sha);
+  CheckModelTokenizer(*model, tok, "--model " + model_path);
+  std::shared_ptr<models::LlamaModel> base;
+  if (!a.compare.empty()) {
+    base = LoadModelForEval(a.compare, dtype, sha);
+    CheckModelTokenizer(*base, tok, "--compare " + a.compare);
+    if (base->config().vocab_size != model->config().vocab_size) {
+      FT_THROW(DataError, "--compare {} has vocab_size {} but --model {} has {}: base and "
+               "finetuned models must share one vocabulary (the same tokenizer) to be compared "
+               "on the same prompts", a.compare, base->config().vocab_size, model_path,
+               model->config().vocab_size);
+    }
+    base->to(world.device());
+    base->eval();
+  }
+  model->to(world.device());
+  model->eval();
+  LogInfo("evaluating {} on {} test examples ({} tokens) of {}{}; {} rank(s)", model_path,
+          evaluator.num_test_examples(), evaluator.num_test_tokens(), data_dir,
+          base ? " against --compare " + a.compare : "", world.world_size());
+
+  auto evaluate = [&](models::LlamaModel& m, const std::string& label, const std::string& path) {
+    ModelEval e;
+    e.label = label;
+    e.path = path;
+    const auto t0 = std::chrono::steady_clock::now();
+    e.loss = evaluator.Loss(m);
+    e.loss_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    LogInfo("{}: eval loss {:.4f} | perplexity {:.3f} over {} answer tokens ({:.1f} s)", label,
+            e.loss.MeanNll(), e.loss.Perplexity(), e.loss.targets, e.loss_seconds);
+    if (cfg.eval.max_samples != 0) {
+      e.generation = evaluator.Generate(m, cfg.eval.max_samples);
+      const auto& g = e.generation->totals;
+      LogInfo("{}: exact match {:.1f}% ({}/{}) | token F1 {:.3f} ({:.1f} s)", label,
+              100 * g.ExactMatchRate(), g.exact, g.examples, g.MeanF1(), e.generation->seconds);
+    }
+    return e;
+  };
+
+  EvalReport report;
+  report.run_name = cfg.run.name;
+  report.data_dir = data_dir;
+  report.normalize = cfg.eval.normalize;
+  report.test_examples = evaluator.num_test_examples();
+  report.world_size = world.world_size();
+  if (base) report.base = evaluate(*base, "base", a.compare);
+  report.model = evaluate(*model, base ? "finetuned" : "model", model_path);
+
+  if (world.rank() == 0) {
+    const std::string md = WriteEvalReport(report, cfg.run.output_dir);
+    auto headline = [](const ModelEval& e) {
+      std::string s = fmt::format("perplexity {:.3f}", e.loss.Perplexity());
+      if (e.generation) {
+        s += fmt::format(", exact match {:.1f}% ({}/{})", 100 * e.generation->totals.ExactMatchRate(),
+                         e.generation->totals.exact, e.generation->totals.examples);
+      }
+      return s;
+    };
+    if (report.base) fmt::print("base:      {}\n", headline(*report.base));
+    fmt::print("{}{}\n", base ? "finetuned: " : "model: ", headline(report.model));
+    fmt::print("report: {}\n", md);
+    std::fflush(stdout);
+  }
+  world.comm().Barrier()->Wait();
+}
+
+}  // namespace
+
+void AddEvalCommand(CLI::App& app, runtime::World& world) {
+  auto args = std::make_shared<EvalArgs>();
+  auto* sub = app.add_subcommand(
+      "eval", "loss, perplexity, exact match and F1 on the test split; base vs finetuned");
+  AddCommonOptions(sub, args->common);
+  sub->add_option("--model", args->model,
+                  "model to evaluate: HF directory or checkpoint (step_N.h5, checkpoint or run "
+                  "directory; default: <run.output_dir>/final)");
+  sub->add_option("--compare", args->compare,
+                  "base model answering the same prompts (HF directory or checkpoint), shown "
+                  "side by side");
+  sub->callback([args, &world]() { RunEval(*args, world); });
+}
+
+}  // namespace ftune::launch

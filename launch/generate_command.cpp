@@ -1,0 +1,124 @@
+// `ftune generate`: answer prompts with an HF model directory, printing only the new text.
+//   ftune generate --model DIR --prompt "What is ...?" [--prompt ...] [--template qa|none]
+//                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S]
+// Rank 0 does the work (generation is not distributed); other ranks return at once.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "launch/commands.h"
+#include "models/generate.h"
+#include "models/hf_io.h"
+#include "parallel/error.h"
+
+namespace ftune::launch {
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::string tokenizer;  // empty = the model directory
+  std::vector<std::string> prompts;
+  std::string template_name = "qa";
+  std::string dtype = "fp32";
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 1234;
+  int64_t batch_size = 8;
+};
+
+std::string ApplyTemplate(const std::string& name, const std::string& prompt) {
+  if (name == "qa") return "### Question:\n" + prompt + "\n\n### Answer:";
+  return prompt;
+}
+
+std::string Trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+void RunGenerate(const GenerateArgs& a, runtime::World& world) {
+  if (world.rank() != 0) return;
+  auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
+  auto loaded = models::LoadHf(a.model, models::ParseDtype(a.dtype));
+  auto& model = *loaded.model;
+  model.to(world.device());
+  model.eval();
+  if (tok.vocab_size() > loaded.config.vocab_size) {
+    FT_THROW(ModelError, "tokenizer {} has {} ids but the model's vocab_size is {}", tok.path(),
+             tok.vocab_size(), loaded.config.vocab_size);
+  }
+
+  models::GenerateOptions opt;
+  opt.max_new_tokens = a.max_new_tokens;
+  opt.temperature = a.temperature;
+  opt.top_k = a.top_k;
+  opt.top_p = a.top_p;
+  opt.seed = a.seed;
+  for (int32_t id : tok.eos_ids()) opt.eos_ids.push_back(id);
+  for (int64_t id : loaded.config.eos_token_ids) {
+    if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
+      opt.eos_ids.push_back(id);
+    }
+  }
+  opt.pad_id = std::max<int32_t>(tok.pad_id(), 0);
+
+  for (size_t first = 0; first < a.prompts.size(); first += a.batch_size) {
+    const size_t last = std::min(a.prompts.size(), first + static_cast<size_t>(a.batch_size));
+    std::vector<std::vector<int32_t>> ids;
+    for (size_t i = first; i < last; ++i) {
+      ids.push_back(tok.Encode(ApplyTemplate(a.template_name, a.prompts[i]),
+                               /*add_special_tokens=*/true));
+    }
+    auto out = models::Generate(model, ids, opt);
+    for (const auto& o : out) {
+      fmt::print("{}\n", Trim(tok.Decode(o, /*skip_special_tokens=*/true)));
+    }
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
+void AddGenerateCommand(CLI::App& app, runtime::World& world) {
+  auto args = std::make_shared<GenerateArgs>();
+  auto* sub = app.add_subcommand(
+      "generate", "answer prompts with an HF model directory; prints only the new text per prompt");
+  sub->add_option("--model", args->model, "HF model directory (config.json + safetensors)")
+      ->required();
+  sub->add_option("--tokenizer", args->tokenizer,
+                  "tokenizer.json or its directory (default: --model)");
+  sub->add_option("--prompt", args->prompts, "a prompt (repeat for several)")->required();
+  sub->add_option("--template", args->template_name,
+                  "qa: \"### Question:\\n{prompt}\\n\\n### Answer:\"; none: the prompt as is")
+      ->check(CLI::IsMember({"qa", "none"}))
+      ->capture_default_str();
+  sub->add_option("--max-new-tokens", args->max_new_tokens, "new tokens per prompt at most")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20))
+      ->capture_default_str();
+  sub->add_option("--temperature", args->temperature, "0 = greedy; > 0 samples")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  sub->add_option("--top-k", args->top_k, "sample among the k most likely tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--top-p", args->top_p, "nucleus sampling threshold (1 = off)")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  sub->add_option("--seed", args->seed, "sampling seed")->capture_default_str();
+  sub->add_option("--dtype", args->dtype, "compute dtype")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  sub->add_option("--batch-size", args->batch_size, "prompts generated together")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->callback([args, &world]() { RunGenerate(*args, world); });
+}
+
+}  // namespace ftune::launch

@@ -1,0 +1,196 @@
+#include "models/hf_io.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "parallel/error.h"
+
+namespace ftune::models {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  return "[" + fmt::format("{}", fmt::join(s, ", ")) + "]";
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Names that HF loaders ignore when present.
+bool IgnoredName(const std::string& name, const LlamaConfig& cfg) {
+  return EndsWith(name, "rotary_emb.inv_freq") ||
+         (cfg.tie_word_embeddings && name == "lm_head.weight");
+}
+
+std::string NameList(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 12;
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kShown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) out += fmt::format(", ... ({} in all)", names.size());
+  return out;
+}
+
+void WriteText(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+  out.close();
+  if (!out) FT_THROW(IoError, "{}: write failed", p.string());
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> HfTensorShapes(const LlamaConfig& c) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    out.push_back({p + "self_attn.q_proj.weight", {q, c.hidden_size}});
+    out.push_back({p + "self_attn.k_proj.weight", {kv, c.hidden_size}});
+    out.push_back({p + "self_attn.v_proj.weight", {kv, c.hidden_size}});
+    out.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q}});
+    out.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}});
+    out.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}});
+    out.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}});
+    out.push_back({p + "input_layernorm.weight", {c.hidden_size}});
+    out.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}});
+  }
+  out.push_back({"model.norm.weight", {c.hidden_size}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  return out;
+}
+
+void CheckHfTensors(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg,
+                    const std::string& config_source) {
+  const auto expected = HfTensorShapes(cfg);
+  std::set<std::string> want;
+  std::vector<std::string> missing, unexpected;
+  for (const auto& [name, shape] : expected) {
+    want.insert(name);
+    if (!ck.Has(name)) missing.push_back(name);
+  }
+  for (const auto& name : ck.names()) {
+    if (!want.count(name) && !IgnoredName(name, cfg)) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !unexpected.empty()) {
+    std::string msg = fmt::format("checkpoint does not match {}:", config_source);
+    if (!missing.empty())
+      msg += fmt::format(" missing tensors ({}): {};", missing.size(), NameList(missing));
+    if (!unexpected.empty()) {
+      msg += fmt::format(" unexpected tensors ({}): {};", unexpected.size(), NameList(unexpected));
+    }
+    msg += " (is config.json from the same model as the weights?)";
+    throw ModelError(msg);
+  }
+  for (const auto& [name, shape] : expected) {
+    const auto& info = ck.Info(name);
+    if (info.shape != shape) {
+      FT_THROW(ModelError, "tensor '{}' in {}: expected shape {} (from {}), found {}", name,
+               ck.FileOf(name), ShapeStr(shape), config_source, ShapeStr(info.shape));
+    }
+    if (!c10::isFloatingType(info.dtype)) {
+      FT_THROW(ModelError, "tensor '{}' in {}: dtype {} is not a floating-point type", name,
+               ck.FileOf(name), c10::toString(info.dtype));
+    }
+  }
+}
+
+LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  if (!fs::is_regular_file(config_path)) {
+    FT_THROW(ModelError, "{}: no config.json; is this a Hugging Face model directory?", dir);
+  }
+  LoadedModel out;
+  out.config = LlamaConfig::FromFile(config_path);
+  auto ck = SafetensorsCheckpoint::Open(dir);
+  CheckHfTensors(ck, out.config, config_path);
+  out.model = std::make_shared<LlamaModel>(out.config);
+  out.model->to(dtype);
+  torch::NoGradGuard no_grad;
+  for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
+    p.value().copy_(ck.Get(p.key()));
+  }
+  return out;
+}
+
+void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const std::string& dir,
+                const SaveHfOptions& opt) {
+  // The tensors must be exactly what config.json describes.
+  const auto expected = HfTensorShapes(cfg_in);
+  std::map<std::string, std::vector<int64_t>> want(expected.begin(), expected.end());
+  if (tensors.size() != want.size()) {
+    FT_THROW(ModelError, "export to {}: {} tensors given, the config describes {}", dir,
+             tensors.size(), want.size());
+  }
+  for (const auto& [name, t] : tensors) {
+    auto it = want.find(name);
+    if (it == want.end()) FT_THROW(ModelError, "export to {}: unexpected tensor '{}'", dir, name);
+    if (t.sizes().vec() != it->second) {
+      FT_THROW(ModelError, "export to {}: tensor '{}' has shape {}, the config says {}", dir, name,
+               ShapeStr(t.sizes().vec()), ShapeStr(it->second));
+    }
+  }
+  LlamaConfig cfg = cfg_in;
+  cfg.torch_dtype = HfDtypeName(tensors.front().second.scalar_type());
+
+  const fs::path out(dir);
+  const fs::path tmp(dir + ".tmp");
+  if (fs::exists(out)) {
+    if (!fs::is_directory(out)) FT_THROW(ModelError, "{} exists and is not a directory", dir);
+    if (!fs::is_empty(out) && !opt.overwrite) {
+      FT_THROW(ModelError,
+               "{} exists and is not empty; refusing to overwrite it (choose another "
+               "output directory, or pass --overwrite / SaveHfOptions::overwrite)",
+               dir);
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) FT_THROW(IoError, "{}: cannot create directory: {}", tmp.string(), ec.message());
+
+  WriteText(tmp / "config.json", cfg.ToJson().dump(2) + "\n");
+  WriteSafetensorsSharded(tmp.string(), tensors, opt.max_shard_bytes);
+
+  bool have_generation_config = false;
+  if (!opt.tokenizer_src_dir.empty()) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "generation_config.json"}) {
+      const fs::path src = fs::path(opt.tokenizer_src_dir) / f;
+      if (!fs::is_regular_file(src)) continue;
+      fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
+      if (ec)
+        FT_THROW(IoError, "cannot copy {} to {}: {}", src.string(), tmp.string(), ec.message());
+      if (std::string(f) == "generation_config.json") have_generation_config = true;
+    }
+  }
+  if (!have_generation_config) {
+    json gen = {{"_from_model_config", true}};
+    const json c = cfg.ToJson();
+    gen["bos_token_id"] = c["bos_token_id"];
+    gen["eos_token_id"] = c["eos_token_id"];
+    WriteText(tmp / "generation_config.json", gen.dump(2) + "\n");
+  }
+
+  if (fs::exists(out)) fs::remove_all(out, ec);
+  if (ec) FT_THROW(IoError, "{}: cannot remove the old directory: {}", dir, ec.message());
+  fs::rename(tmp, out, ec);
+  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp.string(), dir, ec.message());
+}
+
+void SaveHf(LlamaModel& model, const LlamaConfig& cfg, const std::string& dir,
+            const SaveHfOptions& opt) {
+  NamedTensors tensors;
+  for (const auto& p : model.named_parameters(/*recurse=*/true)) {
+    tensors.push_back({p.key(), p.value().detach()});
+  }
+  WriteHfDir(tensors, cfg, dir, opt);
+}
+
+}  // namespace ftune::models

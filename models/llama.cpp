@@ -1,0 +1,355 @@
+#include "models/llama.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "parallel/compat.h"
+#include "parallel/error.h"
+
+namespace ftune::models {
+namespace {
+
+namespace F = torch::nn::functional;
+
+torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+// HF rotate_half: (x1, x2) -> (-x2, x1) over the two halves of the last dim.
+torch::Tensor RotateHalf(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
+}
+
+torch::Tensor ApplyHook(const TensorHook& hook, const torch::Tensor& x) {
+  return hook ? hook(x) : x;
+}
+
+// Chunked fp32 cross-entropy that keeps no logits between forward and backward (see
+// CausalLmLoss in the header). The model pointer travels as an int64 in saved_data.
+class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& targets, int64_t model_ptr, int64_t chunk) {
+    auto* model = reinterpret_cast<LlamaModel*>(model_ptr);
+    const int64_t n = hidden.size(0);
+    auto total = torch::zeros({}, hidden.options().dtype(torch::kFloat));
+    for (int64_t a = 0; a < n; a += chunk) {
+      const int64_t b = std::min(n, a + chunk);
+      total += model->CrossEntropySum(hidden.slice(0, a, b), targets.slice(0, a, b));
+    }
+    ctx->save_for_backward({hidden, targets});
+    ctx->saved_data["model"] = model_ptr;
+    ctx->saved_data["chunk"] = chunk;
+    return total;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& hidden = saved[0];
+    const auto& targets = saved[1];
+    auto* model = reinterpret_cast<LlamaModel*>(ctx->saved_data["model"].toInt());
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const int64_t n = hidden.size(0);
+    auto grad_hidden = torch::empty_like(hidden);
+    const auto g = grad_out[0];
+    for (int64_t a = 0; a < n; a += chunk) {
+      const int64_t b = std::min(n, a + chunk);
+      torch::AutoGradMode enable(true);
+      auto h = hidden.slice(0, a, b).detach().requires_grad_(true);
+      auto loss = model->CrossEntropySum(h, targets.slice(0, a, b));
+      torch::autograd::backward({loss}, {g});
+      grad_hidden.slice(0, a, b).copy_(h.grad());
+    }
+    return {grad_hidden, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+// --- KVCache ----------------------------------------------------------------------------------
+KVCache KVCache::Create(const LlamaModel& model, int64_t batch, int64_t max_len) {
+  KVCache c;
+  c.max_len = max_len;
+  const auto opts = torch::TensorOptions().dtype(model.dtype()).device(model.device());
+  for (const auto& layer : model.model->layer_list) {
+    const auto& attn = *layer->self_attn;
+    const int64_t hkv = attn.k_proj->weight.size(0) / attn.head_dim;
+    c.k.push_back(torch::zeros({batch, hkv, max_len, attn.head_dim}, opts));
+    c.v.push_back(torch::zeros({batch, hkv, max_len, attn.head_dim}, opts));
+  }
+  c.key_valid = torch::ones({batch, max_len}, opts.dtype(torch::kBool));
+  return c;
+}
+
+// --- RmsNorm ----------------------------------------------------------------------------------
+RmsNorm::RmsNorm(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RmsNorm::forward(const torch::Tensor& x) {
+  auto h = x.to(torch::kFloat);
+  auto var = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * torch::rsqrt(var + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+// --- Rotary -----------------------------------------------------------------------------------
+Rotary::Rotary(const LlamaConfig& cfg) {
+  // Operation for operation as transformers' _compute_default_rope_parameters and
+  // _compute_llama3_parameters, in fp32, so the frequencies match bit for bit.
+  const int64_t dim = cfg.head_dim;
+  auto exps = torch::arange(0, dim, 2, torch::kLong).to(torch::kFloat) / dim;
+  auto inv_freq = torch::pow(cfg.rope_theta, exps).reciprocal() * 1.0;
+  if (cfg.rope_scaling.rope_type == "llama3") {
+    const auto& rs = cfg.rope_scaling;
+    const double old_len = static_cast<double>(rs.original_max_position_embeddings);
+    const double low_freq_wavelen = old_len / rs.low_freq_factor;
+    const double high_freq_wavelen = old_len / rs.high_freq_factor;
+    auto wavelen = inv_freq.reciprocal() * (2 * M_PI);
+    auto inv_freq_llama = torch::where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq);
+    auto smooth = (wavelen.reciprocal() * old_len - rs.low_freq_factor) /
+                  (rs.high_freq_factor - rs.low_freq_factor);
+    auto smoothed = torch::rsub(smooth, 1.0) * inv_freq_llama / rs.factor + smooth * inv_freq_llama;
+    auto is_medium =
+        (wavelen < high_freq_wavelen).logical_not() & (wavelen > low_freq_wavelen).logical_not();
+    inv_freq_llama = torch::where(is_medium, smoothed, inv_freq_llama);
+    inv_freq = inv_freq_llama;
+  }
+  inv_freq_ = inv_freq;
+}
+
+std::pair<torch::Tensor, torch::Tensor> Rotary::CosSin(const torch::Tensor& positions,
+                                                       c10::ScalarType dtype) const {
+  // (B, T, 1) * (D/2) -> (B, T, D/2); one fp32 product per element, like HF's K=1 matmul.
+  auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_.to(positions.device());
+  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // (B, 1, T, D)
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+// --- Attention --------------------------------------------------------------------------------
+LlamaAttention::LlamaAttention(const LlamaConfig& cfg) : head_dim(cfg.head_dim) {
+  const int64_t c = cfg.hidden_size;
+  q_proj = register_module("q_proj", MakeLinear(c, cfg.num_attention_heads * head_dim));
+  k_proj = register_module("k_proj", MakeLinear(c, cfg.num_key_value_heads * head_dim));
+  v_proj = register_module("v_proj", MakeLinear(c, cfg.num_key_value_heads * head_dim));
+  o_proj = register_module("o_proj", MakeLinear(cfg.num_attention_heads * head_dim, c));
+}
+
+torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                      const torch::Tensor& sin, const torch::Tensor& mask,
+                                      KVCache* cache, int64_t layer) {
+  const int64_t b = x.size(0), t = x.size(1);
+  // Local head counts from the (possibly sharded) weights.
+  const int64_t nh = q_proj->weight.size(0) / head_dim;
+  const int64_t nkv = k_proj->weight.size(0) / head_dim;
+  auto h = ApplyHook(enter_region, x);
+  auto q = q_proj(h).view({b, t, nh, head_dim}).transpose(1, 2);   // (B, H, T, D)
+  auto k = k_proj(h).view({b, t, nkv, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
+  auto v = v_proj(h).view({b, t, nkv, head_dim}).transpose(1, 2);
+  q = q * cos + RotateHalf(q) * sin;
+  k = k * cos + RotateHalf(k) * sin;
+  if (cache != nullptr) {
+    const int64_t off = cache->length;
+    cache->k[layer].slice(2, off, off + t).copy_(k);
+    cache->v[layer].slice(2, off, off + t).copy_(v);
+    k = cache->k[layer].slice(2, 0, off + t);
+    v = cache->v[layer].slice(2, 0, off + t);
+  }
+  auto y = compat::Attention(q, k, v, mask, /*causal=*/true);  // (B, H, T, D)
+  y = y.transpose(1, 2).reshape({b, t, nh * head_dim});
+  return ApplyHook(exit_region, o_proj(y));
+}
+
+// --- MLP --------------------------------------------------------------------------------------
+LlamaMlp::LlamaMlp(const LlamaConfig& cfg) {
+  gate_proj = register_module("gate_proj", MakeLinear(cfg.hidden_size, cfg.intermediate_size));
+  up_proj = register_module("up_proj", MakeLinear(cfg.hidden_size, cfg.intermediate_size));
+  down_proj = register_module("down_proj", MakeLinear(cfg.intermediate_size, cfg.hidden_size));
+}
+
+torch::Tensor LlamaMlp::forward(const torch::Tensor& x) {
+  auto h = ApplyHook(enter_region, x);
+  return ApplyHook(exit_region, down_proj(F::silu(gate_proj(h)) * up_proj(h)));
+}
+
+// --- Decoder layer ----------------------------------------------------------------------------
+LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& cfg) {
+  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(cfg));
+  mlp = register_module("mlp", std::make_shared<LlamaMlp>(cfg));
+  input_layernorm = register_module("input_layernorm",
+                                    std::make_shared<RmsNorm>(cfg.hidden_size, cfg.rms_norm_eps));
+  post_attention_layernorm = register_module(
+      "post_attention_layernorm", std::make_shared<RmsNorm>(cfg.hidden_size, cfg.rms_norm_eps));
+}
+
+torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                         const torch::Tensor& sin, const torch::Tensor& mask,
+                                         KVCache* cache, int64_t layer) {
+  auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, cache, layer);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+// --- Backbone ---------------------------------------------------------------------------------
+LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg) {
+  embed_tokens =
+      register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    auto layer = std::make_shared<LlamaDecoderLayer>(cfg);
+    layers->push_back(layer);
+    layer_list.push_back(layer);
+  }
+  norm = register_module("norm", std::make_shared<RmsNorm>(cfg.hidden_size, cfg.rms_norm_eps));
+}
+
+// --- LlamaModel -------------------------------------------------------------------------------
+LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg), rotary_(cfg) {
+  cfg_.Validate("LlamaModel config");
+  model = register_module("model", std::make_shared<LlamaBackbone>(cfg));
+  if (!cfg.tie_word_embeddings) {
+    lm_head = register_module("lm_head", MakeLinear(cfg.hidden_size, cfg.vocab_size));
+  }
+}
+
+void LlamaModel::InitWeights(int64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+  for (auto& p : named_parameters(/*recurse=*/true)) {
+    const std::string& name = p.key();
+    auto cpu = torch::empty(p.value().sizes(), torch::kFloat);
+    const bool is_norm =
+        name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    if (is_norm) {
+      cpu.fill_(1.0);
+    } else {
+      cpu.normal_(0.0, cfg_.initializer_range, gen);
+    }
+    p.value().copy_(cpu);
+  }
+}
+
+torch::Tensor LlamaModel::Embed(const torch::Tensor& tokens) { return model->embed_tokens(tokens); }
+
+const torch::Tensor& LlamaModel::lm_head_weight() const {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+torch::Tensor LlamaModel::Logits(const torch::Tensor& hidden) {
+  return F::linear(hidden, lm_head_weight());
+}
+
+torch::Tensor LlamaModel::CrossEntropySum(const torch::Tensor& hidden,
+                                          const torch::Tensor& targets) {
+  auto logits = Logits(hidden).to(torch::kFloat);
+  return F::cross_entropy(logits, targets, F::CrossEntropyFuncOptions().reduction(torch::kSum));
+}
+
+c10::ScalarType LlamaModel::dtype() const { return model->norm->weight.scalar_type(); }
+torch::Device LlamaModel::device() const { return model->norm->weight.device(); }
+
+torch::Tensor LlamaModel::ForwardHidden(const torch::Tensor& tokens, const ForwardOptions& opt) {
+  if (tokens.dim() != 2 || tokens.scalar_type() != torch::kLong) {
+    FT_THROW(ModelError, "ForwardHidden: tokens must be (B, T) int64, got {} {}",
+             c10::str(tokens.sizes()), c10::toString(tokens.scalar_type()));
+  }
+  const int64_t b = tokens.size(0), t = tokens.size(1);
+  const auto dev = tokens.device();
+  KVCache* cache = opt.cache;
+  const int64_t off = cache != nullptr ? cache->length : 0;
+  if (cache != nullptr) {
+    if (opt.segment_ids.defined())
+      FT_THROW(ModelError, "segment_ids cannot be combined with a KV cache");
+    if (off + t > cache->max_len) {
+      FT_THROW(ModelError, "KV cache overflow: {} cached + {} new positions > capacity {}", off, t,
+               cache->max_len);
+    }
+    if (cache->key_valid.size(0) != b) {
+      FT_THROW(ModelError, "KV cache was made for batch {}, got batch {}", cache->key_valid.size(0),
+               b);
+    }
+  }
+  torch::Tensor positions = opt.positions;
+  if (positions.defined()) {
+    if (positions.sizes() != tokens.sizes()) {
+      FT_THROW(ModelError, "positions {} must have the shape of tokens {}",
+               c10::str(positions.sizes()), c10::str(tokens.sizes()));
+    }
+  } else {
+    positions = torch::arange(off, off + t, torch::dtype(torch::kLong).device(dev)).expand({b, t});
+  }
+
+  torch::Tensor mask;  // bool (B, 1, T, S), true = attend; undefined = plain causal
+  if (cache != nullptr) {
+    const int64_t s = off + t;
+    auto q_idx =
+        torch::arange(off, s, torch::dtype(torch::kLong).device(dev)).unsqueeze(1);  // (T, 1)
+    auto k_idx =
+        torch::arange(0, s, torch::dtype(torch::kLong).device(dev)).unsqueeze(0);  // (1, S)
+    auto valid = cache->key_valid.slice(1, 0, s).unsqueeze(1);                     // (B, 1, S)
+    // A padded query sees at least itself, so no softmax row is all -inf.
+    mask = ((k_idx <= q_idx).unsqueeze(0) & valid) | (k_idx == q_idx).unsqueeze(0);
+    mask = mask.unsqueeze(1);
+  } else if (opt.segment_ids.defined()) {
+    if (opt.segment_ids.sizes() != tokens.sizes()) {
+      FT_THROW(ModelError, "segment_ids {} must have the shape of tokens {}",
+               c10::str(opt.segment_ids.sizes()), c10::str(tokens.sizes()));
+    }
+    const auto& seg = opt.segment_ids;
+    auto same = seg.unsqueeze(2) == seg.unsqueeze(1);  // (B, T, T)
+    auto causal = torch::ones({t, t}, torch::dtype(torch::kBool).device(dev)).tril();
+    mask = (same & causal).unsqueeze(1);
+  }
+
+  auto x = Embed(tokens);  // (B, T, C)
+  auto [cos, sin] = rotary_.CosSin(positions, x.scalar_type());
+  for (size_t i = 0; i < model->layer_list.size(); ++i) {
+    if (layer_runner && cache == nullptr) {
+      auto layer = model->layer_list[i];
+      const int64_t li = static_cast<int64_t>(i);
+      TensorHook run = [layer, cos = cos, sin = sin, mask, li](const torch::Tensor& h) {
+        return layer->forward(h, cos, sin, mask, nullptr, li);
+      };
+      x = layer_runner(li, x, run);
+    } else {
+      x = model->layer_list[i]->forward(x, cos, sin, mask, cache, static_cast<int64_t>(i));
+    }
+  }
+  if (cache != nullptr) cache->length += t;
+  return model->norm->forward(x);
+}
+
+std::shared_ptr<LlamaModel> BuildLlama(const LlamaConfig& cfg, c10::ScalarType dtype,
+                                       int64_t seed) {
+  auto m = std::make_shared<LlamaModel>(cfg);
+  m->InitWeights(seed);
+  m->to(dtype);
+  return m;
+}
+
+LossSum CausalLmLoss(LlamaModel& model, const torch::Tensor& tokens, const torch::Tensor& targets,
+                     const torch::Tensor& loss_mask, const ForwardOptions& opt,
+                     int64_t chunk_tokens) {
+  if (targets.sizes() != tokens.sizes() || loss_mask.sizes() != tokens.sizes()) {
+    FT_THROW(ModelError, "CausalLmLoss: tokens {}, targets {} and loss_mask {} must have one shape",
+             c10::str(tokens.sizes()), c10::str(targets.sizes()), c10::str(loss_mask.sizes()));
+  }
+  FT_CHECK(chunk_tokens > 0, "chunk_tokens must be positive, got {}", chunk_tokens);
+  auto hidden = model.ForwardHidden(tokens, opt);  // (B, T, C)
+  auto rows = loss_mask.reshape({-1}).ne(0).nonzero().squeeze(1);
+  auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, rows);   // (N, C)
+  auto t = targets.reshape({-1}).to(torch::kLong).index_select(0, rows);  // (N)
+  LossSum out;
+  out.count = torch::full({}, rows.size(0), torch::dtype(torch::kLong).device(rows.device()));
+  if (rows.size(0) <= chunk_tokens) {
+    out.loss_sum = model.CrossEntropySum(h, t);
+  } else {
+    out.loss_sum =
+        ChunkedCrossEntropy::apply(h, t, reinterpret_cast<int64_t>(&model), chunk_tokens);
+  }
+  return out;
+}
+
+}  // namespace ftune::models

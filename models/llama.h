@@ -1,0 +1,191 @@
+// The Llama decoder (HF `LlamaForCausalLM`) as torch::nn modules.
+//
+// Parameter names are exactly HF's (`model.embed_tokens.weight`,
+// `model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`, `lm_head.weight`; the
+// last is absent when tie_word_embeddings, and the embedding matrix then serves as lm_head), so
+// state dicts, safetensors checkpoints and the collective checkpoint share one naming.
+//
+// The math follows transformers' modeling_llama: RMSNorm in fp32 then cast back and scaled by
+// the weight; RoPE in rotate-half layout with cos/sin computed in fp32 (llama3 frequency scaling
+// as `_compute_llama3_parameters`); GQA attention through compat::Attention; SwiGLU MLP; no biases.
+//
+// Extension points for tensor/vocab parallelism (applied from outside by a Parallelize step):
+//  * Attention derives its local head counts at forward time from q_proj / k_proj weight shapes
+//    divided by head_dim, so q/k/v/o and gate/up/down can be replaced by shards
+//    (`replace_module("q_proj", ...)`; the members are public registered torch::nn::Linear).
+//  * LlamaAttention and LlamaMlp apply two optional hooks: `enter_region` to their input before
+//    the column-parallel projections (Megatron's copy-to-region) and `exit_region` to the output
+//    of o_proj / down_proj (reduce-from-region). Empty hooks are the identity.
+//  * LlamaModel's Embed(), Logits() and CrossEntropySum() are virtual: a vocab-parallel model
+//    overrides them (the chunked loss reaches the lm_head only through these).
+//
+// Thread safety: a module is used by one thread at a time.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "models/llama_config.h"
+
+namespace ftune::models {
+
+class LlamaModel;
+
+// Keys and values of every layer for incremental decoding; buffers are preallocated.
+// One cache serves one batch of sequences that advance in lock step.
+struct KVCache {
+  std::vector<torch::Tensor> k, v;  // per layer (B, Hkv, max_len, D), the model's dtype/device
+  torch::Tensor key_valid;          // (B, max_len) bool; false marks left padding (never attended)
+  int64_t length = 0;               // positions filled so far
+  int64_t max_len = 0;
+
+  // Sizes the buffers from the model (local kv heads taken from k_proj weights); all keys valid.
+  static KVCache Create(const LlamaModel& model, int64_t batch, int64_t max_len);
+};
+
+struct ForwardOptions {
+  // (B, T) int64 RoPE positions; default cache length + 0..T-1 for every row.
+  torch::Tensor positions;
+  // (B, T) int32/int64: packed sequences; a token attends only to earlier tokens with the same id.
+  // The caller passes positions that restart per segment. Not combinable with `cache`.
+  torch::Tensor segment_ids;
+  // Incremental decoding: keys/values of these T tokens are appended at cache->length, the
+  // queries attend to all valid cached keys before them, and cache->length grows by T.
+  KVCache* cache = nullptr;
+};
+
+using TensorHook = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// Runs decoder layer `layer` as `run(x)`. A runner may wrap the call (activation
+// checkpointing, ZeRO-3 gathering of the layer's parameters); `run` holds
+// everything it needs by value, so it can be called again during backward.
+using LayerRunner = std::function<torch::Tensor(int64_t layer, const torch::Tensor& x,
+                                                const TensorHook& run)>;
+
+class RmsNorm : public torch::nn::Module {
+ public:
+  RmsNorm(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., C)
+  torch::Tensor weight;                           // (C)
+  double eps;
+};
+
+// RoPE frequencies (HF's inv_freq, fp32, not a parameter or buffer).
+class Rotary {
+ public:
+  explicit Rotary(const LlamaConfig& cfg);
+  const torch::Tensor& inv_freq() const { return inv_freq_; }  // (D/2) fp32
+  // cos and sin, each (B, 1, T, D), computed in fp32 and cast to `dtype`.
+  std::pair<torch::Tensor, torch::Tensor> CosSin(const torch::Tensor& positions,
+                                                 c10::ScalarType dtype) const;
+
+ private:
+  torch::Tensor inv_freq_;
+};
+
+class LlamaAttention : public torch::nn::Module {
+ public:
+  explicit LlamaAttention(const LlamaConfig& cfg);
+  // x (B, T, C); cos/sin (B, 1, T, D); mask undefined (causal) or bool (B, 1, T, S), true =
+  // attend. Returns (B, T, C).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  TensorHook enter_region, exit_region;
+  int64_t head_dim;
+};
+
+class LlamaMlp : public torch::nn::Module {
+ public:
+  explicit LlamaMlp(const LlamaConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  TensorHook enter_region, exit_region;
+};
+
+class LlamaDecoderLayer : public torch::nn::Module {
+ public:
+  explicit LlamaDecoderLayer(const LlamaConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+  std::shared_ptr<RmsNorm> input_layernorm, post_attention_layernorm;
+  std::shared_ptr<LlamaAttention> self_attn;
+  std::shared_ptr<LlamaMlp> mlp;
+};
+
+// HF's `LlamaModel` (registered under the name "model").
+class LlamaBackbone : public torch::nn::Module {
+ public:
+  explicit LlamaBackbone(const LlamaConfig& cfg);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<std::shared_ptr<LlamaDecoderLayer>> layer_list;  // typed view of `layers`
+  std::shared_ptr<RmsNorm> norm;
+};
+
+// HF's `LlamaForCausalLM`. Construction allocates fp32 parameters with libtorch's default init;
+// call InitWeights (or BuildLlama) for the HF-style init, or load weights (LoadHf).
+class LlamaModel : public torch::nn::Module {
+ public:
+  explicit LlamaModel(const LlamaConfig& cfg);
+  ~LlamaModel() override = default;
+
+  // Deterministic HF-style init from `seed`, identical on any machine for a given libtorch:
+  // drawn on the CPU in fp32 with one torch generator, parameters in registration order;
+  // normal(0, initializer_range) for linears and embeddings, ones for norms.
+  void InitWeights(int64_t seed);
+
+  // tokens (B, T) int64 -> final-norm hidden states (B, T, C).
+  torch::Tensor ForwardHidden(const torch::Tensor& tokens, const ForwardOptions& opt = {});
+
+  // Vocab-parallel override points.
+  virtual torch::Tensor Embed(const torch::Tensor& tokens);   // (B, T) -> (B, T, C)
+  virtual torch::Tensor Logits(const torch::Tensor& hidden);  // (..., C) -> (..., V) model dtype
+  // Sum over N rows of the fp32 cross-entropy of Logits(hidden) against targets.
+  // hidden (N, C), targets (N) int64 -> fp32 scalar.
+  virtual torch::Tensor CrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& targets);
+
+  const torch::Tensor& lm_head_weight() const;  // (V, C): lm_head's, or embed_tokens' when tied
+  const LlamaConfig& config() const { return cfg_; }
+  const Rotary& rotary() const { return rotary_; }
+  c10::ScalarType dtype() const;
+  torch::Device device() const;
+
+  std::shared_ptr<LlamaBackbone> model;
+  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+  // Wraps each decoder layer's call when set (training only: not used with a KV cache).
+  LayerRunner layer_runner;
+
+ private:
+  LlamaConfig cfg_;
+  Rotary rotary_;
+};
+
+// A randomly initialised model (InitWeights(seed)) cast to `dtype`.
+std::shared_ptr<LlamaModel> BuildLlama(const LlamaConfig& cfg, c10::ScalarType dtype, int64_t seed);
+
+struct LossSum {
+  torch::Tensor loss_sum;  // fp32 scalar: sum of token cross-entropies (differentiable)
+  torch::Tensor count;     // int64 scalar: number of positions with loss_mask == 1
+};
+
+// Causal-LM loss of one micro-batch: tokens, targets (B, T) int64 (targets already shifted by the
+// caller), loss_mask (B, T) (nonzero = target). Returns the SUM of the fp32 cross-entropies over
+// masked positions and their count; the trainer divides by the global count across ranks.
+//
+// Only masked rows reach the lm_head. When more than `chunk_tokens` rows remain, they are
+// processed in chunks under a custom autograd function that keeps no logits: forward computes each
+// chunk's loss without a graph, backward recomputes each chunk's logits and runs a nested
+// backward through them (as reentrant activation checkpointing does), so at most
+// chunk_tokens x V fp32 logits exist at once. Consequently the lm_head's gradient is
+// accumulated into its .grad by that nested backward: use loss.backward(), not
+// torch::autograd::grad(), to obtain parameter gradients.
+LossSum CausalLmLoss(LlamaModel& model, const torch::Tensor& tokens, const torch::Tensor& targets,
+                     const torch::Tensor& loss_mask, const ForwardOptions& opt = {},
+                     int64_t chunk_tokens = 1024);
+
+}  // namespace ftune::models

@@ -1,0 +1,384 @@
+#include "parallel/data_parallel.h"
+
+#include <algorithm>
+
+#include "parallel/compat.h"
+#include "parallel/error.h"
+
+namespace ftune::parallel {
+
+struct DataParallel::Bucket {
+  std::vector<int> params;       // parameter indices, in flat order
+  std::vector<int64_t> offsets;  // each parameter's first element in the flat bucket
+  int64_t numel = 0;
+  bool late = false;
+  std::vector<int64_t> counts;   // elements owned by each dp rank
+  int64_t lo = 0, hi = 0;        // this rank's slice [lo, hi)
+  at::ScalarType dtype = at::kFloat;  // compute dtype of the parameters
+
+  at::Tensor flat;        // zero 0-2: the parameters' storage (compute dtype), all of it
+  at::Tensor shard_param; // zero 3: the only persistent copy, this rank's slice
+  at::Tensor full;        // zero 3: gathered parameters while the unit is in use
+  at::Tensor master;      // fp32 owned slice: a view of flat/shard_param when those are fp32
+  at::Tensor exp_avg, exp_avg_sq;  // fp32 owned slice
+  at::Tensor grad;        // flat gradient (compute dtype): persistent for zero 0/1, transient else
+  at::Tensor grad_shard;  // zero 2/3: fp32 reduced gradient of the owned slice
+  at::Tensor rs_out;      // reduce-scatter destination while in flight
+
+  int pending = 0;        // parameters still to receive their gradient this micro-batch
+  bool started = false;   // reduction started this micro-batch
+  WorkPtr work;           // the outstanding reduction
+  WorkPtr gather;         // zero 3: outstanding all-gather
+  bool gathered = false;
+};
+
+namespace {
+
+std::vector<int64_t> EvenCounts(int64_t numel, int n) {
+  std::vector<int64_t> c(n, numel / n);
+  for (int i = 0; i < numel % n; ++i) c[i] += 1;
+  return c;
+}
+
+}  // namespace
+
+DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vector<int>> units,
+                           Communicator& dp, const DataParallelOptions& opt)
+    : params_(std::move(params)), dp_(dp), opt_(opt) {
+  if (opt_.zero < 0 || opt_.zero > 3) FT_THROW(ConfigError, "parallel.zero = {} is not 0-3", opt_.zero);
+  const int n = dp_.size(), r = dp_.rank();
+  bucket_of_param_.assign(params_.size(), -1);
+  offset_in_bucket_.assign(params_.size(), 0);
+  for (const auto& u : units) {
+    for (int p : u) {
+      FT_CHECK(p >= 0 && p < static_cast<int>(params_.size()), "unit names parameter {}", p);
+      FT_CHECK(bucket_of_param_[p] == -1, "parameter {} is in two units", params_[p].name);
+      bucket_of_param_[p] = -2;  // seen
+    }
+  }
+  for (size_t p = 0; p < params_.size(); ++p) {
+    shapes_.push_back(params_[p].param.sizes().vec());
+    FT_CHECK(bucket_of_param_[p] == -2, "parameter {} is in no unit", params_[p].name);
+    FT_CHECK(params_[p].param.is_contiguous(), "parameter {} is not contiguous", params_[p].name);
+  }
+
+  // Bucket layout: units as they are (zero 3), else units in reverse (backward)
+  // order re-cut at about bucket_mb, late parameters in buckets of their own.
+  std::vector<std::vector<int>> groups;
+  if (opt_.zero == 3) {
+    groups = units;
+  } else {
+    const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(opt_.bucket_mb * (1 << 20)));
+    std::vector<int> cur, late;
+    int64_t cur_bytes = 0;
+    for (auto u = units.rbegin(); u != units.rend(); ++u) {
+      for (auto p = u->rbegin(); p != u->rend(); ++p) {
+        if (params_[*p].late) {
+          late.push_back(*p);
+          continue;
+        }
+        const int64_t bytes = params_[*p].param.numel() * params_[*p].param.element_size();
+        if (!cur.empty() && cur_bytes + bytes > cap) {
+          groups.push_back(cur);
+          cur.clear();
+          cur_bytes = 0;
+        }
+        cur.push_back(*p);
+        cur_bytes += bytes;
+      }
+    }
+    if (!cur.empty()) groups.push_back(cur);
+    if (!late.empty()) groups.push_back(late);
+  }
+
+  // Hooks first: autograd records each parameter's shape in its accumulator
+  // now, and ZeRO-3 is about to release the parameters to size 0.
+  for (size_t p = 0; p < params_.size(); ++p) {
+    hooks_.push_back(compat::AddPostAccumulateHook(
+        params_[p].param, [this, p]() { OnGradAccumulated(static_cast<int>(p)); }));
+  }
+  for (const auto& g : groups) {
+    if (g.empty()) continue;
+    auto b = std::make_unique<Bucket>();
+    b->params = g;
+    b->dtype = params_[g[0]].param.scalar_type();
+    for (int p : g) {
+      const auto& t = params_[p].param;
+      if (t.scalar_type() != b->dtype) {
+        FT_THROW(InternalError, "bucket mixes dtypes ({} and {})", params_[g[0]].name,
+                 params_[p].name);
+      }
+      b->offsets.push_back(b->numel);
+      offset_in_bucket_[p] = b->numel;
+      bucket_of_param_[p] = static_cast<int>(buckets_.size());
+      b->numel += t.numel();
+      b->late = b->late || params_[p].late;
+    }
+    b->counts = opt_.zero == 0 ? std::vector<int64_t>(n, b->numel) : EvenCounts(b->numel, n);
+    if (opt_.zero == 0) {
+      b->lo = 0, b->hi = b->numel;
+    } else {
+      b->lo = 0;
+      for (int i = 0; i < r; ++i) b->lo += b->counts[i];
+      b->hi = b->lo + b->counts[r];
+    }
+    // Gather the parameters into one flat buffer (identical on all ranks).
+    auto flat = at::empty({b->numel}, params_[g[0]].param.options().requires_grad(false));
+    {
+      at::NoGradGuard ng;
+      for (size_t i = 0; i < g.size(); ++i) {
+        auto& t = params_[g[i]].param;
+        flat.narrow(0, b->offsets[i], t.numel()).copy_(t.reshape(-1));
+      }
+    }
+    const int64_t own = b->hi - b->lo;
+    if (opt_.zero == 3) {
+      b->shard_param = flat.narrow(0, b->lo, own).clone();
+      b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
+      for (int p : g) params_[p].param.set_data(at::empty({0}, params_[p].param.options()));
+    } else {
+      b->flat = flat;
+      for (size_t i = 0; i < g.size(); ++i) {
+        auto& t = params_[g[i]].param;
+        t.set_data(flat.narrow(0, b->offsets[i], t.numel()).view(t.sizes()));
+      }
+      auto mine = flat.narrow(0, b->lo, own);
+      b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
+    }
+    b->exp_avg = at::zeros({own}, at::kFloat);
+    b->exp_avg_sq = at::zeros({own}, at::kFloat);
+    if (opt_.zero >= 2) b->grad_shard = at::zeros({own}, at::kFloat);
+    buckets_.push_back(std::move(b));
+  }
+
+  for (auto& b : buckets_) BindGradViews(*b);
+}
+
+DataParallel::~DataParallel() {
+  for (auto& b : buckets_) {
+    try {
+      if (b->work) b->work->Wait();
+      if (b->gather) b->gather->Wait();
+    } catch (...) {
+    }
+  }
+}
+
+int64_t DataParallel::NumelOf(int param) const {
+  int64_t n = 1;
+  for (int64_t d : shapes_[param]) n *= d;
+  return n;
+}
+
+int DataParallel::num_units() const { return static_cast<int>(buckets_.size()); }
+int DataParallel::UnitOf(int param) const { return bucket_of_param_.at(param); }
+
+void DataParallel::BindGradViews(Bucket& b) {
+  if (opt_.zero == 3) return;  // gradients land in fresh tensors and are reduce-scattered
+  if (!b.grad.defined()) b.grad = at::zeros({b.numel}, b.flat.options());
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    auto& t = params_[b.params[i]].param;
+    t.mutable_grad() = b.grad.narrow(0, b.offsets[i], t.numel()).view(t.sizes());
+  }
+}
+
+void DataParallel::StartMicroBatch(bool sync) {
+  sync_ = sync || opt_.zero == 3;  // ZeRO-3 keeps no full gradients between micro-batches
+  for (auto& b : buckets_) {
+    FT_CHECK(!b->work, "a reduction is still outstanding at the start of a micro-batch");
+    b->pending = static_cast<int>(b->params.size());
+    b->started = false;
+    BindGradViews(*b);
+  }
+}
+
+void DataParallel::OnGradAccumulated(int param) {
+  if (!sync_) return;
+  auto& b = *buckets_[bucket_of_param_[param]];
+  if (--b.pending == 0 && !b.late) StartReduce(b);
+}
+
+void DataParallel::StartReduce(Bucket& b) {
+  FT_CHECK(!b.started && !b.work, "one reduction outstanding per bucket");
+  b.started = true;
+  if (opt_.zero == 3) {
+    // Gradients arrived in fresh full-size tensors: flatten, then release them.
+    b.grad = at::zeros({b.numel}, at::TensorOptions().dtype(b.dtype));
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      auto& t = params_[b.params[i]].param;
+      if (t.grad().defined()) b.grad.narrow(0, b.offsets[i], t.grad().numel()).copy_(t.grad().reshape(-1));
+      t.mutable_grad() = at::Tensor();
+    }
+  }
+  if (opt_.zero <= 1) {
+    b.work = dp_.AllReduce(b.grad, ReduceOp::kSum);
+  } else {
+    b.rs_out = at::empty({b.hi - b.lo}, b.grad.options());
+    b.work = dp_.ReduceScatterV(b.grad, b.rs_out, b.counts, ReduceOp::kSum);
+  }
+}
+
+void DataParallel::FinishReduce(Bucket& b) {
+  if (!b.work) return;
+  b.work->Wait();
+  b.work.reset();
+  if (opt_.zero >= 2) {
+    b.grad_shard.add_(b.rs_out.to(at::kFloat));
+    b.rs_out = at::Tensor();
+    for (int p : b.params) params_[p].param.mutable_grad() = at::Tensor();
+    b.grad = at::Tensor();  // the full gradient is not kept (ZeRO-2/3)
+  }
+}
+
+void DataParallel::FinishGradSync() {
+  FT_CHECK(sync_, "FinishGradSync on a non-synchronising micro-batch");
+  for (auto& b : buckets_) {
+    if (!b->started) StartReduce(*b);
+  }
+  for (auto& b : buckets_) FinishReduce(*b);
+}
+
+at::Tensor DataParallel::ShardGradSquaredNorms() const {
+  auto total = at::zeros({2}, at::kDouble);
+  for (const auto& b : buckets_) {
+    at::Tensor g = opt_.zero >= 2 ? b->grad_shard : b->grad.narrow(0, b->lo, b->hi - b->lo);
+    for (size_t i = 0; i < b->params.size(); ++i) {
+      const int64_t p0 = std::max(b->offsets[i], b->lo);
+      const int64_t p1 = std::min(b->offsets[i] + NumelOf(b->params[i]), b->hi);
+      if (p1 <= p0) continue;
+      const int k = params_[b->params[i]].model_parallel_shard ? 1 : 0;
+      total[k] += g.narrow(0, p0 - b->lo, p1 - p0).to(at::kDouble).pow(2).sum();
+    }
+  }
+  return total;
+}
+
+void DataParallel::Step(const AdamWStep& s) {
+  at::NoGradGuard ng;
+  const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+  const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  for (auto& bp : buckets_) {
+    Bucket& b = *bp;
+    const int64_t own = b.hi - b.lo;
+    if (own == 0) continue;
+    at::Tensor g = opt_.zero >= 2 ? b.grad_shard : b.grad.narrow(0, b.lo, own).to(at::kFloat);
+    if (s.grad_scale != 1.0) g = g * s.grad_scale;
+    // Decoupled weight decay on the decayed parameters' elements of the slice.
+    if (s.weight_decay != 0.0) {
+      for (size_t i = 0; i < b.params.size(); ++i) {
+        if (!params_[b.params[i]].decay) continue;
+        const int64_t p0 = std::max(b.offsets[i], b.lo);
+        const int64_t p1 = std::min(b.offsets[i] + NumelOf(b.params[i]), b.hi);
+        if (p1 > p0) b.master.narrow(0, p0 - b.lo, p1 - p0).mul_(1.0 - s.lr * s.weight_decay);
+      }
+    }
+    b.exp_avg.mul_(s.beta1).add_(g, 1.0 - s.beta1);
+    b.exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
+    auto denom = (b.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(s.eps);
+    b.master.addcdiv_(b.exp_avg, denom, -s.lr / bc1);
+    PublishParams(b);
+    if (opt_.zero >= 2) b.grad_shard.zero_();
+    if (b.grad.defined()) b.grad.zero_();
+  }
+  for (auto& b : buckets_) {
+    if (b->work) {
+      b->work->Wait();  // all-gathers of the updated parameters
+      b->work.reset();
+    }
+  }
+}
+
+void DataParallel::ZeroGrads() {
+  for (auto& b : buckets_) {
+    FT_CHECK(!b->work, "ZeroGrads with a reduction outstanding");
+    if (b->grad_shard.defined()) b->grad_shard.zero_();
+    if (b->grad.defined()) b->grad.zero_();
+  }
+}
+
+// After the master slice changed: write it into the parameters everywhere.
+void DataParallel::PublishParams(Bucket& b) {
+  const int64_t own = b.hi - b.lo;
+  if (opt_.zero == 3) {
+    if (!b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master);
+    return;
+  }
+  auto mine = b.flat.narrow(0, b.lo, own);
+  if (!b.master.is_same(mine)) mine.copy_(b.master);
+  if (opt_.zero >= 1 && dp_.size() > 1) {
+    // The send buffer must not alias the receive buffer.
+    b.rs_out = mine.clone();
+    b.work = dp_.AllGatherV(b.rs_out, b.flat, b.counts);
+  }
+}
+
+void DataParallel::GatherUnit(int u) {
+  FT_CHECK(opt_.zero == 3, "GatherUnit needs ZeRO-3");
+  auto& b = *buckets_.at(u);
+  if (b.gathered || b.gather) return;
+  b.full = at::empty({b.numel}, b.shard_param.options());
+  b.gather = dp_.AllGatherV(b.shard_param, b.full, b.counts);
+}
+
+void DataParallel::WaitUnit(int u) {
+  auto& b = *buckets_.at(u);
+  if (b.gathered) return;
+  if (!b.gather) GatherUnit(u);
+  b.gather->Wait();
+  b.gather.reset();
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    auto& t = params_[b.params[i]].param;
+    t.set_data(b.full.narrow(0, b.offsets[i], NumelOf(b.params[i])).view(shapes_[b.params[i]]));
+  }
+  b.gathered = true;
+}
+
+void DataParallel::ReleaseUnit(int u) {
+  auto& b = *buckets_.at(u);
+  if (!b.gathered) return;
+  for (int p : b.params) params_[p].param.set_data(at::empty({0}, b.shard_param.options()));
+  b.full = at::Tensor();
+  b.gathered = false;
+}
+
+int64_t DataParallel::ModelStateBytes() const {
+  int64_t bytes = 0;
+  for (const auto& b : buckets_) {
+    const int64_t own = b->hi - b->lo;
+    const int64_t es = at::elementSize(b->dtype);
+    bytes += opt_.zero == 3 ? own * es : b->numel * es;     // parameters
+    bytes += opt_.zero >= 2 ? own * 4 : b->numel * es;      // gradients
+    bytes += 2 * own * 4;                                   // Adam moments
+    if (b->dtype != at::kFloat) bytes += own * 4;           // fp32 master weights
+  }
+  return bytes;
+}
+
+std::vector<DataParallel::ShardView> DataParallel::ShardViews() {
+  std::vector<ShardView> views;
+  for (auto& b : buckets_) {
+    for (size_t i = 0; i < b->params.size(); ++i) {
+      const int64_t numel = NumelOf(b->params[i]);
+      const int64_t p0 = std::max(b->offsets[i], b->lo);
+      const int64_t p1 = std::min(b->offsets[i] + numel, b->hi);
+      if (p1 <= p0) continue;
+      views.push_back({b->params[i], p0 - b->offsets[i], b->master.narrow(0, p0 - b->lo, p1 - p0),
+                       b->exp_avg.narrow(0, p0 - b->lo, p1 - p0),
+                       b->exp_avg_sq.narrow(0, p0 - b->lo, p1 - p0)});
+    }
+  }
+  return views;
+}
+
+void DataParallel::LoadMasterIntoParams() {
+  at::NoGradGuard ng;
+  for (auto& b : buckets_) PublishParams(*b);
+  for (auto& b : buckets_) {
+    if (b->work) {
+      b->work->Wait();
+      b->work.reset();
+    }
+  }
+}
+
+}  // namespace ftune::parallel

@@ -1,0 +1,142 @@
+// DataParallel: gradient synchronisation and ZeRO sharding over the dp axis,
+// plus the AdamW update of the shard this rank owns.
+//
+// Parameters are grouped into buckets (flat ranges). Every bucket is split
+// evenly (up to one element) among the dp ranks; rank r owns slice r of every
+// bucket: its optimizer state (ZeRO >= 1), its reduced gradient (ZeRO >= 2)
+// and, under ZeRO-3, the only persistent copy of its parameters.
+//
+//   zero 0: full grads all-reduced;  every rank updates everything.
+//   zero 1: full grads all-reduced;  rank updates its slices, then params all-gathered.
+//   zero 2: grads reduce-scattered;  rank updates its slices, then params all-gathered.
+//   zero 3: like 2, and parameters live only as slices: a bucket ("unit", e.g.
+//           one decoder layer) is all-gathered just before use and released after.
+//
+// Gradients are reduced (summed) bucket by bucket as backward produces them: a
+// post-accumulate hook per parameter counts arrivals and starts the bucket's
+// collective when its last parameter is done, so communication overlaps the
+// rest of backward. Parameters whose gradient arrives in several pieces per
+// backward (a tied embedding, an lm_head behind a chunked loss) must be marked
+// `late`: their buckets are reduced in FinishGradSync. At most one reduction
+// is outstanding per bucket (asserted).
+//
+// Collective ordering: every dp rank runs the same model on the same schedule,
+// so buckets become ready in the same order on every rank; the bucket layout
+// itself is a pure function of the parameter list and the options.
+// Not thread-safe; the autograd hooks run on the thread calling backward().
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace torch::autograd {
+struct Node;
+}
+
+namespace ftune::parallel {
+
+struct ParamSpec {
+  std::string name;
+  at::Tensor param;    // leaf tensor requiring grad (compute dtype)
+  bool decay = true;   // AdamW weight decay applies
+  bool late = false;   // gradient arrives in several pieces per backward
+  bool model_parallel_shard = false;  // a tensor-parallel shard (else replicated over tp)
+};
+
+struct DataParallelOptions {
+  int zero = 0;
+  double bucket_mb = 25.0;
+};
+
+struct AdamWStep {
+  double lr = 1e-4;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  double grad_scale = 1.0;  // gradients are multiplied by this first (clipping)
+  int64_t step = 1;         // 1-based, for bias correction
+};
+
+class DataParallel {
+ public:
+  // `units`: groups of parameter indices that stay together in one bucket
+  // (required under ZeRO-3, where a unit is gathered as a whole; under 0-2 the
+  // units are concatenated in reverse order - backward order - and re-cut into
+  // buckets of about bucket_mb). Every parameter appears in exactly one unit.
+  DataParallel(std::vector<ParamSpec> params, std::vector<std::vector<int>> units,
+               Communicator& dp, const DataParallelOptions& opt);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // Before each micro-batch's backward. sync=false accumulates locally (no
+  // communication) for all but the last micro-batch of a step.
+  void StartMicroBatch(bool sync);
+  // Waits for every bucket's reduction (starting those not yet started).
+  // Afterwards ShardGrad() holds the summed gradient of this rank's slices.
+  void FinishGradSync();
+  // Sums of squares of this rank's owned gradient, fp64 (2): [replicated
+  // parameters, tensor-parallel shards]. The global squared norm is the dp
+  // all-reduce of both plus the tp all-reduce of the second (under ZeRO-0,
+  // where every dp rank owns everything, divide the dp sum by dp).
+  at::Tensor ShardGradSquaredNorms() const;
+  // AdamW on the owned slices; then params are made whole again (zero 1, 2) by
+  // all-gather. Grads are zeroed for the next step.
+  void Step(const AdamWStep& s);
+  // Drops this step's gradients without an update (a skipped, non-finite step).
+  void ZeroGrads();
+
+  // ZeRO-3: make unit `u`'s parameters whole (all-gather) / drop them again.
+  // Gather may be started early (prefetch); the parameters are valid after WaitUnit.
+  void GatherUnit(int u);
+  void WaitUnit(int u);
+  void ReleaseUnit(int u);
+  // Which bucket (= unit under ZeRO-3) a parameter belongs to.
+  int UnitOf(int param) const;
+  // Full shape of a parameter (also while released under ZeRO-3).
+  const std::vector<int64_t>& ShapeOf(int param) const { return shapes_.at(param); }
+
+  int zero() const { return opt_.zero; }
+  int num_units() const;
+  const std::vector<ParamSpec>& params() const { return params_; }
+  // Bytes of parameters + gradients + optimizer state held persistently by
+  // this rank (the ZeRO paper's model-state accounting; transient gathered
+  // units and in-flight buckets excluded).
+  int64_t ModelStateBytes() const;
+
+  // This rank's owned slices, one entry per (parameter, bucket slice): fp32
+  // views of the master weights and Adam moments (writable: a checkpoint
+  // loader fills them, then calls LoadMasterIntoParams). For checkpoints.
+  struct ShardView {
+    int param;              // index into params()
+    int64_t param_offset;   // first element within the flattened parameter
+    at::Tensor master, exp_avg, exp_avg_sq;  // 1-D fp32, same numel
+  };
+  std::vector<ShardView> ShardViews();
+  // Makes the parameters equal the master weights again (all ranks, collective).
+  void LoadMasterIntoParams();
+
+ private:
+  struct Bucket;
+  void OnGradAccumulated(int param);
+  void StartReduce(Bucket& b);
+  void FinishReduce(Bucket& b);
+  void BindGradViews(Bucket& b);
+  void PublishParams(Bucket& b);
+  int64_t NumelOf(int param) const;  // from the recorded shape (ZeRO-3 params may be released)
+
+  std::vector<ParamSpec> params_;
+  Communicator& dp_;
+  DataParallelOptions opt_;
+  std::vector<std::unique_ptr<Bucket>> buckets_;
+  std::vector<int> bucket_of_param_;
+  std::vector<int64_t> offset_in_bucket_;
+  std::vector<std::vector<int64_t>> shapes_;  // full parameter shapes
+  bool sync_ = true;
+  std::vector<std::shared_ptr<torch::autograd::Node>> hooks_;
+};
+
+}  // namespace ftune::parallel

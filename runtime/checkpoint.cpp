@@ -1,0 +1,1064 @@
+#include "runtime/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <regex>
+
+#include "data/shards.h"
+#include "models/hf_io.h"
+#include "parallel/hdf5_mpio.h"
+#include "runtime/log.h"
+#include "runtime/model_setup.h"
+#include "runtime/parallelize.h"
+
+namespace ftune::runtime {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+constexpr const char* kKinds[3] = {"", "exp_avg", "exp_avg_sq"};
+constexpr const char* kChecksumScheme =
+    "crc32 (zlib) of the tensor's fp32 little-endian bytes in C order of the full shape";
+
+// Name of tensor k (0 = master weights, 1 = exp_avg, 2 = exp_avg_sq) of parameter `name`.
+std::string DatasetName(const std::string& name, int k) {
+  return k == 0 ? "/model/" + name : fmt::format("/optim/{}/{}", name, kKinds[k]);
+}
+
+// ---- HDF5: locking, errors, handles ------------------------------------------------------
+
+// Holds data::Hdf5Mutex(); re-entrant on one thread (handles close under it too).
+class H5Lock {
+ public:
+  H5Lock() {
+    if (depth_++ == 0) data::Hdf5Mutex().lock();
+  }
+  ~H5Lock() {
+    if (--depth_ == 0) data::Hdf5Mutex().unlock();
+  }
+  H5Lock(const H5Lock&) = delete;
+  H5Lock& operator=(const H5Lock&) = delete;
+
+ private:
+  static thread_local int depth_;
+};
+thread_local int H5Lock::depth_ = 0;
+
+// HDF5's error stack as one line (then cleared).
+std::string H5Stack() {
+  std::string msg;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+        auto* s = static_cast<std::string*>(data);
+        if (!s->empty()) *s += "; ";
+        *s += fmt::format("{}: {}", e->func_name ? e->func_name : "?", e->desc ? e->desc : "?");
+        return 0;
+      },
+      &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg.empty() ? "(no HDF5 error message)" : msg;
+}
+
+template <class E = IoError>
+[[noreturn]] void ThrowH5(const char* call, const std::string& ctx, const char* file, int line) {
+  throw E(fmt::format("{}: {} failed ({}:{}): {}", ctx, call, fs::path(file).filename().string(),
+                      line, H5Stack()));
+}
+
+// H5_CHECK(call, context): the call's result, or IoError naming the call, the context (file,
+// dataset), the source location and HDF5's own messages. H5_CHECK_AS(Type, ...) picks the type.
+#define H5_CHECK_IMPL(Type, call, text, ctx)                               \
+  [&]() {                                                                  \
+    auto ft_h5_v_ = (call);                                                \
+    if (ft_h5_v_ < 0) ThrowH5<Type>(text, (ctx), __FILE__, __LINE__);      \
+    return ft_h5_v_;                                                       \
+  }()
+#define H5_CHECK_AS(Type, call, ctx) H5_CHECK_IMPL(Type, call, #call, ctx)
+#define H5_CHECK(call, ctx) H5_CHECK_IMPL(IoError, call, #call, ctx)
+
+// An HDF5 identifier closed by its destructor (under H5Lock).
+class H5Id {
+ public:
+  H5Id() = default;
+  H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~H5Id() { Close(); }
+  H5Id(H5Id&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+  H5Id& operator=(H5Id&& o) noexcept {
+    if (this != &o) {
+      Close();
+      id_ = o.id_, close_ = o.close_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  hid_t get() const { return id_; }
+  // Closes now; the result of the close call (< 0: failed, e.g. a flush hit a full disk).
+  herr_t Close() {
+    if (id_ < 0) return 0;
+    H5Lock lock;
+    herr_t r = close_(id_);
+    id_ = -1;
+    return r;
+  }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+void WriteAttr(hid_t obj, const char* name, hid_t mem_type, hid_t file_type, const void* value,
+               const std::string& ctx) {
+  H5Id space(H5_CHECK(H5Screate(H5S_SCALAR), ctx), H5Sclose);
+  H5Id attr(H5_CHECK(H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                     fmt::format("{} attribute {}", ctx, name)),
+            H5Aclose);
+  H5_CHECK(H5Awrite(attr.get(), mem_type, value), fmt::format("{} attribute {}", ctx, name));
+}
+void WriteAttrInt(hid_t obj, const char* name, int64_t v, const std::string& ctx) {
+  WriteAttr(obj, name, H5T_NATIVE_INT64, H5T_STD_I64LE, &v, ctx);
+}
+void WriteAttrDouble(hid_t obj, const char* name, double v, const std::string& ctx) {
+  WriteAttr(obj, name, H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, &v, ctx);
+}
+void WriteAttrString(hid_t obj, const char* name, const std::string& v, const std::string& ctx) {
+  H5Id type(H5_CHECK(H5Tcopy(H5T_C_S1), ctx), H5Tclose);
+  H5_CHECK(H5Tset_size(type.get(), std::max<size_t>(1, v.size())), ctx);
+  std::string buf = v.empty() ? std::string(1, '\0') : v;
+  WriteAttr(obj, name, type.get(), type.get(), buf.data(), ctx);
+}
+
+// Attribute readers: CorruptCheckpointError when missing (a checkpoint must have them all).
+H5Id OpenAttr(hid_t obj, const char* name, const std::string& ctx) {
+  if (H5Aexists(obj, name) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    FT_THROW(CorruptCheckpointError, "{}: attribute '{}' is missing", ctx, name);
+  }
+  return H5Id(H5_CHECK_AS(CorruptCheckpointError, H5Aopen(obj, name, H5P_DEFAULT), ctx), H5Aclose);
+}
+int64_t ReadAttrInt(hid_t obj, const char* name, const std::string& ctx) {
+  H5Id a = OpenAttr(obj, name, ctx);
+  int64_t v = 0;
+  H5_CHECK_AS(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_INT64, &v), ctx);
+  return v;
+}
+double ReadAttrDouble(hid_t obj, const char* name, const std::string& ctx) {
+  H5Id a = OpenAttr(obj, name, ctx);
+  double v = 0;
+  H5_CHECK_AS(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v), ctx);
+  return v;
+}
+uint32_t ReadAttrU32(hid_t obj, const char* name, const std::string& ctx) {
+  H5Id a = OpenAttr(obj, name, ctx);
+  uint32_t v = 0;
+  H5_CHECK_AS(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_UINT32, &v), ctx);
+  return v;
+}
+std::string ReadAttrString(hid_t obj, const char* name, const std::string& ctx) {
+  H5Id a = OpenAttr(obj, name, ctx);
+  H5Id type(H5_CHECK_AS(CorruptCheckpointError, H5Aget_type(a.get()), ctx), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
+    FT_THROW(CorruptCheckpointError, "{}: attribute '{}' is not a fixed-length string", ctx, name);
+  }
+  std::string buf(H5Tget_size(type.get()), '\0');
+  H5_CHECK_AS(CorruptCheckpointError, H5Aread(a.get(), type.get(), buf.data()), ctx);
+  const auto end = buf.find('\0');
+  return end == std::string::npos ? buf : buf.substr(0, end);
+}
+
+CheckpointMeta ReadMetaFrom(hid_t file, const std::string& path) {
+  CheckpointMeta m;
+  m.path = path;
+  if (H5Lexists(file, "/state", H5P_DEFAULT) <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    FT_THROW(CorruptCheckpointError, "checkpoint {} has no /state group", path);
+  }
+  H5Id g(H5_CHECK_AS(CorruptCheckpointError, H5Gopen2(file, "/state", H5P_DEFAULT), path),
+         H5Gclose);
+  const std::string ctx = path + " /state";
+  const std::string magic = ReadAttrString(g.get(), "magic", ctx);
+  if (magic != kCheckpointMagic) {
+    FT_THROW(CorruptCheckpointError, "{} is not an ftune checkpoint (magic '{}', expected '{}')",
+             path, magic, kCheckpointMagic);
+  }
+  m.format_version = ReadAttrInt(g.get(), "format_version", ctx);
+  if (m.format_version != kCheckpointFormatVersion) {
+    FT_THROW(ModelError, "checkpoint {} has format_version {}; this ftune reads version {}: use "
+             "the ftune that wrote it (or export it to an HF directory with that one)",
+             path, m.format_version, kCheckpointFormatVersion);
+  }
+  auto& s = m.state;
+  s.step = ReadAttrInt(g.get(), "step", ctx);
+  s.total_steps = ReadAttrInt(g.get(), "total_steps", ctx);
+  s.tokens_seen = ReadAttrInt(g.get(), "tokens_seen", ctx);
+  s.skipped_steps = ReadAttrInt(g.get(), "skipped_steps", ctx);
+  s.lr = ReadAttrDouble(g.get(), "lr", ctx);
+  s.loader.epoch = ReadAttrInt(g.get(), "loader_epoch", ctx);
+  s.loader.cursor = ReadAttrInt(g.get(), "loader_cursor", ctx);
+  s.loader.seed = ReadAttrInt(g.get(), "loader_seed", ctx);
+  m.dp = ReadAttrInt(g.get(), "dp", ctx);
+  m.tp = ReadAttrInt(g.get(), "tp", ctx);
+  m.zero = ReadAttrInt(g.get(), "zero", ctx);
+  m.world_size = ReadAttrInt(g.get(), "world_size", ctx);
+  m.seed = ReadAttrInt(g.get(), "seed", ctx);
+  m.dtype = ReadAttrString(g.get(), "dtype", ctx);
+  m.config_yaml = ReadAttrString(g.get(), "config_yaml", ctx);
+  m.model_config_json = ReadAttrString(g.get(), "model_config", ctx);
+  m.tokenizer_dir = ReadAttrString(g.get(), "tokenizer_dir", ctx);
+  return m;
+}
+
+// ---- hyperslab geometry --------------------------------------------------------------------
+
+struct Block {  // a rectangle of the full tensor
+  std::vector<hsize_t> start, count;
+};
+struct Run {  // elements contiguous in the full tensor's flat order
+  int64_t full_offset, local_offset, count;
+};
+
+// The flat range [a, b) of a C-order tensor of `shape` (from dim `d` on, the outer indices fixed
+// in `prefix`) as rectangles, in C order.
+void Decompose(const std::vector<int64_t>& shape, size_t d, int64_t a, int64_t b,
+               std::vector<hsize_t>& prefix, std::vector<Block>& out) {
+  if (a >= b) return;
+  const size_t nd = shape.size();
+  auto emit = [&](int64_t lo, int64_t n) {  // rows [lo, lo+n) of dim d, everything after it
+    Block blk;
+    blk.start = prefix;
+    blk.count.assign(prefix.size(), 1);
+    blk.start.push_back(lo);
+    blk.count.push_back(n);
+    for (size_t i = d + 1; i < nd; ++i) blk.start.push_back(0), blk.count.push_back(shape[i]);
+    out.push_back(std::move(blk));
+  };
+  if (d + 1 == nd) {
+    emit(a, b - a);
+    return;
+  }
+  int64_t stride = 1;
+  for (size_t i = d + 1; i < nd; ++i) stride *= shape[i];
+  if (a % stride != 0) {  // head: part of row a / stride
+    const int64_t r = a / stride;
+    prefix.push_back(r);
+    Decompose(shape, d + 1, a - r * stride, std::min(b - r * stride, stride), prefix, out);
+    prefix.pop_back();
+    a = (r + 1) * stride;
+    if (a >= b) return;
+  }
+  if (b / stride > a / stride) emit(a / stride, b / stride - a / stride);  // whole rows
+  if (b % stride != 0 && b / stride >= a / stride) {                       // tail
+    const int64_t r = b / stride;
+    prefix.push_back(r);
+    Decompose(shape, d + 1, 0, b - r * stride, prefix, out);
+    prefix.pop_back();
+  }
+}
+
+// The contiguous runs (full flat order) of `blocks`, whose elements lie back to back in memory.
+std::vector<Run> RunsOf(const std::vector<Block>& blocks, const std::vector<int64_t>& full) {
+  std::vector<Run> runs;
+  const size_t nd = full.size();
+  std::vector<int64_t> stride(nd, 1);
+  for (size_t i = nd - 1; i > 0; --i) stride[i - 1] = stride[i] * full[i];
+  int64_t local = 0;
+  for (const auto& b : blocks) {
+    size_t j = nd - 1;  // dims after j span the whole tensor
+    while (j > 0 && static_cast<int64_t>(b.count[j]) == full[j]) --j;
+    int64_t len = 1;
+    for (size_t i = j; i < nd; ++i) len *= b.count[i];
+    std::vector<int64_t> idx(j, 0);  // odometer over dims [0, j)
+    while (true) {
+      int64_t off = 0;
+      for (size_t i = 0; i < j; ++i) off += (b.start[i] + idx[i]) * stride[i];
+      for (size_t i = j; i < nd; ++i) off += b.start[i] * stride[i];
+      if (!runs.empty() && runs.back().full_offset + runs.back().count == off &&
+          runs.back().local_offset + runs.back().count == local) {
+        runs.back().count += len;
+      } else {
+        runs.push_back({off, local, len});
+      }
+      local += len;
+      size_t i = j;
+      while (i > 0) {
+        if (++idx[i - 1] < static_cast<int64_t>(b.count[i - 1])) break;
+        idx[i - 1] = 0;
+        --i;
+      }
+      if (i == 0) break;
+    }
+  }
+  return runs;
+}
+
+// ---- agreement across ranks ----------------------------------------------------------------
+
+enum Code : int { kOk = 0, kIo = 1, kCorrupt = 2, kMismatch = 3 };
+
+// Every rank reports its outcome; when any failed, every rank throws (the failing ones their
+// own message, the others one naming the failed ranks). Bounded by the communicator's timeout.
+void Agree(parallel::Communicator& comm, int code, const std::string& msg,
+           const std::string& what) {
+  auto t = torch::zeros({comm.size()}, torch::kInt);
+  t[comm.rank()] = code;
+  comm.AllReduce(t, parallel::ReduceOp::kMax)->Wait();
+  const int worst = t.max().item<int>();
+  if (worst == kOk) return;
+  std::vector<int> ranks;
+  for (int r = 0; r < comm.size(); ++r) {
+    if (t[r].item<int>() != kOk) ranks.push_back(r);
+  }
+  const std::string m =
+      code != kOk ? msg
+                  : fmt::format("{} failed on rank(s) {} (see their messages)", what,
+                                fmt::join(ranks, ", "));
+  if (worst == kMismatch) throw ModelError(m);
+  if (worst == kCorrupt) throw CorruptCheckpointError(m);
+  throw IoError(m);
+}
+
+// Runs `f` on every rank, then Agree on the outcome.
+template <class F>
+void Phase(parallel::Communicator& comm, const std::string& what, F&& f) {
+  int code = kOk;
+  std::string msg;
+  try {
+    f();
+  } catch (const ModelError& e) {
+    code = kMismatch, msg = e.what();
+  } catch (const CorruptCheckpointError& e) {
+    code = kCorrupt, msg = e.what();
+  } catch (const std::exception& e) {
+    code = kIo, msg = e.what();
+  }
+  Agree(comm, code, msg, what);
+}
+
+// crc32 of every tensor from the runs of all ranks: entries (tensor id, byte offset, byte length,
+// crc) all-gathered and combined in offset order. Checks the runs tile each tensor exactly.
+std::vector<uint32_t> CombineCrcs(parallel::Communicator& comm, const std::vector<int64_t>& mine,
+                                  const std::vector<int64_t>& tensor_bytes) {
+  auto n = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
+  auto counts_t = torch::zeros({comm.size()}, torch::kLong);
+  comm.AllGather(n, counts_t)->Wait();
+  std::vector<int64_t> counts(counts_t.data_ptr<int64_t>(),
+                              counts_t.data_ptr<int64_t>() + comm.size());
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  auto in = torch::empty({static_cast<int64_t>(mine.size())}, torch::kLong);
+  if (!mine.empty()) std::memcpy(in.data_ptr<int64_t>(), mine.data(), mine.size() * 8);
+  auto all = torch::empty({total}, torch::kLong);
+  comm.AllGatherV(in, all, counts)->Wait();
+  std::vector<std::array<int64_t, 4>> e(total / 4);
+  std::memcpy(e.data(), all.data_ptr<int64_t>(), total * sizeof(int64_t));
+  std::sort(e.begin(), e.end());
+  std::vector<uint32_t> crc(tensor_bytes.size(), 0);
+  std::vector<int64_t> done(tensor_bytes.size(), 0);
+  for (const auto& [id, off, len, c] : e) {
+    FT_CHECK(id >= 0 && id < static_cast<int64_t>(crc.size()), "crc entry of tensor {}", id);
+    FT_CHECK(off == done[id], "tensor {}: crc run at byte {} but {} bytes are covered", id, off,
+             done[id]);
+    crc[id] = static_cast<uint32_t>(
+        crc32_combine(crc[id], static_cast<uLong>(c), static_cast<z_off_t>(len)));
+    done[id] += len;
+  }
+  for (size_t id = 0; id < crc.size(); ++id) {
+    FT_CHECK(done[id] == tensor_bytes[id], "tensor {}: runs cover {} of {} bytes", id, done[id],
+             tensor_bytes[id]);
+  }
+  return crc;
+}
+
+uint32_t Crc32(const void* p, int64_t bytes) {
+  uLong c = crc32(0L, Z_NULL, 0);
+  const auto* b = static_cast<const Bytef*>(p);
+  while (bytes > 0) {  // zlib takes uInt lengths
+    const uInt n = static_cast<uInt>(std::min<int64_t>(bytes, 1 << 30));
+    c = crc32(c, b, n);
+    b += n, bytes -= n;
+  }
+  return static_cast<uint32_t>(c);
+}
+
+at::Generator CpuGenerator() { return at::detail::getDefaultCPUGenerator(); }
+
+void FsyncPath(const std::string& path, bool dir) {
+  const int fd = open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) FT_THROW(IoError, "cannot open {} to fsync it: {}", path, std::strerror(errno));
+  const int rc = fsync(fd);
+  const int err = errno;
+  close(fd);
+  if (rc != 0) FT_THROW(IoError, "fsync of {} failed: {}", path, std::strerror(err));
+}
+
+int64_t StepOfFile(const std::string& name) {
+  static const std::regex re(R"(^step_(\d+)\.h5$)");
+  std::smatch m;
+  if (!std::regex_match(name, m, re)) return -1;
+  return std::stoll(m[1].str());
+}
+
+std::vector<std::pair<int64_t, std::string>> CompleteFiles(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_regular_file(ec)) continue;
+    const int64_t s = StepOfFile(e.path().filename().string());
+    if (s >= 0) out.emplace_back(s, e.path().string());
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+}  // namespace
+
+// ---- plan: what this rank writes and reads ----------------------------------------------------
+
+struct CheckpointManager::Plan {
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> full_shape;
+    int64_t numel = 0;          // of the full tensor
+    int view = -1;              // index into views; -1: this rank holds none of it
+    bool owner = false;         // this rank writes (and verifies) its slice
+    std::vector<Block> blocks;  // the slice as rectangles of the full tensor, C order
+    std::vector<Run> runs;      // the slice as contiguous runs of the full tensor
+    int64_t count = 0;          // elements of the slice
+  };
+  std::vector<parallel::DataParallel::ShardView> views;
+  std::vector<Tensor> tensors;  // dp.params() order: the same on every rank
+  int64_t total_bytes = 0;      // all tensors of the file
+};
+
+struct CheckpointManager::WriteJob {
+  TrainState state;
+  std::string path, tmp;
+  std::vector<std::array<at::Tensor, 3>> data;  // per plan tensor, when this rank owns a slice
+  at::Tensor rng;                               // this rank's CPU generator state (uint8)
+  SaveStats stats;
+};
+
+CheckpointManager::CheckpointManager(const Config& cfg, parallel::ProcessGrid& grid,
+                                     parallel::DataParallel& dp,
+                                     const models::LlamaConfig& model_cfg, std::string dir)
+    : cfg_(cfg), grid_(grid), dp_(dp), model_cfg_(model_cfg), dir_(std::move(dir)) {
+  comm_ = grid_.world().Split(0, grid_.world().rank(), "checkpoint");
+  comm_->set_timeout(cfg_.parallel.timeout_s);
+  {
+    H5Lock lock;
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as exceptions, not stderr
+  }
+  plan_ = std::make_unique<Plan>();
+  plan_->views = dp_.ShardViews();
+  const auto layout = TensorParallelLayout(model_cfg_, grid_.tp(), grid_.tp_rank());
+  std::vector<int> view_of(dp_.params().size(), -1);
+  for (size_t v = 0; v < plan_->views.size(); ++v) {
+    FT_CHECK(view_of[plan_->views[v].param] == -1, "parameter {} has two shard views",
+             dp_.params()[plan_->views[v].param].name);
+    view_of[plan_->views[v].param] = static_cast<int>(v);
+  }
+  for (size_t p = 0; p < dp_.params().size(); ++p) {
+    Plan::Tensor t;
+    t.name = dp_.params()[p].name;
+    auto it = layout.find(t.name);
+    if (it == layout.end()) {
+      FT_THROW(InternalError, "parameter {} is not in the tensor-parallel layout", t.name);
+    }
+    const ShardInfo& info = it->second;
+    t.full_shape = info.full_shape;
+    t.numel = 1;
+    for (int64_t d : t.full_shape) t.numel *= d;
+    const std::vector<int64_t> local = info.local_shape();
+    FT_CHECK(local == dp_.ShapeOf(static_cast<int>(p)), "parameter {}: local shape {} but the "
+             "layout says {}", t.name, fmt::join(dp_.ShapeOf(static_cast<int>(p)), "x"),
+             fmt::join(local, "x"));
+    t.view = view_of[p];
+    t.owner = t.view >= 0 && (dp_.zero() > 0 || grid_.dp_rank() == 0) &&
+              (info.sharded() || grid_.tp_rank() == 0);
+    if (t.view >= 0) {
+      const auto& v = plan_->views[t.view];
+      std::vector<hsize_t> prefix;
+      Decompose(local, 0, v.param_offset, v.param_offset + v.master.numel(), prefix, t.blocks);
+      if (info.sharded()) {
+        for (auto& b : t.blocks) b.start[info.dim] += info.offset;
+      }
+      t.runs = RunsOf(t.blocks, t.full_shape);
+      t.count = v.master.numel();
+      FT_CHECK(v.master.is_contiguous() && v.exp_avg.is_contiguous() &&
+                   v.exp_avg_sq.is_contiguous(), "shard views of {} are not contiguous", t.name);
+    }
+    plan_->total_bytes += 3 * t.numel * static_cast<int64_t>(sizeof(float));
+    plan_->tensors.push_back(std::move(t));
+  }
+}
+
+CheckpointManager::~CheckpointManager() {
+  if (thread_.joinable() && std::uncaught_exceptions() > 0) {
+    // Unwinding (e.g. a collective timed out because a rank died): an async write may be stuck
+    // in MPI-IO, which has no timeout. Wait a bounded time, then abandon it so that main can
+    // report the error and abort the job.
+    const auto deadline = Clock::now() + std::chrono::duration<double>(cfg_.parallel.timeout_s);
+    while (!job_done_.load() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!job_done_.load()) {
+      LogError("an async checkpoint save is still running after parallel.timeout_s = {} s; "
+               "abandoning it (its temporary file stays incomplete and is never used)",
+               cfg_.parallel.timeout_s);
+      thread_.detach();
+      pending_.release();  // the detached thread still uses it
+      return;
+    }
+  }
+  try {
+    Wait();
+  } catch (const std::exception& e) {
+    LogError("the last checkpoint save failed: {}", e.what());
+  }
+}
+
+void CheckpointManager::Wait() {
+  if (thread_.joinable()) thread_.join();
+  if (pending_) {
+    if (!async_error_) saves_.push_back(pending_->stats);
+    pending_.reset();
+  }
+  if (async_error_) {
+    auto e = async_error_;
+    async_error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void CheckpointManager::Save(const TrainState& state) {
+  const auto t0 = Clock::now();
+  Wait();
+  auto job = std::make_unique<WriteJob>();
+  // Attributes are collective metadata: every rank writes rank 0's values.
+  auto s = torch::tensor({state.step, state.total_steps, state.tokens_seen, state.skipped_steps,
+                          int64_t{0}, state.loader.epoch, state.loader.cursor, state.loader.seed},
+                         torch::kLong);
+  std::memcpy(s.data_ptr<int64_t>() + 4, &state.lr, sizeof(double));
+  comm_->Broadcast(s, 0)->Wait();
+  const int64_t* v = s.data_ptr<int64_t>();
+  job->state.step = v[0], job->state.total_steps = v[1], job->state.tokens_seen = v[2];
+  job->state.skipped_steps = v[3];
+  std::memcpy(&job->state.lr, v + 4, sizeof(double));
+  job->state.loader = {v[5], v[6], v[7]};
+  job->path = (fs::path(dir_) / CheckpointFileName(job->state.step)).string();
+  job->tmp = job->path + ".tmp";
+  const bool async = cfg_.checkpoint.async;
+  job->data.resize(plan_->tensors.size());
+  for (size_t i = 0; i < plan_->tensors.size(); ++i) {
+    const auto& t = plan_->tensors[i];
+    if (!t.owner) continue;
+    const auto& w = plan_->views[t.view];
+    // Async: a copy, so training can go on updating the live tensors.
+    job->data[i] = async ? std::array<at::Tensor, 3>{w.master.clone(), w.exp_avg.clone(),
+                                                     w.exp_avg_sq.clone()}
+                         : std::array<at::Tensor, 3>{w.master, w.exp_avg, w.exp_avg_sq};
+  }
+  {
+    auto gen = CpuGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    job->rng = gen.get_state().contiguous();
+  }
+  job->stats.step = job->state.step;
+  job->stats.async = async;
+  if (async) {
+    pending_ = std::move(job);
+    pending_->stats.blocking_s = Since(t0);
+    job_done_ = false;
+    thread_ = std::thread([this]() {
+      try {
+        RunJob(*pending_);
+      } catch (...) {
+        async_error_ = std::current_exception();
+      }
+      job_done_ = true;
+    });
+  } else {
+    RunJob(*job);
+    job->stats.blocking_s = Since(t0);
+    saves_.push_back(job->stats);
+  }
+}
+
+void CheckpointManager::RunJob(WriteJob& job) {
+  const auto t0 = Clock::now();
+  auto& comm = *comm_;
+  const bool root = comm.rank() == 0;
+  const std::string& tmp = job.tmp;
+  try {
+    Phase(comm, "preparing " + dir_, [&]() {
+      if (!root) return;
+      std::error_code ec;
+      fs::create_directories(dir_, ec);
+      if (ec || !fs::is_directory(dir_)) {
+        FT_THROW(IoError, "cannot create the checkpoint directory {}: {}", dir_,
+                 ec ? ec.message() : "a file of that name is in the way");
+      }
+      fs::remove(tmp, ec);  // left over from a crashed save of the same step
+    });
+
+    // Checksums first (from memory), so they are written as the datasets' attributes.
+    std::vector<int64_t> entries, bytes;
+    for (size_t i = 0; i < plan_->tensors.size(); ++i) {
+      const auto& t = plan_->tensors[i];
+      for (int k = 0; k < 3; ++k) {
+        const int64_t id = static_cast<int64_t>(3 * i + k);
+        bytes.push_back(t.numel * 4);
+        if (!t.owner) continue;
+        const float* base = job.data[i][k].data_ptr<float>();
+        for (const auto& r : t.runs) {
+          entries.insert(entries.end(), {id, r.full_offset * 4, r.count * 4,
+                                         static_cast<int64_t>(Crc32(base + r.local_offset,
+                                                                    r.count * 4))});
+        }
+      }
+    }
+    const std::vector<uint32_t> crc = CombineCrcs(comm, entries, bytes);
+
+    H5Id file;
+    Phase(comm, "creating " + tmp, [&]() {
+      H5Lock lock;
+      H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
+      file = H5Id(H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                           "creating checkpoint " + tmp),
+                  H5Fclose);
+    });
+    H5Id lcpl, dcpl, dxpl;
+    {
+      H5Lock lock;
+      lcpl = H5Id(H5_CHECK(H5Pcreate(H5P_LINK_CREATE), tmp), H5Pclose);
+      H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1), tmp);
+      dcpl = H5Id(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), tmp), H5Pclose);
+      H5_CHECK(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), tmp);
+      H5_CHECK(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), tmp);
+      dxpl = H5Id(parallel::MakeCollectiveTransfer(), H5Pclose);
+    }
+    for (size_t i = 0; i < plan_->tensors.size(); ++i) {
+      const auto& t = plan_->tensors[i];
+      for (int k = 0; k < 3; ++k) {
+        const std::string name = DatasetName(t.name, k);
+        const std::string ctx = fmt::format("{} {}", tmp, name);
+        Phase(comm, "writing " + ctx, [&]() {
+          H5Lock lock;
+          std::vector<hsize_t> dims(t.full_shape.begin(), t.full_shape.end());
+          H5Id fspace(H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(),
+                                                nullptr), ctx),
+                      H5Sclose);
+          H5Id ds(H5_CHECK(H5Dcreate2(file.get(), name.c_str(), H5T_IEEE_F32LE, fspace.get(),
+                                      lcpl.get(), dcpl.get(), H5P_DEFAULT), ctx),
+                  H5Dclose);
+          const uint32_t c = crc[3 * i + k];
+          WriteAttr(ds.get(), "crc32", H5T_NATIVE_UINT32, H5T_STD_U32LE, &c, ctx);
+          hsize_t n = t.owner ? static_cast<hsize_t>(t.count) : 1;
+          H5Id mspace(H5_CHECK(H5Screate_simple(1, &n, nullptr), ctx), H5Sclose);
+          float dummy = 0;
+          const void* buf = &dummy;
+          if (t.owner) {
+            bool first = true;
+            for (const auto& b : t.blocks) {
+              H5_CHECK(H5Sselect_hyperslab(fspace.get(), first ? H5S_SELECT_SET : H5S_SELECT_OR,
+                                           b.start.data(), nullptr, b.count.data(), nullptr),
+                       ctx);
+              first = false;
+            }
+            buf = job.data[i][k].data_ptr<float>();
+          } else {
+            H5_CHECK(H5Sselect_none(fspace.get()), ctx);
+            H5_CHECK(H5Sselect_none(mspace.get()), ctx);
+          }
+          H5_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, mspace.get(), fspace.get(), dxpl.get(),
+                            buf),
+                   ctx);
+          H5_CHECK(ds.Close(), ctx);
+        });
+      }
+    }
+
+    Phase(comm, "writing " + tmp + " /state", [&]() {
+      H5Lock lock;
+      const std::string ctx = tmp + " /state";
+      H5Id g(H5_CHECK(H5Gcreate2(file.get(), "/state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                      ctx),
+             H5Gclose);
+      const auto& s = job.state;
+      WriteAttrString(g.get(), "magic", kCheckpointMagic, ctx);
+      WriteAttrInt(g.get(), "format_version", kCheckpointFormatVersion, ctx);
+      WriteAttrInt(g.get(), "step", s.step, ctx);
+      WriteAttrInt(g.get(), "total_steps", s.total_steps, ctx);
+      WriteAttrInt(g.get(), "tokens_seen", s.tokens_seen, ctx);
+      WriteAttrInt(g.get(), "skipped_steps", s.skipped_steps, ctx);
+      WriteAttrDouble(g.get(), "lr", s.lr, ctx);
+      WriteAttrInt(g.get(), "loader_epoch", s.loader.epoch, ctx);
+      WriteAttrInt(g.get(), "loader_cursor", s.loader.cursor, ctx);
+      WriteAttrInt(g.get(), "loader_seed", s.loader.seed, ctx);
+      WriteAttrInt(g.get(), "dp", grid_.dp(), ctx);
+      WriteAttrInt(g.get(), "tp", grid_.tp(), ctx);
+      WriteAttrInt(g.get(), "zero", dp_.zero(), ctx);
+      WriteAttrInt(g.get(), "world_size", comm.size(), ctx);
+      WriteAttrInt(g.get(), "seed", cfg_.run.seed, ctx);
+      WriteAttrString(g.get(), "dtype", cfg_.model.dtype, ctx);
+      WriteAttrString(g.get(), "config_yaml", ConfigToYaml(cfg_), ctx);
+      WriteAttrString(g.get(), "model_config", model_cfg_.ToJson().dump(2), ctx);
+      std::string tok_dir;
+      try {
+        tok_dir = fs::absolute(TokenizerDir(cfg_)).string();
+      } catch (const ConfigError&) {
+      }
+      WriteAttrString(g.get(), "tokenizer_dir", tok_dir, ctx);
+      WriteAttrString(g.get(), "checksum", kChecksumScheme, ctx);
+      WriteAttrString(g.get(), "created_by", "ftune train", ctx);
+      // Per-rank RNG states, one row each.
+      hsize_t dims[2] = {static_cast<hsize_t>(comm.size()),
+                         static_cast<hsize_t>(job.rng.numel())};
+      H5Id fspace(H5_CHECK(H5Screate_simple(2, dims, nullptr), ctx), H5Sclose);
+      H5Id ds(H5_CHECK(H5Dcreate2(g.get(), "rng", H5T_STD_U8LE, fspace.get(), H5P_DEFAULT,
+                                  dcpl.get(), H5P_DEFAULT), ctx),
+              H5Dclose);
+      hsize_t start[2] = {static_cast<hsize_t>(comm.rank()), 0}, count[2] = {1, dims[1]};
+      H5_CHECK(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+               ctx);
+      H5Id mspace(H5_CHECK(H5Screate_simple(2, count, nullptr), ctx), H5Sclose);
+      H5_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), dxpl.get(),
+                        job.rng.data_ptr()),
+               ctx);
+    });
+    Phase(comm, "closing " + tmp, [&]() {
+      H5Lock lock;
+      lcpl.Close();
+      dcpl.Close();
+      dxpl.Close();
+      H5_CHECK(file.Close(), "closing (flushing) checkpoint " + tmp);
+    });
+    Phase(comm, "publishing " + job.path, [&]() {
+      if (!root) return;
+      FsyncPath(tmp, false);
+      std::error_code ec;
+      fs::rename(tmp, job.path, ec);
+      if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, job.path, ec.message());
+      FsyncPath(dir_, true);
+      const std::string latest = (fs::path(dir_) / "latest").string();
+      {
+        std::ofstream out(latest + ".tmp", std::ios::trunc);
+        out << fs::path(job.path).filename().string() << "\n";
+        out.flush();
+        if (!out) FT_THROW(IoError, "cannot write {}.tmp", latest);
+      }
+      FsyncPath(latest + ".tmp", false);
+      fs::rename(latest + ".tmp", latest, ec);
+      if (ec) FT_THROW(IoError, "cannot rename {}.tmp to {}: {}", latest, latest, ec.message());
+      FsyncPath(dir_, true);
+      job.stats.file_bytes = static_cast<int64_t>(fs::file_size(job.path, ec));
+      // Only now, with a newer complete checkpoint in place: drop the oldest beyond `keep`.
+      const auto files = CompleteFiles(dir_);
+      for (size_t i = static_cast<size_t>(cfg_.checkpoint.keep); i < files.size(); ++i) {
+        if (files[i].second == job.path) continue;
+        fs::remove(files[i].second, ec);
+        if (ec) LogWarn("could not delete old checkpoint {}: {}", files[i].second, ec.message());
+      }
+    });
+  } catch (const Error& e) {
+    if (root) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+    FT_THROW(IoError, "checkpoint of step {} could not be saved to {} (earlier checkpoints in {} "
+             "are intact): {}", job.state.step, job.path, dir_, e.what());
+  }
+  job.stats.write_s = Since(t0);
+  if (root) {
+    const double gb = job.stats.file_bytes / 1e9;
+    LogInfo("checkpoint step {}: {} ({:.1f} MB) written in {:.3f} s ({:.2f} GB/s){}",
+            job.state.step, job.path, gb * 1e3, job.stats.write_s, gb / job.stats.write_s,
+            job.stats.async ? fmt::format(", training held {:.3f} s (async)", job.stats.blocking_s)
+                            : "");
+  }
+}
+
+CheckpointMeta CheckpointManager::Load(const std::string& path) {
+  Wait();
+  auto& comm = *comm_;
+  CheckpointMeta meta;
+  H5Id file, dxpl;
+  Phase(comm, "opening " + path, [&]() {
+    H5Lock lock;
+    if (!fs::is_regular_file(path)) {
+      FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
+    }
+    H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
+    file = H5Id(H5_CHECK_AS(CorruptCheckpointError,
+                            H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
+                            "opening checkpoint " + path),
+                H5Fclose);
+    dxpl = H5Id(parallel::MakeCollectiveTransfer(), H5Pclose);
+    meta = ReadMetaFrom(file.get(), path);
+  });
+  std::vector<int64_t> entries, bytes;
+  std::vector<uint32_t> stored;
+  for (size_t i = 0; i < plan_->tensors.size(); ++i) {
+    const auto& t = plan_->tensors[i];
+    for (int k = 0; k < 3; ++k) {
+      const std::string name = DatasetName(t.name, k);
+      const std::string ctx = fmt::format("checkpoint {} dataset {}", path, name);
+      Phase(comm, "reading " + ctx, [&]() {
+        H5Lock lock;
+        if (H5Lexists(file.get(), name.c_str(), H5P_DEFAULT) <= 0) {
+          H5Eclear2(H5E_DEFAULT);
+          FT_THROW(CorruptCheckpointError, "{} is missing (a truncated or damaged file?)", ctx);
+        }
+        H5Id ds(H5_CHECK_AS(CorruptCheckpointError, H5Dopen2(file.get(), name.c_str(),
+                                                             H5P_DEFAULT), ctx),
+                H5Dclose);
+        H5Id fspace(H5_CHECK_AS(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
+        const int nd = H5Sget_simple_extent_ndims(fspace.get());
+        std::vector<hsize_t> dims(std::max(nd, 0));
+        if (nd > 0) H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
+        if (std::vector<int64_t>(dims.begin(), dims.end()) != t.full_shape) {
+          FT_THROW(ModelError, "{} has shape [{}] but the model's {} is [{}]: the checkpoint was "
+                   "written for another architecture (model.arch / model.path)", ctx,
+                   fmt::join(dims, ", "), t.name, fmt::join(t.full_shape, ", "));
+        }
+        stored.push_back(ReadAttrU32(ds.get(), "crc32", ctx));
+        hsize_t n = t.view >= 0 ? static_cast<hsize_t>(t.count) : 1;
+        H5Id mspace(H5_CHECK(H5Screate_simple(1, &n, nullptr), ctx), H5Sclose);
+        float dummy = 0;
+        void* buf = &dummy;
+        if (t.view >= 0) {
+          bool first = true;
+          for (const auto& b : t.blocks) {
+            H5_CHECK(H5Sselect_hyperslab(fspace.get(), first ? H5S_SELECT_SET : H5S_SELECT_OR,
+                                         b.start.data(), nullptr, b.count.data(), nullptr),
+                     ctx);
+            first = false;
+          }
+          const auto& v = plan_->views[t.view];
+          buf = (k == 0 ? v.master : k == 1 ? v.exp_avg : v.exp_avg_sq).data_ptr<float>();
+        } else {
+          H5_CHECK(H5Sselect_none(fspace.get()), ctx);
+          H5_CHECK(H5Sselect_none(mspace.get()), ctx);
+        }
+        H5_CHECK_AS(CorruptCheckpointError,
+                    H5Dread(ds.get(), H5T_NATIVE_FLOAT, mspace.get(), fspace.get(), dxpl.get(),
+                            buf),
+                    ctx);
+      });
+      bytes.push_back(t.numel * 4);
+      if (!t.owner) continue;
+      const auto& v = plan_->views[t.view];
+      const float* base = (k == 0 ? v.master : k == 1 ? v.exp_avg : v.exp_avg_sq).data_ptr<float>();
+      const int64_t id = static_cast<int64_t>(3 * i + k);
+      for (const auto& r : t.runs) {
+        entries.insert(entries.end(), {id, r.full_offset * 4, r.count * 4,
+                                       static_cast<int64_t>(Crc32(base + r.local_offset,
+                                                                  r.count * 4))});
+      }
+    }
+  }
+  const std::vector<uint32_t> crc = CombineCrcs(comm, entries, bytes);
+  Phase(comm, "verifying " + path, [&]() {
+    for (size_t id = 0; id < crc.size(); ++id) {
+      if (crc[id] != stored[id]) {
+        FT_THROW(CorruptCheckpointError, "checkpoint {}: checksum mismatch in {} (crc32 {:08x}, "
+                 "stored {:08x}): the file is damaged", path,
+                 DatasetName(plan_->tensors[id / 3].name, static_cast<int>(id % 3)), crc[id],
+                 stored[id]);
+      }
+    }
+  });
+  at::Tensor rng;
+  Phase(comm, "reading " + path + " /state/rng", [&]() {
+    H5Lock lock;
+    const std::string ctx = path + " /state/rng";
+    H5Id ds(H5_CHECK_AS(CorruptCheckpointError, H5Dopen2(file.get(), "/state/rng", H5P_DEFAULT),
+                        ctx),
+            H5Dclose);
+    H5Id fspace(H5_CHECK_AS(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
+    hsize_t dims[2] = {0, 0};
+    if (H5Sget_simple_extent_ndims(fspace.get()) != 2) {
+      FT_THROW(CorruptCheckpointError, "{} is not 2-D", ctx);
+    }
+    H5Sget_simple_extent_dims(fspace.get(), dims, nullptr);
+    // Same world size: each rank its own state; else everyone takes rank 0's.
+    const hsize_t row = dims[0] == static_cast<hsize_t>(comm.size()) ? comm.rank() : 0;
+    hsize_t start[2] = {row, 0}, count[2] = {1, dims[1]};
+    H5_CHECK(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
+             ctx);
+    H5Id mspace(H5_CHECK(H5Screate_simple(2, count, nullptr), ctx), H5Sclose);
+    rng = torch::empty({static_cast<int64_t>(dims[1])}, torch::kUInt8);
+    H5_CHECK_AS(CorruptCheckpointError, H5Dread(ds.get(), H5T_NATIVE_UINT8, mspace.get(),
+                                                fspace.get(), dxpl.get(), rng.data_ptr()),
+                ctx);
+  });
+  Phase(comm, "closing " + path, [&]() {
+    H5Lock lock;
+    dxpl.Close();
+    H5_CHECK(file.Close(), "closing " + path);
+  });
+  dp_.LoadMasterIntoParams();
+  try {
+    auto gen = CpuGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng);
+  } catch (const std::exception& e) {
+    LogWarn("checkpoint {}: the saved RNG state does not fit this torch ({}); keeping the current "
+            "one", path, e.what());
+  }
+  return meta;
+}
+
+std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
+  Wait();
+  // Rank 0 lists the directory; everyone tries the same files in the same order.
+  std::vector<int64_t> steps;
+  if (comm_->rank() == 0) {
+    for (const auto& p : CheckpointCandidates(dir_)) {
+      steps.push_back(StepOfFile(fs::path(p).filename().string()));
+    }
+  }
+  auto n = torch::tensor({static_cast<int64_t>(steps.size())}, torch::kLong);
+  comm_->Broadcast(n, 0)->Wait();
+  auto st = torch::zeros({n.item<int64_t>()}, torch::kLong);
+  if (comm_->rank() == 0) {
+    for (size_t i = 0; i < steps.size(); ++i) st[i] = steps[i];
+  }
+  if (st.numel() > 0) comm_->Broadcast(st, 0)->Wait();
+  if (st.numel() == 0) return std::nullopt;
+  std::vector<std::string> bad;
+  for (int64_t i = 0; i < st.numel(); ++i) {
+    const std::string path = (fs::path(dir_) / CheckpointFileName(st[i].item<int64_t>())).string();
+    try {
+      return Load(path);
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, falling back to the previous one: {}", path, e.what());
+      bad.push_back(path);
+    }
+  }
+  FT_THROW(IoError, "none of the {} checkpoint(s) in {} is usable ({}): refusing to start from "
+           "scratch. Move them away, or start over with --no-resume (checkpoint.resume: false)",
+           bad.size(), dir_, fmt::join(bad, ", "));
+}
+
+void CheckpointManager::MoveAside() {
+  Wait();
+  Phase(*comm_, "moving old checkpoints aside in " + dir_, [&]() {
+    if (comm_->rank() != 0) return;
+    const auto files = CompleteFiles(dir_);
+    if (files.empty()) return;
+    const fs::path dest = fs::path(dir_) / fmt::format("previous_{}", std::time(nullptr));
+    std::error_code ec;
+    fs::create_directories(dest, ec);
+    if (ec) FT_THROW(IoError, "cannot create {}: {}", dest.string(), ec.message());
+    for (const auto& f : files) {
+      fs::rename(f.second, dest / fs::path(f.second).filename(), ec);
+      if (ec) FT_THROW(IoError, "cannot move {} to {}: {}", f.second, dest.string(), ec.message());
+    }
+    fs::rename(fs::path(dir_) / "latest", dest / "latest", ec);
+    LogWarn("starting over (checkpoint.resume is false): moved {} earlier checkpoint(s) to {}",
+            files.size(), dest.string());
+  });
+}
+
+std::string CheckpointFileName(int64_t step) { return fmt::format("step_{:08d}.h5", step); }
+
+std::vector<std::string> CheckpointCandidates(const std::string& dir) {
+  std::vector<std::string> out;
+  const auto files = CompleteFiles(dir);
+  std::ifstream in((fs::path(dir) / "latest").string());
+  std::string latest;
+  if (in && std::getline(in, latest)) {
+    for (const auto& f : files) {
+      if (fs::path(f.second).filename() == latest) out.push_back(f.second);
+    }
+  }
+  for (const auto& f : files) {
+    if (out.empty() || f.second != out.front()) out.push_back(f.second);
+  }
+  return out;
+}
+
+std::vector<std::string> ResolveCheckpointArg(const std::string& arg) {
+  std::error_code ec;
+  if (fs::is_regular_file(arg, ec)) return {arg};
+  if (!fs::is_directory(arg, ec)) FT_THROW(IoError, "--checkpoint {}: no such file or directory", arg);
+  auto c = CheckpointCandidates(arg);
+  if (c.empty()) c = CheckpointCandidates((fs::path(arg) / "checkpoints").string());
+  if (c.empty()) {
+    FT_THROW(IoError, "--checkpoint {}: no checkpoint (step_*.h5) in it or in {}/checkpoints",
+             arg, arg);
+  }
+  return c;
+}
+
+CheckpointMeta ReadCheckpointMeta(const std::string& path) {
+  H5Lock lock;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  H5Id file(H5_CHECK_AS(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                        "opening checkpoint " + path),
+            H5Fclose);
+  return ReadMetaFrom(file.get(), path);
+}
+
+models::NamedTensors ReadCheckpointModel(const std::string& path, const CheckpointMeta& meta) {
+  const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
+                                                 path + " /state model_config");
+  H5Lock lock;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  H5Id file(H5_CHECK_AS(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                        "opening checkpoint " + path),
+            H5Fclose);
+  models::NamedTensors out;
+  for (const auto& [name, shape] : models::HfTensorShapes(cfg)) {
+    const std::string ds_name = DatasetName(name, 0);
+    const std::string ctx = fmt::format("checkpoint {} dataset {}", path, ds_name);
+    if (H5Lexists(file.get(), ds_name.c_str(), H5P_DEFAULT) <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      FT_THROW(CorruptCheckpointError, "{} is missing", ctx);
+    }
+    H5Id ds(H5_CHECK_AS(CorruptCheckpointError, H5Dopen2(file.get(), ds_name.c_str(), H5P_DEFAULT),
+                        ctx),
+            H5Dclose);
+    H5Id space(H5_CHECK(H5Dget_space(ds.get()), ctx), H5Sclose);
+    std::vector<hsize_t> dims(std::max(0, H5Sget_simple_extent_ndims(space.get())));
+    if (!dims.empty()) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    if (std::vector<int64_t>(dims.begin(), dims.end()) != shape) {
+      FT_THROW(CorruptCheckpointError, "{} has shape [{}], its config.json says [{}]", ctx,
+               fmt::join(dims, ", "), fmt::join(shape, ", "));
+    }
+    auto t = torch::empty(shape, torch::kFloat);
+    H5_CHECK_AS(CorruptCheckpointError, H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL,
+                                                H5P_DEFAULT, t.data_ptr<float>()),
+                ctx);
+    const uint32_t want = ReadAttrU32(ds.get(), "crc32", ctx);
+    const uint32_t got = Crc32(t.data_ptr<float>(), t.numel() * 4);
+    if (got != want) {
+      FT_THROW(CorruptCheckpointError, "{}: checksum mismatch (crc32 {:08x}, stored {:08x}): the "
+               "file is damaged", ctx, got, want);
+    }
+    out.emplace_back(name, t);
+  }
+  return out;
+}
+
+}  // namespace ftune::runtime

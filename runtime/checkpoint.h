@@ -1,0 +1,179 @@
+// Collective checkpoints (DESIGN.md "Checkpoint format"): one HDF5 file per checkpoint step,
+// written by every rank together over MPI-IO, holding the whole training state at full logical
+// shape so that it loads into any layout (dp, tp, ZeRO stage, world size).
+//
+// File `<checkpoint dir>/step_<8 digits>.h5`:
+//   /model/<hf name>                 fp32, full shape: the master weights (= the parameters in fp32
+//                                    runs; the fp32 masters of bf16 runs)
+//   /optim/<hf name>/exp_avg         fp32, full shape: AdamW moments
+//   /optim/<hf name>/exp_avg_sq
+//     every tensor dataset has attribute `crc32` (uint32, see Checksums)
+//   /state  attrs: magic "ftune-checkpoint", format_version, step, total_steps, tokens_seen,
+//           skipped_steps, lr, loader_epoch, loader_cursor, loader_seed, dp, tp, zero,
+//           world_size, seed, dtype, config_yaml (resolved config), model_config (HF
+//           config.json), tokenizer_dir, checksum (the scheme, in words), created_by
+//   /state/rng  uint8 [world_size, n]: each rank's torch CPU generator state
+// Each rank writes the elements it owns as hyperslabs of the full tensor: ZeRO >= 1 ranks their
+// flat slice of the TP-local tensor, mapped to full coordinates through the TensorParallelLayout;
+// under ZeRO-0 dp rank 0 only, and tensors replicated over tp from tp rank 0 only. So every
+// element is written exactly once, by collective H5Dwrite calls.
+//
+// Checksums: crc32 (zlib) of the tensor's bytes (fp32 little endian, C order of the full shape).
+// Nobody holds the full tensor, so each rank computes the crc32 of every contiguous run (in the
+// full tensor's flat order) of what it writes; the (offset, length, crc) triples are all-gathered
+// (a few bytes per run, no tensor data) and combined in offset order with crc32_combine, which
+// also proves that the runs tile the tensor exactly once. Loading recomputes it the same way
+// over the elements each rank reads (with the new layout's ownership), and a one-process reader
+// (export) simply takes crc32 of the whole tensor: the same number.
+//
+// Atomicity: written as `step_N.h5.tmp`, closed (flushed), fsync'ed, renamed to `step_N.h5`, the
+// directory fsync'ed; then `latest` (a text file naming step_N.h5) is replaced by write + rename.
+// Older checkpoints beyond checkpoint.keep are deleted only after that, so a crash at any point
+// leaves the previous complete checkpoint and never a complete-looking partial one.
+//
+// Collective ordering: Save, Wait, Load and LoadLatest are collective over the grid's world; all
+// ranks call them at the same steps. The manager does its I/O and agreement collectives on its
+// own duplicate of that communicator, so an async save (a background thread, one at a time)
+// never interleaves with the training loop's collectives. Every HDF5 call holds
+// data::Hdf5Mutex() (Debian's HDF5 is not thread-safe; the loader's prefetch thread shares it).
+// Failures of one rank are agreed on (an all-reduce of status codes after each phase, bounded
+// by parallel.timeout_s), so all ranks throw together instead of hanging.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/loader.h"
+#include "models/llama_config.h"
+#include "models/safetensors.h"
+#include "parallel/data_parallel.h"
+#include "parallel/process_grid.h"
+#include "runtime/config.h"
+
+namespace ftune {
+
+// A checkpoint file that cannot be used: unreadable, truncated, a dataset or attribute missing,
+// a checksum mismatch. Loading falls back to the previous checkpoint on this error. (In namespace
+// ftune beside the other typed errors, so FT_THROW finds it.)
+class CorruptCheckpointError : public IoError {
+ public:
+  using IoError::IoError;
+};
+
+}  // namespace ftune
+
+namespace ftune::runtime {
+
+using ftune::CorruptCheckpointError;
+
+inline constexpr int64_t kCheckpointFormatVersion = 1;
+inline constexpr const char* kCheckpointMagic = "ftune-checkpoint";
+
+// The training loop's state besides the tensors.
+struct TrainState {
+  int64_t step = 0;           // optimizer steps done (the next one is step + 1)
+  int64_t total_steps = 0;    // length of the run (the lr schedule's horizon)
+  int64_t tokens_seen = 0;    // input tokens of all steps so far, whole job
+  int64_t skipped_steps = 0;  // non-finite steps among them (no update made)
+  double lr = 0;              // lr of the last step
+  data::LoaderState loader;   // position after the last consumed batch (global cursor)
+};
+
+// The /state attributes of a checkpoint.
+struct CheckpointMeta {
+  std::string path;
+  int64_t format_version = 0;
+  TrainState state;
+  int64_t dp = 0, tp = 0, zero = 0, world_size = 0, seed = 0;
+  std::string dtype;              // model.dtype of the run that wrote it
+  std::string config_yaml;        // the resolved config
+  std::string model_config_json;  // HF config.json of the model
+  std::string tokenizer_dir;      // where the run's tokenizer.json is
+};
+
+// One save as seen by this rank.
+struct SaveStats {
+  int64_t step = 0;
+  bool async = false;
+  double blocking_s = 0;  // time the training loop was held (incl. waiting for the previous save)
+  double write_s = 0;     // time of the collective write, create to rename
+  int64_t file_bytes = 0; // size of the file (rank 0)
+};
+
+class CheckpointManager {
+ public:
+  // `dir`: the checkpoint directory (RunPath(cfg, cfg.checkpoint.dir) in `ftune train`). `dp`
+  // holds this rank's master weights and moments; `model_cfg` is the full model's config.
+  // Collective over grid.world() (duplicates it).
+  CheckpointManager(const Config& cfg, parallel::ProcessGrid& grid, parallel::DataParallel& dp,
+                    const models::LlamaConfig& model_cfg, std::string dir);
+  // Waits for an async save (an error of it is logged, not thrown).
+  ~CheckpointManager();
+  CheckpointManager(const CheckpointManager&) = delete;
+  CheckpointManager& operator=(const CheckpointManager&) = delete;
+
+  // Writes step_<state.step>.h5. With checkpoint.async the state is copied and written by a
+  // background thread (this returns after the copy); an earlier async save is waited for first.
+  // Throws IoError naming the path when the write fails (earlier checkpoints stay intact).
+  void Save(const TrainState& state);
+  // Waits for the outstanding async save; rethrows its error.
+  void Wait();
+  // Newest usable checkpoint of the directory: tries `latest`, then older ones, warning about
+  // each unusable one (CorruptCheckpointError) by name. Loads it into the DataParallel (master
+  // weights, moments, parameters) and this rank's RNG; returns its metadata. nullopt when the
+  // directory holds no checkpoint; IoError when it holds some and none is usable.
+  std::optional<CheckpointMeta> LoadLatest();
+  // Loads one file (see LoadLatest). CorruptCheckpointError when unusable, ModelError when it is
+  // a checkpoint of another architecture.
+  CheckpointMeta Load(const std::string& path);
+
+  // Starting over (checkpoint.resume false): moves the directory's checkpoints and `latest` into
+  // <dir>/previous_<unix time>/ so that a later resume cannot pick them up. Collective.
+  void MoveAside();
+
+  const std::string& dir() const { return dir_; }
+  // Stats of completed saves, in order (an async save is listed once it completed).
+  const std::vector<SaveStats>& saves() const { return saves_; }
+
+  struct Plan;
+  struct WriteJob;
+
+ private:
+  void RunJob(WriteJob& job);
+
+  const Config& cfg_;
+  parallel::ProcessGrid& grid_;
+  parallel::DataParallel& dp_;
+  models::LlamaConfig model_cfg_;
+  std::string dir_;
+  std::unique_ptr<parallel::Communicator> comm_;  // checkpoint I/O and agreement
+  std::unique_ptr<Plan> plan_;
+  std::thread thread_;
+  std::exception_ptr async_error_;
+  std::atomic<bool> job_done_{true};
+  std::unique_ptr<WriteJob> pending_;
+  std::vector<SaveStats> saves_;
+};
+
+// "step_00000042.h5".
+std::string CheckpointFileName(int64_t step);
+// Checkpoint files of `dir`, newest first: the one `latest` names, then step_*.h5 by step
+// (temporary files excluded). Empty when there are none. Rank-local.
+std::vector<std::string> CheckpointCandidates(const std::string& dir);
+// For `--checkpoint X`: X itself when it is a file; the candidates of X when it is a checkpoint
+// directory, or of X/checkpoints when X is a run directory. IoError when there is none.
+std::vector<std::string> ResolveCheckpointArg(const std::string& arg);
+
+// One-process reading (export, tests): the /state attributes, and every /model tensor at full
+// shape (fp32), in HF order, each verified against its crc32 (CorruptCheckpointError naming the
+// file and tensor on mismatch).
+CheckpointMeta ReadCheckpointMeta(const std::string& path);
+models::NamedTensors ReadCheckpointModel(const std::string& path, const CheckpointMeta& meta);
+
+}  // namespace ftune::runtime

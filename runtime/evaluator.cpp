@@ -1,0 +1,416 @@
+#include "runtime/evaluator.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+
+#include "data/loader.h"
+#include "data/sha256.h"
+#include "models/generate.h"
+#include "models/hf_io.h"
+#include "parallel/error.h"
+#include "runtime/checkpoint.h"
+#include "runtime/log.h"
+
+namespace ftune::runtime {
+namespace fs = std::filesystem;
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string Trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// Ids the tokenizer can decode (a model's vocabulary may be padded past the tokenizer's).
+std::string DecodeText(const data::Tokenizer& tok, std::vector<int32_t> ids) {
+  const int64_t v = tok.vocab_size();
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [v](int32_t id) { return id < 0 || id >= v; }),
+            ids.end());
+  return Trim(tok.Decode(ids, /*skip_special_tokens=*/true));
+}
+
+// Every rank's bytes, in rank order, on every rank of `comm`.
+std::vector<std::string> AllGatherStrings(parallel::Communicator& comm, const std::string& mine) {
+  auto n = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
+  auto counts_t = torch::zeros({comm.size()}, torch::kLong);
+  comm.AllGather(n, counts_t)->Wait();
+  std::vector<int64_t> counts(comm.size());
+  int64_t total = 0;
+  for (int r = 0; r < comm.size(); ++r) total += counts[r] = counts_t[r].item<int64_t>();
+  auto in = torch::empty({static_cast<int64_t>(mine.size())}, torch::kByte);
+  std::memcpy(in.data_ptr<uint8_t>(), mine.data(), mine.size());
+  auto out = torch::empty({total}, torch::kByte);
+  comm.AllGatherV(in, out, counts)->Wait();
+  std::vector<std::string> res;
+  const char* p = reinterpret_cast<const char*>(out.data_ptr<uint8_t>());
+  for (int r = 0; r < comm.size(); ++r) {
+    res.emplace_back(p, counts[r]);
+    p += counts[r];
+  }
+  return res;
+}
+
+bool IsStepFile(const std::string& name, bool* complete) {
+  if (name.rfind("step_", 0) != 0) return false;
+  const auto ends = [&](const std::string& suf) {
+    return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
+  };
+  if (ends(".h5")) {
+    *complete = true;
+    return true;
+  }
+  if (ends(".tmp")) {
+    *complete = false;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Evaluator::Evaluator(const Config& cfg, const std::string& data_dir, const data::Tokenizer& tok,
+                     parallel::ProcessGrid& grid)
+    : cfg_(cfg), dir_(data_dir), tok_(tok), grid_(grid), manifest_(data::ReadManifest(data_dir)) {
+  if (manifest_.test.num_docs == 0) {
+    FT_THROW(DataError, "{}: the test split is empty, so there is nothing to evaluate on: set "
+             "data.split.test_ratio > 0 (or data.split.test_count > 0) and re-run ftune prepare "
+             "(with --overwrite)", dir_);
+  }
+  if (manifest_.meta.tokenizer_sha256 != tok.sha256()) {
+    FT_THROW(DataError, "{} was prepared with another tokenizer (sha256 {}) than the model's {} "
+             "(sha256 {}): re-run ftune prepare with this tokenizer, or evaluate a model that "
+             "uses the dataset's", dir_, manifest_.meta.tokenizer_sha256, tok.path(),
+             tok.sha256());
+  }
+}
+
+LossTotals Evaluator::Loss(models::LlamaModel& model) {
+  data::LoaderOptions lo;
+  lo.dir = dir_;
+  lo.split = "test";
+  lo.seq_len = cfg_.data.max_seq_len;
+  lo.micro_batch = cfg_.eval.batch_size;
+  lo.packing = false;
+  lo.seed = cfg_.data.shuffle_seed;
+  lo.dp_rank = grid_.dp_rank();
+  lo.dp_size = grid_.dp();
+  lo.expected_tokenizer_sha256 = tok_.sha256();
+  lo.shuffle = false;
+  lo.drop_last = false;
+  data::Loader loader(lo);
+  const int64_t dp = grid_.dp();
+  const int64_t steps = loader.samples_per_epoch() / (cfg_.eval.batch_size * dp);
+
+  torch::NoGradGuard no_grad;
+  const auto dev = model.device();
+  auto local = torch::zeros({std::max<int64_t>(steps, 1), 3}, torch::kDouble);
+  auto acc = local.accessor<double, 2>();
+  for (int64_t k = 0; k < steps; ++k) {
+    data::Batch b = loader.Next();
+    if (b.num_targets == 0) continue;  // filler rows only
+    // Columns after the batch's last target change no earlier logit (causal): drop them.
+    const int64_t t = (b.loss_mask.sum(0) > 0).nonzero().max().item<int64_t>() + 1;
+    models::ForwardOptions fo;
+    fo.positions = b.positions.slice(1, 0, t).to(dev);
+    auto mask = b.loss_mask.slice(1, 0, t);
+    auto ls = models::CausalLmLoss(model, b.tokens.slice(1, 0, t).to(dev),
+                                   b.targets.slice(1, 0, t).to(dev), mask.to(dev), fo);
+    acc[k][0] = ls.loss_sum.item<double>();
+    acc[k][1] = static_cast<double>(ls.count.item<int64_t>());
+    acc[k][2] = (mask.sum(1) > 0).sum().item<double>();
+  }
+  // Chunk c = k * dp + r is row block c of the split whatever dp is: add in chunk order.
+  auto all = torch::zeros({dp, local.size(0), 3}, torch::kDouble);
+  grid_.dp_comm().AllGather(local, all)->Wait();
+  auto a = all.accessor<double, 3>();
+  LossTotals tot;
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int64_t r = 0; r < dp; ++r) {
+      tot.nll_sum += a[r][k][0];
+      tot.targets += static_cast<int64_t>(a[r][k][1]);
+      tot.samples += static_cast<int64_t>(a[r][k][2]);
+    }
+  }
+  return tot;
+}
+
+std::vector<EvalExample> Evaluator::ReadExamples(const std::vector<int64_t>& wanted) const {
+  std::vector<EvalExample> out;
+  size_t w = 0;
+  int64_t first_doc = 0;
+  for (const auto& shard : manifest_.test.shards) {
+    const int64_t end_doc = first_doc + shard.num_docs;
+    if (w < wanted.size() && wanted[w] < end_doc) {
+      data::ShardReader reader((fs::path(dir_) / shard.file).string());
+      const auto& off = reader.doc_offsets();
+      for (; w < wanted.size() && wanted[w] < end_doc; ++w) {
+        const int64_t d = wanted[w] - first_doc;
+        const int64_t n = off[d + 1] - off[d];
+        std::vector<int32_t> tokens(n);
+        std::vector<uint8_t> mask(n);
+        reader.Read(off[d], n, tokens.data(), mask.data());
+        const int64_t split =
+            std::find(mask.begin(), mask.end(), uint8_t(1)) - mask.begin();  // first target
+        EvalExample ex;
+        ex.index = wanted[w];
+        ex.prompt_ids.assign(tokens.begin(), tokens.begin() + std::max<int64_t>(split, 1));
+        std::vector<int32_t> ref(tokens.begin() + std::max<int64_t>(split, 1), tokens.end());
+        while (!ref.empty() && std::find(tok_.eos_ids().begin(), tok_.eos_ids().end(),
+                                         ref.back()) != tok_.eos_ids().end()) {
+          ref.pop_back();
+        }
+        ex.prompt = DecodeText(tok_, ex.prompt_ids);
+        ex.reference = DecodeText(tok_, ref);
+        out.push_back(std::move(ex));
+      }
+    }
+    first_doc = end_doc;
+  }
+  return out;
+}
+
+GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samples) {
+  if (grid_.tp() > 1) {
+    FT_THROW(ConfigError, "generation metrics need whole models: parallel.tp is {} (evaluate "
+             "the exported model with ftune eval, which runs data parallel only)", grid_.tp());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t n = max_samples < 0 ? manifest_.test.num_docs
+                                    : std::min(max_samples, manifest_.test.num_docs);
+  const int64_t bs = cfg_.eval.batch_size, dp = grid_.dp(), rank = grid_.dp_rank();
+  std::vector<int64_t> mine;  // batch k (examples [k*bs, (k+1)*bs)) runs on rank k % dp
+  for (int64_t k = rank; k * bs < n; k += dp) {
+    for (int64_t i = k * bs; i < std::min(n, (k + 1) * bs); ++i) mine.push_back(i);
+  }
+  const auto examples = ReadExamples(mine);
+
+  models::GenerateOptions opt;
+  opt.temperature = cfg_.eval.temperature;
+  opt.top_k = cfg_.eval.top_k;
+  opt.top_p = cfg_.eval.top_p;
+  opt.seed = static_cast<uint64_t>(cfg_.run.seed);
+  for (int32_t id : tok_.eos_ids()) opt.eos_ids.push_back(id);
+  for (int64_t id : model.config().eos_token_ids) {
+    if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
+      opt.eos_ids.push_back(id);
+    }
+  }
+  opt.pad_id = std::max<int32_t>(tok_.pad_id(), 0);
+
+  nlohmann::json local = nlohmann::json::array();
+  for (size_t first = 0; first < examples.size(); first += bs) {
+    const size_t last = std::min(examples.size(), first + static_cast<size_t>(bs));
+    std::vector<std::vector<int32_t>> prompts;
+    int64_t longest = 0;
+    for (size_t i = first; i < last; ++i) {
+      prompts.push_back(examples[i].prompt_ids);
+      longest = std::max<int64_t>(longest, examples[i].prompt_ids.size());
+    }
+    opt.max_new_tokens = std::max<int64_t>(
+        0, std::min(cfg_.eval.max_new_tokens,
+                    model.config().max_position_embeddings - longest));
+    const auto outs = models::Generate(model, prompts, opt);
+    for (size_t i = first; i < last; ++i) {
+      const auto& ex = examples[i];
+      const std::string answer = DecodeText(tok_, outs[i - first]);
+      local.push_back({{"index", ex.index},
+                       {"prompt", ex.prompt},
+                       {"reference", ex.reference},
+                       {"answer", answer},
+                       {"exact", ExactMatch(answer, ex.reference, cfg_.eval.normalize)},
+                       {"f1", TokenF1(answer, ex.reference, cfg_.eval.normalize)}});
+    }
+  }
+
+  GenerationResult res;
+  for (const auto& s : AllGatherStrings(grid_.dp_comm(), local.dump())) {
+    for (const auto& j : nlohmann::json::parse(s)) {
+      ExampleAnswer a;
+      a.index = j["index"].get<int64_t>();
+      a.prompt = j["prompt"].get<std::string>();
+      a.reference = j["reference"].get<std::string>();
+      a.answer = j["answer"].get<std::string>();
+      a.exact = j["exact"].get<bool>();
+      a.f1 = j["f1"].get<double>();
+      res.answers.push_back(std::move(a));
+    }
+  }
+  std::sort(res.answers.begin(), res.answers.end(),
+            [](const ExampleAnswer& x, const ExampleAnswer& y) { return x.index < y.index; });
+  for (const auto& a : res.answers) {
+    ++res.totals.examples;
+    res.totals.exact += a.exact ? 1 : 0;
+    res.totals.f1_sum += a.f1;
+  }
+  res.seconds = Since(t0);
+  return res;
+}
+
+TrainingEval::TrainingEval(const Config& cfg, const data::Tokenizer& tok,
+                           parallel::ProcessGrid& grid)
+    : cfg_(cfg), grid_(grid), best_loss_(std::numeric_limits<double>::infinity()) {
+  const std::string dir = RunPath(cfg, cfg.data.dir);
+  const auto m = data::ReadManifest(dir);
+  if (m.test.num_docs == 0) {
+    LogInfo("eval during training is off: {} has no test split (data.split.test_ratio)", dir);
+    return;
+  }
+  evaluator_ = std::make_unique<Evaluator>(cfg, dir, tok, grid);
+  const fs::path best = RunPath(cfg, "best.json");
+  if (fs::exists(best)) {  // resumed run: keep the best step found so far
+    try {
+      std::ifstream in(best);
+      const auto j = nlohmann::json::parse(in);
+      if (j.contains("eval_loss") && j["eval_loss"].is_number()) best_loss_ = j["eval_loss"].get<double>();
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+}
+
+TrainingEval::~TrainingEval() = default;
+
+bool TrainingEval::Due(int64_t step, int64_t total_steps) const {
+  if (!evaluator_) return false;
+  return step == total_steps || (cfg_.eval.every > 0 && step % cfg_.eval.every == 0);
+}
+
+void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const LossTotals loss = evaluator_->Loss(model);
+  nlohmann::json j = {{"step", step}, {"eval_loss", loss.MeanNll()},
+                      {"eval_ppl", loss.Perplexity()}, {"eval_targets", loss.targets}};
+  std::string gen_text;
+  if (cfg_.eval.generate && cfg_.eval.max_samples != 0) {
+    if (grid_.tp() > 1) {
+      LogWarn("eval.generate is skipped with parallel.tp > 1 (run ftune eval on the exported "
+              "model)");
+    } else {
+      const auto g = evaluator_->Generate(model, cfg_.eval.max_samples);
+      j["exact_match"] = g.totals.ExactMatchRate();
+      j["f1"] = g.totals.MeanF1();
+      j["eval_examples"] = g.totals.examples;
+      gen_text = fmt::format(" | exact match {:.1f}% | F1 {:.3f}",
+                             100 * g.totals.ExactMatchRate(), g.totals.MeanF1());
+    }
+  }
+  j["eval_s"] = Since(t0);
+  const bool best = loss.MeanNll() < best_loss_;
+  if (best) best_loss_ = loss.MeanNll();
+  LogInfo("eval at step {}: loss {:.4f} | ppl {:.3f}{}{} ({:.1f} s)", step, loss.MeanNll(),
+          loss.Perplexity(), gen_text, best ? " | best so far" : "", Since(t0));
+  if (grid_.world().rank() != 0) return;
+  {
+    std::ofstream out(RunPath(cfg_, "metrics.jsonl"), std::ios::app);
+    out << j.dump() << '\n';
+  }
+  if (best) {
+    const std::string path = RunPath(cfg_, "best.json");
+    {
+      std::ofstream out(path + ".tmp", std::ios::trunc);
+      out << nlohmann::json({{"step", step}, {"eval_loss", loss.MeanNll()},
+                             {"eval_ppl", loss.Perplexity()}})
+                 .dump(2)
+          << '\n';
+    }
+    fs::rename(path + ".tmp", path);
+  }
+}
+
+void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer& tok,
+                         const std::string& what) {
+  if (model.config().vocab_size < tok.vocab_size()) {
+    FT_THROW(DataError, "{} has vocab_size {} but the tokenizer {} has {} ids: the model was not "
+             "made for this tokenizer", what, model.config().vocab_size, tok.path(),
+             tok.vocab_size());
+  }
+}
+
+std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
+                                                     c10::ScalarType dtype,
+                                                     const std::string& tokenizer_sha256) {
+  const fs::path p(path);
+  if (!fs::exists(p)) FT_THROW(IoError, "model {} does not exist", path);
+  if (fs::is_directory(p) && fs::exists(p / "config.json")) {
+    if (!tokenizer_sha256.empty() && fs::exists(p / "tokenizer.json")) {
+      const std::string sha = data::Sha256File((p / "tokenizer.json").string());
+      if (sha != tokenizer_sha256) {
+        FT_THROW(DataError, "model {} comes with another tokenizer (tokenizer.json sha256 {}) "
+                 "than the dataset was prepared with (sha256 {}): prepare the data with the "
+                 "model's tokenizer (tokenizer.path) or evaluate a model that uses it",
+                 path, sha, tokenizer_sha256);
+      }
+    }
+    return models::LoadHf(path, dtype).model;
+  }
+  // An ftune training checkpoint: a step_N.h5 file, a checkpoint directory or a run directory.
+  bool complete = false, any = false;
+  for (const fs::path& d : {p, p / "checkpoints"}) {
+    if (!fs::is_directory(d)) continue;
+    for (const auto& e : fs::directory_iterator(d)) {
+      bool c = false;
+      if (IsStepFile(e.path().filename().string(), &c)) {
+        any = true;
+        complete = complete || c;
+      }
+    }
+  }
+  if (fs::is_directory(p) && !complete) {
+    FT_THROW(ModelError, "{} holds no complete checkpoint ({}) and is not an HF model "
+             "directory (no config.json): pass an HF directory (e.g. <run>/final) or a "
+             "checkpoint directory holding a finished step_N.h5", path,
+             any ? "only unfinished step_N.h5.tmp files" : "no step_N.h5 file");
+  }
+  CheckpointMeta meta;
+  models::NamedTensors tensors;
+  for (const auto& file : ResolveCheckpointArg(path)) {  // newest first
+    try {
+      meta = ReadCheckpointMeta(file);
+      tensors = ReadCheckpointModel(file, meta);
+      break;
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, trying the previous one: {}", file, e.what());
+      meta = {};
+    }
+  }
+  if (meta.path.empty()) FT_THROW(ModelError, "{}: no usable checkpoint", path);
+  const fs::path tok_json = fs::path(meta.tokenizer_dir) / "tokenizer.json";
+  if (!tokenizer_sha256.empty() && fs::exists(tok_json)) {
+    const std::string sha = data::Sha256File(tok_json.string());
+    if (sha != tokenizer_sha256) {
+      FT_THROW(DataError, "checkpoint {} was trained with another tokenizer ({}, sha256 {}) "
+               "than the dataset was prepared with (sha256 {})", meta.path, tok_json.string(),
+               sha, tokenizer_sha256);
+    }
+  }
+  const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
+                                                 meta.path + " /state model_config");
+  auto model = std::make_shared<models::LlamaModel>(cfg);
+  auto params = model->named_parameters();
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : tensors) {
+    auto* dst = params.find(name);
+    if (dst == nullptr || !dst->sizes().equals(t.sizes())) {
+      FT_THROW(ModelError, "checkpoint {}: tensor {} {} does not fit the model of its own "
+               "config", meta.path, name, c10::str(t.sizes()));
+    }
+    dst->copy_(t);
+  }
+  model->to(dtype);
+  LogInfo("loaded checkpoint {} (step {}) for evaluation", meta.path, meta.state.step);
+  return model;
+}
+
+}  // namespace ftune::runtime

@@ -1,0 +1,129 @@
+// Evaluation on the test split of a prepared dataset: loss/perplexity and generation metrics
+// (exact match, token F1), for `ftune eval` and for evaluation during training.
+//
+// Loss. The test split is streamed through data::Loader (padding mode: one example per row,
+// no shuffle, drop_last = false) in micro-batches of eval.batch_size rows; each batch's summed
+// NLL over its target tokens (loss mask 1) comes from models::CausalLmLoss, so no more than one
+// chunk of logits exists at a time. Rows are cut after the last target column of the batch
+// (causal attention makes this exact). Loader chunk c (rows [c*B, (c+1)*B) of the split) is
+// the same whatever the number of data-parallel ranks; the per-chunk sums are all-gathered and
+// added in chunk order in double precision, so the result is token-weighted (never a mean of
+// means) and does not depend on how the chunks were spread over ranks.
+//
+// Generation. The first eval.max_samples test examples (-1 = all), in dataset order, are split
+// into batches of eval.batch_size; batch k runs on data-parallel rank k % dp. For each example
+// the prompt is its loss-masked prefix (BOS + templated prompt, exactly what training saw before
+// the answer) and the reference is the decoded loss-masked part (EOS dropped). The prompt is
+// completed by models::Generate (KV cache; greedy unless eval.temperature > 0) up to
+// eval.max_new_tokens or EOS, decoded without special tokens, and compared with the reference
+// (eval_metrics.h). Per-example results are all-gathered, so every rank returns all of them,
+// ordered by example index.
+//
+// Collective: every rank of the grid constructs the Evaluator and calls each method in the same
+// order. Generation needs whole (not tensor-parallel) models: with parallel.tp > 1 it throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/shards.h"
+#include "data/tokenizer.h"
+#include "models/llama.h"
+#include "parallel/process_grid.h"
+#include "runtime/config.h"
+#include "runtime/eval_metrics.h"
+
+namespace ftune::runtime {
+
+// One test example prepared for generation.
+struct EvalExample {
+  int64_t index = 0;                // document index in the test split (dataset order)
+  std::vector<int32_t> prompt_ids;  // BOS + prompt tokens (the loss-masked prefix)
+  std::string prompt;               // prompt_ids decoded (special tokens skipped)
+  std::string reference;            // the trained-on part decoded (special tokens skipped)
+};
+
+// One model's answer to one example.
+struct ExampleAnswer {
+  int64_t index = 0;
+  std::string prompt, reference, answer;
+  bool exact = false;
+  double f1 = 0;
+};
+
+struct GenerationResult {
+  GenerationTotals totals;
+  std::vector<ExampleAnswer> answers;  // every example, by index, on every rank
+  double seconds = 0;
+};
+
+class Evaluator {
+ public:
+  // Opens the test split of `data_dir`. Throws before any compute: DataError when the directory
+  // holds no complete dataset, when the test split is empty (with the settings that make one),
+  // or when the dataset was prepared with another tokenizer than `tok` (naming both sha256s).
+  Evaluator(const Config& cfg, const std::string& data_dir, const data::Tokenizer& tok,
+            parallel::ProcessGrid& grid);
+
+  // Mean NLL over the whole test split (see the header comment). Collective over the grid.
+  LossTotals Loss(models::LlamaModel& model);
+
+  // Generation metrics on the first `max_samples` examples (-1 = all). Collective over the grid.
+  GenerationResult Generate(models::LlamaModel& model, int64_t max_samples);
+
+  int64_t num_test_examples() const { return manifest_.test.num_docs; }
+  int64_t num_test_tokens() const { return manifest_.test.num_tokens; }
+  const data::Manifest& manifest() const { return manifest_; }
+
+ private:
+  // The examples with indices in `wanted` (sorted), read from the shards (hyperslabs only).
+  std::vector<EvalExample> ReadExamples(const std::vector<int64_t>& wanted) const;
+
+  const Config& cfg_;
+  std::string dir_;
+  const data::Tokenizer& tok_;
+  parallel::ProcessGrid& grid_;
+  data::Manifest manifest_;
+};
+
+// Evaluation during `ftune train` (eval.every): at every eval.every-th step, and at the last
+// step (also when eval.every is 0), the test-split loss (and, with eval.generate, generation
+// metrics on eval.max_samples examples) is computed and appended to <run>/metrics.jsonl as
+// {"step", "eval_loss", "eval_ppl", ["exact_match", "f1"]}; the best step by eval loss is kept in
+// <run>/best.json ({"step", "eval_loss", "eval_ppl"}, read back on resume). Disabled, with one log
+// line, when the dataset has no test split. Collective over the grid: the caller makes the
+// model whole (ZeRO-3 gathered) around Run().
+class TrainingEval {
+ public:
+  TrainingEval(const Config& cfg, const data::Tokenizer& tok, parallel::ProcessGrid& grid);
+  ~TrainingEval();
+  bool enabled() const { return evaluator_ != nullptr; }
+  bool Due(int64_t step, int64_t total_steps) const;
+  void Run(models::LlamaModel& model, int64_t step);
+
+ private:
+  const Config& cfg_;
+  parallel::ProcessGrid& grid_;
+  std::unique_ptr<Evaluator> evaluator_;
+  double best_loss_;
+};
+
+// Checks that `model` can be evaluated with `tok` (its vocabulary covers the tokenizer's ids).
+// `what` names the model in the error ("--model runs/x/final").
+void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer& tok,
+                         const std::string& what);
+
+// The model at `path` for evaluation, whole on this rank, cast to `dtype`: an HF directory
+// (config.json + safetensors), or an ftune training checkpoint (a step_N.h5 file, a checkpoint
+// directory or a run directory: its newest usable checkpoint, runtime/checkpoint.h). A directory
+// with neither config.json nor a complete step_N.h5 is a ModelError saying so. When
+// `tokenizer_sha256` is non-empty, the model's tokenizer.json (the HF directory's, or the one
+// the checkpoint's run used) must have that sha256, else DataError naming both.
+// The one place model loading for eval goes through (extend it for new formats).
+std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
+                                                     c10::ScalarType dtype,
+                                                     const std::string& tokenizer_sha256);
+
+}  // namespace ftune::runtime

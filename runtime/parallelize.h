@@ -1,0 +1,102 @@
+// Tensor parallelism (Megatron style) applied to a Llama from outside its math.
+//
+// MakeTensorParallel turns a full model (identical on every rank) into this rank's shard of the
+// tp group grid.tp_comm():
+//   * column-parallel q_proj / k_proj / v_proj (whole heads: rows [r*H/tp*D, (r+1)*H/tp*D)),
+//     gate_proj / up_proj (rows [r*I/tp, (r+1)*I/tp));
+//   * row-parallel o_proj / down_proj (the matching columns);
+//   * attention and MLP hooks: enter_region = CopyToRegion, exit_region = ReduceFromRegion;
+//   * vocab-parallel embedding and lm_head (rows [r*V/tp, (r+1)*V/tp)); with tied embeddings the
+//     one (V/tp, C) shard serves both. Cross-entropy is vocab-parallel and never materialises
+//     full-vocab logits; Logits() all-gathers them (generation, tests).
+// Norm weights are replicated; their gradients come out identical on every tp rank (the
+// mapping functions all-reduce the gradients that reach them), equal to the full model's.
+//
+// Vocab parallelism needs LlamaModel's virtual Embed / Logits / CrossEntropySum overridden, so
+// the result is a new TensorParallelLlama (a LlamaModel subclass) rather than an in-place edit.
+// Parameter names stay HF's; only shapes shrink. TensorParallelLayout maps each name to where
+// the local tensor sits in the full one (checkpoints write hyperslabs from it).
+//
+// Collective ordering: the model's forward and backward issue tp collectives (see
+// parallel/tensor_parallel.h); the ranks of one tp group must run the same calls on the same
+// micro-batch. The grid (and its tp Communicator) must outlive the model.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/llama.h"
+#include "parallel/process_grid.h"
+
+namespace ftune::runtime {
+
+// Where one rank's local tensor sits inside the full (unsharded) tensor of the same HF name.
+struct ShardInfo {
+  int64_t dim = -1;                 // the sharded dim; -1 = replicated (local == full)
+  int64_t offset = 0;               // start of the local slice along `dim` in the full tensor
+  int64_t size = 0;                 // length of the local slice along `dim` (0 when replicated)
+  std::vector<int64_t> full_shape;  // shape of the full tensor
+
+  bool sharded() const { return dim >= 0; }
+  std::vector<int64_t> local_shape() const;
+};
+
+// Throws ConfigError naming the value and the divisor when num_attention_heads,
+// num_key_value_heads, intermediate_size or vocab_size is not divisible by `tp`.
+void CheckTensorParallel(const models::LlamaConfig& cfg, int64_t tp);
+
+// HF parameter name -> ShardInfo for rank `tp_rank` of `tp` (every parameter of the model,
+// replicated ones included). Pure: needs no communicator, so a checkpoint written with one
+// layout can be read with another.
+std::map<std::string, ShardInfo> TensorParallelLayout(const models::LlamaConfig& cfg, int64_t tp,
+                                                      int64_t tp_rank);
+
+// `full`'s slice described by `info` (a view; `full` itself when replicated).
+torch::Tensor SliceFull(const torch::Tensor& full, const ShardInfo& info);
+
+// Collective over `tp_comm`: the full tensor rebuilt from every rank's `local` shard (a copy of
+// `local` when replicated). Every rank of the group must call it for the same parameter.
+torch::Tensor GatherFull(const torch::Tensor& local, const ShardInfo& info,
+                         parallel::Communicator& tp_comm);
+
+// A Llama holding this rank's tensor-parallel shard. Owns its parameters (no aliasing of the
+// full model it was built from). Used by one thread at a time.
+class TensorParallelLlama : public models::LlamaModel {
+ public:
+  // Copies and shards `full` (any dtype and device; the result has the same). Collective-free.
+  TensorParallelLlama(const models::LlamaModel& full, parallel::ProcessGrid& grid);
+
+  // Vocab-parallel lookup (all-reduce over tp). (B, T) -> (B, T, C). ModelError for ids outside
+  // [0, vocab_size) on CPU tensors (on CUDA such ids give zero rows instead).
+  torch::Tensor Embed(const torch::Tensor& tokens) override;
+  // Full-vocab logits, all-gathered over tp: (..., C) -> (..., V). For generation and tests;
+  // the loss uses LocalLogits.
+  torch::Tensor Logits(const torch::Tensor& hidden) override;
+  // Vocab-parallel fp32 cross-entropy sum; never gathers full-vocab logits. hidden (N, C),
+  // targets (N) -> fp32 scalar, identical on every tp rank.
+  torch::Tensor CrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& targets) override;
+  // This rank's vocab columns [vocab_start(), vocab_end()) of the logits: (..., C) -> (..., V/tp).
+  torch::Tensor LocalLogits(const torch::Tensor& hidden);
+
+  int64_t vocab_start() const { return vocab_start_; }
+  int64_t vocab_end() const { return vocab_end_; }
+  parallel::Communicator& tp_comm() const { return tp_comm_; }
+  // TensorParallelLayout for this rank.
+  const std::map<std::string, ShardInfo>& layout() const { return layout_; }
+
+ private:
+  parallel::Communicator& tp_comm_;
+  int64_t vocab_start_ = 0;
+  int64_t vocab_end_ = 0;
+  std::map<std::string, ShardInfo> layout_;
+};
+
+// The tensor-parallel shard of `full` for this rank of grid.tp_comm() (see the file comment).
+// Validates the layout first (CheckTensorParallel). With grid.tp() == 1 it is an unsharded copy.
+std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel& full,
+                                                        parallel::ProcessGrid& grid);
+
+}  // namespace ftune::runtime

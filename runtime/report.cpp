@@ -1,0 +1,332 @@
+#include "runtime/report.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "parallel/error.h"
+
+namespace ftune::runtime {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kReportExamples = 20;
+
+void WriteFileAtomic(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) FT_THROW(IoError, "cannot write {}", tmp.string());
+    out << text;
+    out.flush();
+    if (!out) FT_THROW(IoError, "cannot write {} (disk full?)", tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+nlohmann::json Num(double v) {  // NaN/inf are not JSON: null
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+std::string Fmt(double v, const char* f = "{:.4f}") {
+  return std::isfinite(v) ? fmt::format(fmt::runtime(f), v) : std::string("n/a");
+}
+
+std::string Pct(double v) { return std::isfinite(v) ? fmt::format("{:.1f}%", 100 * v) : "n/a"; }
+
+const ExampleAnswer* FindAnswer(const ModelEval& m, int64_t index) {
+  if (!m.generation) return nullptr;
+  const auto& a = m.generation->answers;
+  auto it = std::lower_bound(a.begin(), a.end(), index,
+                             [](const ExampleAnswer& x, int64_t i) { return x.index < i; });
+  return it != a.end() && it->index == index ? &*it : nullptr;
+}
+
+std::string XmlEscape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '&': o += "&amp;"; break;
+      case '"': o += "&quot;"; break;
+      default: o.push_back(c);
+    }
+  }
+  return o;
+}
+
+// "Nice" tick values covering [lo, hi].
+std::vector<double> Ticks(double lo, double hi, int want) {
+  const double span = std::max(hi - lo, 1e-12);
+  const double raw = span / want;
+  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  double step = mag;
+  for (double m : {1.0, 2.0, 5.0, 10.0}) {
+    if (m * mag >= raw) {
+      step = m * mag;
+      break;
+    }
+  }
+  std::vector<double> t;
+  for (double v = std::ceil(lo / step) * step; v <= hi + 1e-9 * span; v += step) t.push_back(v);
+  return t;
+}
+
+}  // namespace
+
+std::string MarkdownCell(const std::string& s, size_t max_chars) {
+  std::string t = s.size() > max_chars ? s.substr(0, max_chars) + "…" : s;
+  std::string o;
+  for (char c : t) {
+    if (c == '|') {
+      o += "\\|";
+    } else if (c == '\n') {
+      o += "<br>";
+    } else if (c == '\r') {
+      continue;
+    } else {
+      o.push_back(c);
+    }
+  }
+  return o.empty() ? "∅" : o;
+}
+
+std::string ModelEvalJson(const ModelEval& m) {
+  nlohmann::json j = {{"path", m.path},
+                      {"eval_loss", Num(m.loss.MeanNll())},
+                      {"eval_ppl", Num(m.loss.Perplexity())},
+                      {"targets", m.loss.targets},
+                      {"loss_examples", m.loss.samples},
+                      {"loss_seconds", m.loss_seconds}};
+  if (m.generation) {
+    j["exact_match"] = Num(m.generation->totals.ExactMatchRate());
+    j["exact"] = m.generation->totals.exact;
+    j["f1"] = Num(m.generation->totals.MeanF1());
+    j["generated_examples"] = m.generation->totals.examples;
+    j["generation_seconds"] = m.generation->seconds;
+  }
+  return j.dump();
+}
+
+std::string LossCurveSvg(const std::string& metrics_jsonl) {
+  std::vector<std::pair<double, double>> train, eval;
+  std::istringstream in(metrics_jsonl);
+  std::string line;
+  double last_step = -1;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      continue;  // a line cut by a crash: skip it
+    }
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
+    const double step = j["step"].get<double>();
+    if (j.contains("loss") && j["loss"].is_number()) {
+      if (step < last_step) {  // a new run appended to the file: keep the last one only
+        train.clear();
+        eval.clear();
+      }
+      last_step = step;
+      train.emplace_back(step, j["loss"].get<double>());
+    }
+    if (j.contains("eval_loss") && j["eval_loss"].is_number()) {
+      eval.emplace_back(step, j["eval_loss"].get<double>());
+    }
+  }
+  if (train.empty() && eval.empty()) return "";
+
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  for (const auto* s : {&train, &eval}) {
+    for (const auto& [x, y] : *s) {
+      if (!std::isfinite(y)) continue;
+      x0 = std::min(x0, x), x1 = std::max(x1, x);
+      y0 = std::min(y0, y), y1 = std::max(y1, y);
+    }
+  }
+  if (x1 <= x0) x1 = x0 + 1;
+  if (y1 <= y0) y1 = y0 + 1;
+  const double pad = 0.05 * (y1 - y0);
+  y0 = std::max(0.0, y0 - pad), y1 += pad;
+  const double W = 720, H = 420, L = 64, R = 20, T = 36, B = 48;
+  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
+
+  std::string s = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
+      "viewBox=\"0 0 {0} {1}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{2}\" y=\"22\" font-size=\"15\">Loss per target token (nats)</text>\n",
+      W, H, L);
+  for (double v : Ticks(y0, y1, 5)) {
+    s += fmt::format("<line x1=\"{0}\" x2=\"{1}\" y1=\"{2:.1f}\" y2=\"{2:.1f}\" stroke=\"#ddd\"/>"
+                     "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5:.3g}</text>\n",
+                     L, W - R, py(v), L - 6, py(v) + 4, v);
+  }
+  for (double v : Ticks(x0, x1, 6)) {
+    s += fmt::format("<line x1=\"{0:.1f}\" x2=\"{0:.1f}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#eee\"/>"
+                     "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4:.0f}</text>\n",
+                     px(v), T, H - B, H - B + 16, v);
+  }
+  s += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" "
+                   "stroke=\"#333\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step</text>\n",
+                   L, T, W - L - R, H - T - B, (L + W - R) / 2, H - 10);
+  auto polyline = [&](const std::vector<std::pair<double, double>>& pts, const char* color,
+                      bool dots) {
+    std::string p;
+    for (const auto& [x, y] : pts) {
+      if (std::isfinite(y)) p += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
+    }
+    std::string o = fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
+                                "points=\"{}\"/>\n", color, p);
+    if (dots) {
+      for (const auto& [x, y] : pts) {
+        if (std::isfinite(y)) {
+          o += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(x),
+                           py(y), color);
+        }
+      }
+    }
+    return o;
+  };
+  const char* kTrain = "#1f77b4";
+  const char* kEval = "#ff7f0e";
+  s += polyline(train, kTrain, train.size() == 1);
+  s += polyline(eval, kEval, true);
+  const double lx = W - R - 150, ly = T + 16;
+  s += fmt::format("<line x1=\"{0}\" x2=\"{1}\" y1=\"{2}\" y2=\"{2}\" stroke=\"{3}\" "
+                   "stroke-width=\"2\"/><text x=\"{4}\" y=\"{5}\">{6}</text>\n",
+                   lx, lx + 24, ly, kTrain, lx + 30, ly + 4, XmlEscape("training loss"));
+  s += fmt::format("<line x1=\"{0}\" x2=\"{1}\" y1=\"{2}\" y2=\"{2}\" stroke=\"{3}\" "
+                   "stroke-width=\"2\"/><text x=\"{4}\" y=\"{5}\">{6}</text>\n",
+                   lx, lx + 24, ly + 18, kEval, lx + 30, ly + 22, XmlEscape("eval loss (test)"));
+  s += "</svg>\n";
+  return s;
+}
+
+std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
+  const fs::path dir(run_dir);
+  fs::create_directories(dir);
+
+  // eval.json
+  nlohmann::json j = {{"run", r.run_name},
+                      {"data_dir", r.data_dir},
+                      {"test_examples", r.test_examples},
+                      {"normalize", r.normalize},
+                      {"world_size", r.world_size},
+                      {"model", nlohmann::json::parse(ModelEvalJson(r.model))}};
+  if (r.base) j["base"] = nlohmann::json::parse(ModelEvalJson(*r.base));
+  WriteFileAtomic(dir / "eval.json", j.dump(2) + "\n");
+
+  // eval_examples.jsonl: the union of both models' examples, by index.
+  std::vector<int64_t> indices;
+  for (const ModelEval* m : {&r.model, r.base ? &*r.base : nullptr}) {
+    if (m && m->generation) {
+      for (const auto& a : m->generation->answers) indices.push_back(a.index);
+    }
+  }
+  std::sort(indices.begin(), indices.end());
+  indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
+  std::string lines;
+  for (int64_t i : indices) {
+    const ExampleAnswer* a = FindAnswer(r.model, i);
+    const ExampleAnswer* b = r.base ? FindAnswer(*r.base, i) : nullptr;
+    const ExampleAnswer* any = a ? a : b;
+    nlohmann::json e = {{"index", i}, {"prompt", any->prompt}, {"reference", any->reference}};
+    if (a) {
+      e["answer"] = a->answer;
+      e["exact"] = a->exact;
+      e["f1"] = a->f1;
+    }
+    if (b) {
+      e["base_answer"] = b->answer;
+      e["base_exact"] = b->exact;
+      e["base_f1"] = b->f1;
+    }
+    lines += e.dump() + "\n";
+  }
+  WriteFileAtomic(dir / "eval_examples.jsonl", lines);
+
+  // loss_curve.svg
+  std::string svg;
+  if (fs::exists(dir / "metrics.jsonl")) {
+    std::ifstream in(dir / "metrics.jsonl");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    svg = LossCurveSvg(ss.str());
+  }
+  if (!svg.empty()) WriteFileAtomic(dir / "loss_curve.svg", svg);
+
+  // report.md
+  const bool cmp = r.base.has_value();
+  std::string md = fmt::format("# Evaluation report: {}\n\n", r.run_name);
+  md += fmt::format("Test split: {} examples from `{}`; {} rank(s). Exact match compares answers "
+                    "after normalisation `{}` (whitespace runs collapsed and stripped{}{}); F1 is "
+                    "the token (word) F1 of the same normalised strings. Loss is the mean "
+                    "negative log-likelihood per answer token (loss-masked tokens only), "
+                    "perplexity its exponential.\n\n",
+                    r.test_examples, r.data_dir, r.world_size, r.normalize,
+                    r.normalize.find("lower") != std::string::npos ? ", lower-cased" : "",
+                    r.normalize.find("punct") != std::string::npos ? ", punctuation removed" : "");
+  md += cmp ? "| metric | base | finetuned |\n| --- | ---: | ---: |\n"
+            : "| metric | model |\n| --- | ---: |\n";
+  auto row = [&](const std::string& name, auto get) {
+    md += "| " + name + " | ";
+    if (cmp) md += get(*r.base) + " | ";
+    md += get(r.model) + " |\n";
+  };
+  row("model", [](const ModelEval& m) { return "`" + MarkdownCell(m.path) + "`"; });
+  row("eval loss", [](const ModelEval& m) { return Fmt(m.loss.MeanNll()); });
+  row("perplexity", [](const ModelEval& m) { return Fmt(m.loss.Perplexity(), "{:.3f}"); });
+  row("answer tokens scored", [](const ModelEval& m) { return std::to_string(m.loss.targets); });
+  row("exact match", [](const ModelEval& m) {
+    if (!m.generation) return std::string("not run");
+    return fmt::format("{} ({}/{})", Pct(m.generation->totals.ExactMatchRate()),
+                       m.generation->totals.exact, m.generation->totals.examples);
+  });
+  row("token F1", [](const ModelEval& m) {
+    return m.generation ? Fmt(m.generation->totals.MeanF1(), "{:.3f}") : std::string("not run");
+  });
+  md += "\n";
+  if (!svg.empty()) {
+    md += "## Loss curves\n\nTraining loss per step and eval loss on the test split "
+          "(from `metrics.jsonl`):\n\n![loss curves](loss_curve.svg)\n\n";
+  } else {
+    md += "## Loss curves\n\nNo `metrics.jsonl` with loss records in the run directory "
+          "(the model was not trained in it).\n\n";
+  }
+  const int64_t shown = std::min<int64_t>(kReportExamples, indices.size());
+  md += fmt::format("## Examples\n\nThe first {} of {} evaluated test examples (all of them are in "
+                    "`eval_examples.jsonl`). ✅ = exact match after normalisation.\n\n",
+                    shown, indices.size());
+  md += cmp ? "| # | prompt | reference | base answer | finetuned answer |\n"
+              "| ---: | --- | --- | --- | --- |\n"
+            : "| # | prompt | reference | answer |\n| ---: | --- | --- | --- |\n";
+  auto cell = [](const ExampleAnswer* a) {
+    if (!a) return std::string("–");
+    return (a->exact ? "✅ " : "❌ ") + MarkdownCell(a->answer);
+  };
+  for (int64_t k = 0; k < shown; ++k) {
+    const int64_t i = indices[k];
+    const ExampleAnswer* a = FindAnswer(r.model, i);
+    const ExampleAnswer* b = cmp ? FindAnswer(*r.base, i) : nullptr;
+    const ExampleAnswer* any = a ? a : b;
+    md += fmt::format("| {} | {} | {} | ", i, MarkdownCell(any->prompt),
+                      MarkdownCell(any->reference));
+    if (cmp) md += cell(b) + " | ";
+    md += cell(a) + " |\n";
+  }
+  WriteFileAtomic(dir / "report.md", md);
+  return (dir / "report.md").string();
+}
+
+}  // namespace ftune::runtime

@@ -1,0 +1,87 @@
+// Trainer: the full-parameter finetuning loop over one model replica's shard
+// of the work, with gradient sync and ZeRO sharding through DataParallel.
+//
+// Loss normalisation is exact: the loss of a step is the mean over all target
+// tokens (loss mask 1) of all micro-batches on all data-parallel ranks. Each
+// micro-batch backpropagates sum(token losses) / N_global, and gradients are
+// summed (not averaged) over dp, so k micro-batches of b equal one batch of k*b
+// and dp ranks of b equal one rank of dp*b.
+//
+// All training state reachable from here: model parameters, DataParallel
+// (master weights, moments), step counter, and the caller's loader state.
+// Collective: every rank of the job constructs it and calls TrainStep in lock step.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "models/llama.h"
+#include "parallel/data_parallel.h"
+#include "parallel/process_grid.h"
+#include "runtime/config.h"
+#include "runtime/layer_checkpoint.h"
+#include "runtime/world.h"
+
+namespace ftune::runtime {
+
+struct StepStats {
+  int64_t step = 0;
+  double loss = 0;          // mean token loss over the global batch (NaN if non-finite)
+  double grad_norm = 0;     // global norm before clipping
+  double lr = 0;
+  int64_t tokens = 0;       // input tokens of the global batch
+  int64_t targets = 0;      // target tokens of the global batch
+  double seconds = 0;       // wall time of the step
+  double data_wait = 0;     // seconds spent waiting for batches (set by Train)
+  bool skipped = false;     // non-finite loss or gradient: no update was made
+};
+
+class Trainer {
+ public:
+  Trainer(World& world, const Config& cfg, std::shared_ptr<models::LlamaModel> model,
+          parallel::ProcessGrid& grid);
+  ~Trainer();
+
+  // One optimizer step over this rank's micro-batches (train.grad_accum of them).
+  StepStats TrainStep(const std::vector<data::Batch>& micro, int64_t total_steps);
+
+  // Runs `total_steps` steps from step() + 1, fetching micro-batches with
+  // `next`, logging to the console and metrics.jsonl. `on_step` runs after
+  // each step (checkpoints, eval).
+  void Train(const std::function<data::Batch()>& next, int64_t total_steps,
+             const std::function<void(const StepStats&)>& on_step = {});
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t s) { step_ = s; }
+  parallel::DataParallel& data_parallel() { return *dp_; }
+  models::LlamaModel& model() { return *model_; }
+  // Makes every parameter whole on every rank (ZeRO-3 gathers all units);
+  // call ReleaseAll afterwards. For export and evaluation.
+  void GatherAll();
+  void ReleaseAll();
+  // FLOPs per trained token (PaLM: 6N + 12 L d T, N = parameters without the input embedding).
+  double FlopsPerToken(int64_t seq_len) const;
+
+ private:
+  torch::Tensor MicroBatchLoss(const data::Batch& b, double inv_targets);
+  LayerHooks HooksFor(int64_t layer);
+  void GatherEnds();
+  void ReleaseEnds();
+
+  World& world_;
+  const Config& cfg_;
+  std::shared_ptr<models::LlamaModel> model_;
+  parallel::ProcessGrid& grid_;
+  std::unique_ptr<parallel::DataParallel> dp_;
+  int64_t step_ = 0;
+  int64_t bad_steps_ = 0;    // consecutive skipped steps
+  int64_t bad_total_ = 0;    // all skipped steps (Adam counts applied updates only)
+  double last_finite_loss_ = NAN;
+  int embed_unit_ = -1, head_unit_ = -1;
+  std::vector<int> layer_units_;  // DataParallel unit of each decoder layer
+};
+
+}  // namespace ftune::runtime

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# e2e: a shortened cluster/demo.sh (a few steps each) and what `ftune eval` promises:
+#   pretrain -> export -> prepare -> finetune with eval.every (metrics.jsonl, best.json) ->
+#   eval --compare under mpirun -np 2 (eval.json, eval_examples.jsonl, report.md, loss_curve.svg
+#   all parse) -> the same eval at 1 rank gives identical metrics -> generate before/after ->
+#   the C++ API examples (runner_example, finetune_example) -> bad inputs fail clearly before
+#   any compute (dataset/model tokenizer mismatch, --compare with another vocabulary, empty test
+#   split, checkpoint directory without a complete checkpoint).
+# Usage: demo_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
+set -uo pipefail
+FTUNE=$(readlink -f "$1")
+S=$2
+BIN=$(dirname "$FTUNE")
+rm -rf "$S" && mkdir -p "$S"
+S=$(readlink -f "$S")
+cd "${FTUNE_SOURCE_DIR:?}"
+MPIRUN="${FTUNE_MPIEXEC:-mpirun} --oversubscribe --allow-run-as-root --bind-to none"
+fail=0
+check() { if eval "$2"; then echo "ok: $1"; else echo "FAIL: $1"; fail=1; fi; }
+run() {  # run LOG CMD...: run, keep the output, print it on failure
+  local log=$1; shift
+  if ! "$@" > "$S/$log" 2>&1; then cat "$S/$log"; echo "FAIL: $* (see $S/$log)"; exit 1; fi
+}
+
+PRE=(--config configs/demo_pretrain.yaml --set run.output_dir="$S/pre" --set train.epochs=-1
+     --set train.steps=8 --set eval.every=4)
+FT=(--config configs/demo_finetune.yaml --set run.output_dir="$S/ft" --set model.path="$S/pre/final"
+    --set train.epochs=-1 --set train.steps=6 --set eval.every=3 --set eval.generate=true
+    --set eval.max_samples=8 --set data.split.test_count=40 --set run.threads=1)
+
+# 1. pretrain + finetune under mpirun -np 2, eval during training.
+run pre_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${PRE[@]}"
+run pre_train.out $MPIRUN -np 2 "$FTUNE" train "${PRE[@]}"
+check "pretrain exported an HF dir" "[ -f $S/pre/final/config.json ] && [ -f $S/pre/final/tokenizer.json ]"
+run ft_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}"
+run ft_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}"
+check "finetune exported an HF dir" "[ -f $S/ft/final/config.json ]"
+check "eval during training logged" "grep -q 'eval at step 3' $S/ft_train.out"
+python3 - "$S/ft" <<'PY' && echo "ok: metrics.jsonl has eval records, best.json the best" || { echo "FAIL: eval records"; fail=1; }
+import json, sys, math
+d = sys.argv[1]
+recs = [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
+ev = [r for r in recs if "eval_loss" in r]
+assert [r["step"] for r in ev] == [3, 6], ev
+for r in ev:
+    assert math.isclose(r["eval_ppl"], math.exp(r["eval_loss"]), rel_tol=1e-9), r
+    assert 0 <= r["exact_match"] <= 1 and r["eval_examples"] == 8, r
+assert sum(1 for r in recs if "loss" in r) == 6
+best = json.load(open(f"{d}/best.json"))
+assert best["eval_loss"] == min(r["eval_loss"] for r in ev), best
+PY
+
+# 2. eval --compare at 2 ranks, then at 1 rank: identical metrics.
+EV=(--config configs/demo_finetune.yaml --set run.output_dir="$S/ft" --set model.path="$S/pre/final"
+    --set eval.max_samples=24 --set eval.batch_size=5 --set run.threads=1 --compare "$S/pre/final")
+run eval2.out $MPIRUN -np 2 "$FTUNE" eval "${EV[@]}"
+check "eval prints the report path" "grep -q 'report: .*report.md' $S/eval2.out"
+cp "$S/ft/eval.json" "$S/eval_np2.json"; cp "$S/ft/eval_examples.jsonl" "$S/examples_np2.jsonl"
+run eval1.out "$FTUNE" eval "${EV[@]}"
+python3 - "$S" <<'PY' && echo "ok: artefacts parse; metrics identical at 1 and 2 ranks" || { echo "FAIL: artefacts / parity"; fail=1; }
+import json, sys, math, xml.etree.ElementTree as ET
+s = sys.argv[1]
+e1, e2 = json.load(open(f"{s}/ft/eval.json")), json.load(open(f"{s}/eval_np2.json"))
+assert e2["world_size"] == 2 and e1["world_size"] == 1
+for who in ("model", "base"):
+    a, b = e1[who], e2[who]
+    for k in ("targets", "exact", "generated_examples", "f1", "exact_match"):
+        assert a[k] == b[k], (who, k, a[k], b[k])
+    assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-9), (who, a, b)
+    assert math.isclose(a["eval_ppl"], math.exp(a["eval_loss"]), rel_tol=1e-12)
+    assert a["generated_examples"] == 24 and a["targets"] > 0
+ex1 = [json.loads(l) for l in open(f"{s}/ft/eval_examples.jsonl")]
+ex2 = [json.loads(l) for l in open(f"{s}/examples_np2.jsonl")]
+assert ex1 == ex2 and len(ex1) == 24, (len(ex1), len(ex2))
+for x in ex1:
+    for k in ("index", "prompt", "reference", "answer", "exact", "f1", "base_answer", "base_exact"):
+        assert k in x, (k, x)
+    assert x["prompt"].startswith("### Question:") and x["reference"]
+md = open(f"{s}/ft/report.md").read()
+assert "| metric | base | finetuned |" in md and "](loss_curve.svg)" in md, md[:500]
+assert md.count("\n| ") >= 20 + 7, md
+root = ET.parse(f"{s}/ft/loss_curve.svg").getroot()
+assert root.tag.endswith("svg") and len([c for c in root if c.tag.endswith("polyline")]) == 2
+PY
+
+# 3. generate before/after and the C++ API examples.
+run gen.out "$FTUNE" generate --model "$S/ft/final" --prompt "Is 7 even or odd?" --max-new-tokens 4
+check "generate answers" "[ \$(wc -l < $S/gen.out) -ge 1 ]"
+if [ -x "$BIN/runner_example" ]; then
+  run runner.out "$BIN/runner_example" "$S/ft/final" "Spell 'cat' backwards." "Is 3 even or odd?"
+  check "runner_example prints one answer per prompt" "[ \$(wc -l < $S/runner.out) -eq 2 ]"
+else
+  echo "FAIL: $BIN/runner_example was not built"; fail=1
+fi
+if [ -x "$BIN/finetune_example" ]; then
+  run api.out "$BIN/finetune_example" configs/demo_finetune.yaml --set run.output_dir="$S/api" \
+    --set model.path="$S/pre/final" --set train.epochs=-1 --set train.steps=2 \
+    --set data.split.test_count=10 --prompt "Is 3 even or odd?"
+  check "finetune_example trains and answers" \
+    "grep -q 'finetuned model: .*api/final' $S/api.out && grep -q 'Is 3 even or odd? ->' $S/api.out && [ -f $S/api/final/config.json ]"
+else
+  echo "FAIL: $BIN/finetune_example was not built"; fail=1
+fi
+
+# 4. bad inputs: a clear error, non-zero exit, no report, quickly (before any compute).
+bad() {  # bad NAME PATTERN CMD...
+  local name=$1 pattern=$2; shift 2
+  local t0=$SECONDS
+  timeout 120 "$@" > "$S/bad_$name.out" 2>&1; local rc=$?
+  check "bad input '$name' exits non-zero (not a timeout)" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
+  check "bad input '$name' says: $pattern" "grep -q \"$pattern\" $S/bad_$name.out || { cat $S/bad_$name.out; false; }"
+  check "bad input '$name' wrote no eval.json" "[ ! -e $S/bad_$name/eval.json ]"
+  echo "   ($name took $(( SECONDS - t0 )) s)"
+}
+mkdir -p "$S/tok2" && cp tests/fixtures/data/tokenizer/* "$S/tok2/"
+python3 -c "import json,sys; p=sys.argv[1]; json.dump(json.load(open(p)), open(p,'w'), indent=1)" "$S/tok2/tokenizer.json"
+run tok2_prepare.out "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/tok2run" --set tokenizer.path="$S/tok2"
+BASECFG=(--config configs/demo_finetune.yaml --set model.path="$S/ft/final")
+bad tokenizer "another tokenizer" $MPIRUN -np 2 "$FTUNE" eval "${BASECFG[@]}" \
+  --set run.output_dir="$S/bad_tokenizer" --set data.dir="$S/tok2run/data" --model "$S/ft/final"
+run vocab_export.out "$FTUNE" export --config configs/demo_pretrain.yaml \
+  --set model.arch.vocab_size=320 --out "$S/vocab320"
+bad vocab "must share one vocabulary" "$FTUNE" eval "${BASECFG[@]}" \
+  --set run.output_dir="$S/bad_vocab" --set data.dir="$S/ft/data" --model "$S/ft/final" --compare "$S/vocab320"
+run empty_prepare.out "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/bad_empty" --set data.split.test_count=0
+bad empty "the test split is empty" "$FTUNE" eval "${BASECFG[@]}" --set run.output_dir="$S/bad_empty" --model "$S/ft/final"
+mkdir -p "$S/ckpt" && touch "$S/ckpt/step_4.h5.tmp"
+bad checkpoint "no complete checkpoint\|only unfinished" "$FTUNE" eval "${BASECFG[@]}" \
+  --set run.output_dir="$S/bad_checkpoint" --set data.dir="$S/ft/data" --model "$S/ckpt"
+exit $fail

@@ -1,0 +1,104 @@
+// Eval arithmetic on hand-computed cases: normalisation, exact match, token F1, perplexity,
+// and the report's loss-curve SVG and markdown cells.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "parallel/error.h"
+#include "runtime/eval_metrics.h"
+#include "runtime/report.h"
+
+namespace ftune::runtime {
+namespace {
+
+TEST(Normalize, WhitespaceAlwaysCollapsedAndStripped) {
+  EXPECT_EQ(NormalizeAnswer("  42 \n", "none"), "42");
+  EXPECT_EQ(NormalizeAnswer("a \t b\n\nc", "none"), "a b c");
+  EXPECT_EQ(NormalizeAnswer("Paris.", "none"), "Paris.");
+  EXPECT_EQ(NormalizeAnswer("", "none"), "");
+  EXPECT_EQ(NormalizeAnswer(" \n ", "none"), "");
+}
+
+TEST(Normalize, LowerAndPunct) {
+  EXPECT_EQ(NormalizeAnswer("Paris", "lower"), "paris");
+  EXPECT_EQ(NormalizeAnswer("Paris.", "lower"), "paris.");
+  EXPECT_EQ(NormalizeAnswer("Paris.", "punct"), "Paris");
+  EXPECT_EQ(NormalizeAnswer(" It's  ( 3 ) !", "lower,punct"), "its 3");
+  EXPECT_EQ(NormalizeAnswer("Ünïcode!", "lower,punct"), "Ünïcode");  // non-ASCII untouched
+  EXPECT_THROW(NormalizeAnswer("x", "upper"), ConfigError);
+}
+
+TEST(ExactMatch, AfterNormalisation) {
+  EXPECT_TRUE(ExactMatch(" 42", "42", "none"));
+  EXPECT_FALSE(ExactMatch("42.", "42", "none"));
+  EXPECT_TRUE(ExactMatch("42.", "42", "punct"));
+  EXPECT_FALSE(ExactMatch("Yes", "yes", "punct"));
+  EXPECT_TRUE(ExactMatch("Yes!", "yes", "lower,punct"));
+  EXPECT_TRUE(ExactMatch("", "  ", "none"));
+}
+
+TEST(TokenF1, HandComputed) {
+  // pred {the, cat, sat}, ref {the, cat, sat, down}: P = 3/3, R = 3/4, F1 = 2*1*0.75/1.75.
+  EXPECT_NEAR(TokenF1("the cat sat", "the cat sat down", "none"), 2 * 0.75 / 1.75, 1e-12);
+  // Multiset: pred {a, a, b}, ref {a, b, b}: common = a + b = 2; P = R = 2/3; F1 = 2/3.
+  EXPECT_NEAR(TokenF1("a a b", "a b b", "none"), 2.0 / 3.0, 1e-12);
+  EXPECT_DOUBLE_EQ(TokenF1("x", "y", "none"), 0.0);
+  EXPECT_DOUBLE_EQ(TokenF1("", "", "none"), 1.0);
+  EXPECT_DOUBLE_EQ(TokenF1("", "y", "none"), 0.0);
+  EXPECT_DOUBLE_EQ(TokenF1("y", "", "none"), 0.0);
+  EXPECT_DOUBLE_EQ(TokenF1("The Cat.", "the cat", "lower,punct"), 1.0);
+  // Case matters without "lower": pred {The, cat}, ref {the, cat}: P = R = 1/2.
+  EXPECT_NEAR(TokenF1("The cat", "the cat", "none"), 0.5, 1e-12);
+}
+
+TEST(LossTotals, TokenWeightedMeanAndPerplexity) {
+  // Two batches: 3 targets with NLL sum 3*ln 2, 1 target with NLL ln 16. Token-weighted mean =
+  // (3 ln2 + 4 ln2) / 4 = 7/4 ln 2 (a mean of batch means would give (ln2 + 4 ln2)/2).
+  LossTotals t;
+  t.nll_sum = 3 * std::log(2.0) + std::log(16.0);
+  t.targets = 4;
+  EXPECT_NEAR(t.MeanNll(), 1.75 * std::log(2.0), 1e-12);
+  EXPECT_NEAR(t.Perplexity(), std::pow(2.0, 1.75), 1e-12);
+  // A uniform model over V tokens has perplexity V.
+  LossTotals u;
+  u.nll_sum = 10 * std::log(281.0);
+  u.targets = 10;
+  EXPECT_NEAR(u.Perplexity(), 281.0, 1e-9);
+  EXPECT_TRUE(std::isnan(LossTotals{}.MeanNll()));
+}
+
+TEST(GenerationTotals, Rates) {
+  GenerationTotals g;
+  g.examples = 4;
+  g.exact = 1;
+  g.f1_sum = 0.5 + 1 + 0 + 0.25;
+  EXPECT_DOUBLE_EQ(g.ExactMatchRate(), 0.25);
+  EXPECT_DOUBLE_EQ(g.MeanF1(), 0.4375);
+  EXPECT_TRUE(std::isnan(GenerationTotals{}.ExactMatchRate()));
+}
+
+TEST(Report, LossCurveSvgKeepsTheLastRun) {
+  const std::string metrics =
+      "{\"step\":1,\"loss\":5.0}\n{\"step\":2,\"loss\":4.0}\n"
+      "{\"step\":1,\"loss\":9.0}\n{\"step\":2,\"loss\":3.0}\n"
+      "{\"step\":2,\"eval_loss\":3.5,\"eval_ppl\":33.1}\n"
+      "{\"step\":3,\"loss\":null}\nnot json\n";
+  const std::string svg = LossCurveSvg(metrics);
+  ASSERT_FALSE(svg.empty());
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  EXPECT_EQ(svg.find("nan"), std::string::npos);
+  // y axis spans the last run (3.0 .. 9.0 padded), not the first run's 4.0/5.0 only.
+  EXPECT_NE(svg.find("eval loss"), std::string::npos);
+  EXPECT_TRUE(LossCurveSvg("").empty());
+  EXPECT_TRUE(LossCurveSvg("{\"step\":1}\n").empty());
+}
+
+TEST(Report, MarkdownCell) {
+  EXPECT_EQ(MarkdownCell("a|b\nc"), "a\\|b<br>c");
+  EXPECT_EQ(MarkdownCell(""), "∅");
+  EXPECT_EQ(MarkdownCell("abcdef", 3), "abc…");
+}
+
+}  // namespace
+}  // namespace ftune::runtime

@@ -1,0 +1,525 @@
+// Llama: config.json parsing, forward math, packing, chunked loss, HF import/export.
+#include "models/llama.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "models/hf_io.h"
+#include "models/llama_config.h"
+#include "models/safetensors.h"
+#include "parallel/error.h"
+
+namespace fs = std::filesystem;
+using ftune::ModelError;
+using ftune::models::LlamaConfig;
+using ftune::models::LlamaModel;
+using nlohmann::json;
+
+namespace {
+
+fs::path TempDir(const std::string& name) {
+  auto d = fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "llama" / name;
+  fs::remove_all(d);
+  fs::create_directories(d.parent_path());
+  return d;
+}
+
+// A tiny HF config.json: GQA (4 heads, 2 kv heads), llama3 rope scaling whose thresholds put
+// one frequency in each regime (kept, smoothed, divided) for head_dim 8.
+json TinyJson(bool tied) {
+  auto j = json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "initializer_range": 0.2,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+    "bos_token_id": 1, "eos_token_id": [2, 3], "torch_dtype": "float32"})");
+  j["tie_word_embeddings"] = tied;
+  return j;
+}
+
+LlamaConfig TinyConfig(bool tied = false, int64_t layers = 2) {
+  auto j = TinyJson(tied);
+  j["num_hidden_layers"] = layers;
+  return LlamaConfig::FromJson(j, "tiny config.json");
+}
+
+std::shared_ptr<LlamaModel> TinyModel(bool tied = false, int64_t layers = 2, int64_t seed = 7) {
+  return ftune::models::BuildLlama(TinyConfig(tied, layers), torch::kFloat, seed);
+}
+
+torch::Tensor RandomTokens(int64_t b, int64_t t, int64_t seed, int64_t vocab = 64) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return torch::randint(vocab, {b, t}, gen, torch::kLong);
+}
+
+std::string ErrorOf(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ftune::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+#define EXPECT_CONTAINS(haystack, needle)                          \
+  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
+      << "'" << (needle) << "' not in: " << (haystack)
+
+}  // namespace
+
+// --- config.json ------------------------------------------------------------------------------
+TEST(LlamaConfig, ParsesHfConfigWithLlama3RopeAndEosList) {
+  auto c = TinyConfig();
+  EXPECT_EQ(c.vocab_size, 64);
+  EXPECT_EQ(c.num_key_value_heads, 2);
+  EXPECT_EQ(c.head_dim, 8);
+  EXPECT_EQ(c.rope_scaling.rope_type, "llama3");
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 128);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8.0);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(c.bos_token_id, 1);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);
+
+  // Defaults: kv heads = heads, head_dim = hidden / heads, rope_scaling null, eos an int,
+  // the legacy "type" key.
+  auto j = TinyJson(false);
+  j.erase("num_key_value_heads");
+  j["rope_scaling"] = nullptr;
+  j["eos_token_id"] = 5;
+  auto d = LlamaConfig::FromJson(j, "x");
+  EXPECT_EQ(d.num_key_value_heads, 4);
+  EXPECT_TRUE(d.rope_scaling.rope_type.empty());
+  EXPECT_EQ(d.eos_token_ids, std::vector<int64_t>{5});
+  j["head_dim"] = 16;
+  EXPECT_EQ(LlamaConfig::FromJson(j, "x").head_dim, 16);
+  j["rope_scaling"] = {{"type", "llama3"},
+                       {"factor", 32.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  EXPECT_DOUBLE_EQ(LlamaConfig::FromJson(j, "x").rope_scaling.factor, 32.0);
+
+  // ToJson round trip.
+  auto back = LlamaConfig::FromJson(c.ToJson(), "roundtrip");
+  EXPECT_EQ(back.ToJson(), c.ToJson());
+}
+
+TEST(LlamaConfig, ErrorsNameKeyAndFile) {
+  auto j = TinyJson(false);
+  j["architectures"] = {"MistralForCausalLM"};
+  auto msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "MistralForCausalLM");
+  EXPECT_CONTAINS(msg, "/m/config.json");
+
+  j = TinyJson(false);
+  j.erase("intermediate_size");
+  msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "'intermediate_size'");
+  EXPECT_CONTAINS(msg, "/m/config.json");
+
+  j = TinyJson(false);
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "yarn");
+
+  j = TinyJson(false);
+  j["rope_scaling"].erase("low_freq_factor");
+  msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "low_freq_factor");
+
+  j = TinyJson(false);
+  j["hidden_size"] = "32";
+  msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "'hidden_size'");
+
+  j = TinyJson(false);
+  j["num_key_value_heads"] = 3;
+  msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+  EXPECT_CONTAINS(msg, "not divisible");
+}
+
+TEST(LlamaConfig, FromInline) {
+  ftune::models::ModelConfig mc;
+  mc.arch.vocab_size = 100;
+  mc.dtype = "bf16";
+  auto c = LlamaConfig::FromInline(mc);
+  EXPECT_EQ(c.vocab_size, 100);
+  EXPECT_EQ(c.head_dim, mc.arch.hidden_size / mc.arch.num_attention_heads);
+  EXPECT_EQ(c.torch_dtype, "bfloat16");
+}
+
+// --- module structure and init ----------------------------------------------------------------
+TEST(Llama, ParameterNamesAreHfNames) {
+  for (bool tied : {false, true}) {
+    auto m = TinyModel(tied);
+    std::vector<std::string> names;
+    for (const auto& p : m->named_parameters()) {
+      names.push_back(p.key());
+      EXPECT_EQ(p.value().sizes().vec(), [&] {
+        for (const auto& [n, s] : ftune::models::HfTensorShapes(m->config())) {
+          if (n == p.key()) return s;
+        }
+        return std::vector<int64_t>{};
+      }()) << p.key();
+    }
+    std::vector<std::string> want;
+    for (const auto& [n, s] : ftune::models::HfTensorShapes(m->config())) want.push_back(n);
+    EXPECT_EQ(names, want);
+    EXPECT_EQ(std::count(names.begin(), names.end(), "lm_head.weight"), tied ? 0 : 1);
+    EXPECT_EQ(names[1], "model.layers.0.self_attn.q_proj.weight");
+  }
+}
+
+TEST(Llama, InitIsDeterministic) {
+  auto a = TinyModel(false, 2, 11), b = TinyModel(false, 2, 11), c = TinyModel(false, 2, 12);
+  auto pa = a->named_parameters(), pb = b->named_parameters(), pc = c->named_parameters();
+  for (const auto& p : pa) {
+    EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+    if (p.key().find("norm") == std::string::npos) {
+      EXPECT_FALSE(torch::equal(p.value(), pc[p.key()])) << p.key();
+      EXPECT_NEAR(p.value().std().item<double>(), 0.2, 0.05) << p.key();
+    } else {
+      EXPECT_TRUE(torch::equal(p.value(), torch::ones_like(p.value()))) << p.key();
+    }
+  }
+}
+
+// --- forward math -----------------------------------------------------------------------------
+namespace {
+
+// llama3 inv_freq in double, straight from the formula of the Llama 3.1 release.
+std::vector<double> Llama3InvFreq(const LlamaConfig& c) {
+  std::vector<double> out;
+  const auto& rs = c.rope_scaling;
+  const double low_wl = rs.original_max_position_embeddings / rs.low_freq_factor;
+  const double high_wl = rs.original_max_position_embeddings / rs.high_freq_factor;
+  for (int64_t i = 0; i < c.head_dim; i += 2) {
+    const double f = 1.0 / std::pow(c.rope_theta, double(i) / c.head_dim);
+    const double wl = 2 * M_PI / f;
+    if (wl < high_wl) {
+      out.push_back(f);
+    } else if (wl > low_wl) {
+      out.push_back(f / rs.factor);
+    } else {
+      const double s = (rs.original_max_position_embeddings / wl - rs.low_freq_factor) /
+                       (rs.high_freq_factor - rs.low_freq_factor);
+      out.push_back((1 - s) * f / rs.factor + s * f);
+    }
+  }
+  return out;
+}
+
+// One-layer Llama written out plainly in double: per-head loops, explicit pair rotation,
+// explicit causal softmax. Returns logits (T, V) for one sequence.
+torch::Tensor ReferenceLogits(LlamaModel& m, const torch::Tensor& tokens /*(T)*/) {
+  const auto& c = m.config();
+  auto P = m.named_parameters();
+  auto w = [&](const std::string& n) { return P[n].detach().to(torch::kDouble); };
+  const int64_t T = tokens.size(0), H = c.num_attention_heads, KV = c.num_key_value_heads,
+                D = c.head_dim;
+  auto rms = [&](const torch::Tensor& x, const torch::Tensor& g) {
+    return x / torch::sqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps) * g;
+  };
+  auto inv = Llama3InvFreq(c);
+  auto rope = [&](torch::Tensor x /*(T, D)*/) {
+    auto y = x.clone();
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const double a = t * inv[i], cs = std::cos(a), sn = std::sin(a);
+        const double x1 = x[t][i].item<double>(), x2 = x[t][i + D / 2].item<double>();
+        y[t][i] = x1 * cs - x2 * sn;
+        y[t][i + D / 2] = x2 * cs + x1 * sn;
+      }
+    }
+    return y;
+  };
+  auto x = w("model.embed_tokens.weight").index_select(0, tokens);  // (T, C)
+  const std::string p = "model.layers.0.";
+  auto xn = rms(x, w(p + "input_layernorm.weight"));
+  auto q = xn.matmul(w(p + "self_attn.q_proj.weight").t());
+  auto k = xn.matmul(w(p + "self_attn.k_proj.weight").t());
+  auto v = xn.matmul(w(p + "self_attn.v_proj.weight").t());
+  std::vector<torch::Tensor> heads;
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t g = h / (H / KV);
+    auto qh = rope(q.slice(1, h * D, (h + 1) * D));
+    auto kh = rope(k.slice(1, g * D, (g + 1) * D));
+    auto vh = v.slice(1, g * D, (g + 1) * D);
+    auto out = torch::zeros({T, D}, torch::kDouble);
+    for (int64_t t = 0; t < T; ++t) {
+      auto s =
+          qh[t].unsqueeze(0).matmul(kh.slice(0, 0, t + 1).t()).squeeze(0) / std::sqrt(double(D));
+      auto pr = torch::exp(s - s.max());
+      pr = pr / pr.sum();
+      out[t] = pr.unsqueeze(0).matmul(vh.slice(0, 0, t + 1)).squeeze(0);
+    }
+    heads.push_back(out);
+  }
+  x = x + torch::cat(heads, 1).matmul(w(p + "self_attn.o_proj.weight").t());
+  auto hn = rms(x, w(p + "post_attention_layernorm.weight"));
+  auto gate = hn.matmul(w(p + "mlp.gate_proj.weight").t());
+  auto up = hn.matmul(w(p + "mlp.up_proj.weight").t());
+  x = x + (gate / (1 + torch::exp(-gate)) * up).matmul(w(p + "mlp.down_proj.weight").t());
+  x = rms(x, w("model.norm.weight"));
+  return x.matmul(w("lm_head.weight").t());
+}
+
+}  // namespace
+
+TEST(Llama, Llama3InvFreqMatchesFormula) {
+  auto m = TinyModel();
+  auto want = Llama3InvFreq(m->config());
+  auto got = m->rotary().inv_freq();
+  ASSERT_EQ(got.numel(), static_cast<int64_t>(want.size()));
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i].item<double>(), want[i], 1e-6 * want[i]) << i;
+  }
+  // The thresholds of TinyJson put the frequencies in all three regimes.
+  // Wavelengths 2pi, 20pi, 200pi, 2000pi against thresholds 128/4 and 128/1.
+  EXPECT_NEAR(got[0].item<double>(), 1.0, 1e-7);     // kept
+  EXPECT_GT(got[1].item<double>(), 0.1 / 8 * 1.01);  // smoothed: strictly between
+  EXPECT_LT(got[1].item<double>(), 0.1 * 0.99);
+  EXPECT_NEAR(got[2].item<double>(), 1e-2 / 8.0, 1e-9);   // divided
+  EXPECT_NEAR(got[3].item<double>(), 1e-3 / 8.0, 1e-10);  // divided
+}
+
+TEST(Llama, ForwardMatchesPlainComputation) {
+  auto m = TinyModel(false, /*layers=*/1, 5);
+  auto tokens = RandomTokens(1, 9, 1);
+  torch::NoGradGuard ng;
+  auto logits = m->Logits(m->ForwardHidden(tokens))[0].to(torch::kDouble);
+  auto ref = ReferenceLogits(*m, tokens[0]);
+  EXPECT_LT((logits - ref).abs().max().item<double>(), 1e-4 * (1 + ref.abs().max().item<double>()));
+  EXPECT_GT(ref.abs().max().item<double>(), 0.5);  // the check is not vacuous
+}
+
+TEST(Llama, IsCausal) {
+  auto m = TinyModel();
+  auto a = RandomTokens(2, 10, 2);
+  auto b = a.clone();
+  b.slice(1, 6).copy_(RandomTokens(2, 4, 3));
+  torch::NoGradGuard ng;
+  auto la = m->Logits(m->ForwardHidden(a)), lb = m->Logits(m->ForwardHidden(b));
+  EXPECT_TRUE(torch::allclose(la.slice(1, 0, 6), lb.slice(1, 0, 6), 0, 1e-6));
+  EXPECT_FALSE(torch::allclose(la.slice(1, 6), lb.slice(1, 6), 0, 1e-3));
+}
+
+TEST(Llama, SegmentPackingEqualsSeparateRuns) {
+  auto m = TinyModel();
+  auto s1 = RandomTokens(1, 4, 4), s2 = RandomTokens(1, 6, 5);
+  auto packed = torch::cat({s1, s2}, 1);
+  ftune::models::ForwardOptions opt;
+  opt.segment_ids = torch::tensor({0, 0, 0, 0, 1, 1, 1, 1, 1, 1}, torch::kInt).unsqueeze(0);
+  opt.positions = torch::tensor({0, 1, 2, 3, 0, 1, 2, 3, 4, 5}, torch::kLong).unsqueeze(0);
+  torch::NoGradGuard ng;
+  auto hp = m->ForwardHidden(packed, opt);
+  auto h1 = m->ForwardHidden(s1), h2 = m->ForwardHidden(s2);
+  EXPECT_TRUE(torch::allclose(hp.slice(1, 0, 4), h1, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(hp.slice(1, 4), h2, 1e-5, 1e-5));
+}
+
+TEST(Llama, ChunkedLossEqualsUnchunked) {
+  for (bool tied : {false, true}) {
+    auto m = TinyModel(tied);
+    auto tokens = RandomTokens(2, 12, 6);
+    auto targets = RandomTokens(2, 12, 7);
+    auto gen = at::detail::createCPUGenerator(8);
+    auto mask = (torch::rand({2, 12}, gen) < 0.7).to(torch::kUInt8);
+    const int64_t n = mask.sum().item<int64_t>();
+
+    auto grads = [&](int64_t chunk) {
+      m->zero_grad();
+      auto l = ftune::models::CausalLmLoss(*m, tokens, targets, mask, {}, chunk);
+      EXPECT_EQ(l.count.item<int64_t>(), n);
+      l.loss_sum.backward();
+      std::vector<torch::Tensor> g;
+      for (const auto& p : m->parameters()) g.push_back(p.grad().clone());
+      return std::make_pair(l.loss_sum.detach(), g);
+    };
+    auto [full, gfull] = grads(1 << 20);
+    auto [chunked, gchunk] = grads(5);
+    EXPECT_NEAR(full.item<double>(), chunked.item<double>(), 1e-4) << tied;
+    for (size_t i = 0; i < gfull.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(gfull[i], gchunk[i], 1e-4, 1e-6)) << tied << " param " << i;
+    }
+    // And both equal the plain sum over masked positions.
+    torch::NoGradGuard ng;
+    auto logits = m->Logits(m->ForwardHidden(tokens)).reshape({-1, 64});
+    auto ce = torch::nn::functional::cross_entropy(
+        logits, targets.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    auto want = (ce * mask.reshape({-1}).to(torch::kFloat)).sum();
+    EXPECT_NEAR(full.item<double>(), want.item<double>(), 1e-4);
+  }
+}
+
+TEST(Llama, Bf16ForwardIsCloseToFp32) {
+  auto m32 = TinyModel();
+  auto m16 = ftune::models::BuildLlama(m32->config(), torch::kBFloat16, 7);
+  auto tokens = RandomTokens(2, 8, 9);
+  torch::NoGradGuard ng;
+  auto l32 = m32->Logits(m32->ForwardHidden(tokens));
+  auto h16 = m16->ForwardHidden(tokens);
+  EXPECT_EQ(h16.scalar_type(), torch::kBFloat16);
+  auto l16 = m16->Logits(h16).to(torch::kFloat);
+  EXPECT_LT((l32 - l16).abs().max().item<double>(), 0.1 * (1 + l32.abs().max().item<double>()));
+}
+
+// --- HF import / export -----------------------------------------------------------------------
+TEST(HfIo, ExportImportIsBitIdentical) {
+  for (bool tied : {false, true}) {
+    auto m = TinyModel(tied);
+    auto dir = TempDir(tied ? "export_tied" : "export_untied");
+    ftune::models::SaveHfOptions opt;
+    opt.max_shard_bytes = tied ? (int64_t(1) << 30) : 20000;  // untied: several shards
+    ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
+    EXPECT_TRUE(fs::exists(dir / "config.json"));
+    EXPECT_TRUE(fs::exists(dir / "generation_config.json"));
+    EXPECT_FALSE(fs::exists(dir.string() + ".tmp"));
+    EXPECT_EQ(fs::exists(dir / "model.safetensors.index.json"), !tied);
+    EXPECT_EQ(fs::exists(dir / "model.safetensors"), tied);
+
+    auto loaded = ftune::models::LoadHf(dir.string());
+    EXPECT_EQ(loaded.config.ToJson(), m->config().ToJson());
+    auto pa = m->named_parameters(), pb = loaded.model->named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+    auto tokens = RandomTokens(2, 7, 10);
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(torch::equal(m->Logits(m->ForwardHidden(tokens)),
+                             loaded.model->Logits(loaded.model->ForwardHidden(tokens))));
+  }
+}
+
+TEST(HfIo, Bf16ExportAndDtypeConversion) {
+  auto m = ftune::models::BuildLlama(TinyConfig(), torch::kBFloat16, 3);
+  auto dir = TempDir("export_bf16");
+  ftune::models::SaveHf(*m, m->config(), dir.string());
+  std::ifstream in(dir / "config.json");
+  EXPECT_EQ(json::parse(in)["torch_dtype"], "bfloat16");
+  auto ck = ftune::models::SafetensorsCheckpoint::Open(dir.string());
+  EXPECT_EQ(ck.Info("model.norm.weight").dtype, torch::kBFloat16);
+  auto as_bf16 = ftune::models::LoadHf(dir.string(), torch::kBFloat16);
+  auto as_f32 = ftune::models::LoadHf(dir.string(), torch::kFloat);
+  for (const auto& p : m->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), as_bf16.model->named_parameters()[p.key()]));
+    EXPECT_EQ(as_f32.model->named_parameters()[p.key()].scalar_type(), torch::kFloat);
+    EXPECT_TRUE(
+        torch::equal(p.value().to(torch::kFloat), as_f32.model->named_parameters()[p.key()]));
+  }
+}
+
+TEST(HfIo, RefusesNonEmptyDirUnlessOverwrite) {
+  auto m = TinyModel(true, 1);
+  auto dir = TempDir("overwrite");
+  fs::create_directories(dir);
+  std::ofstream(dir / "keep.txt") << "x";
+  auto msg = ErrorOf([&] { ftune::models::SaveHf(*m, m->config(), dir.string()); });
+  EXPECT_CONTAINS(msg, "not empty");
+  EXPECT_TRUE(fs::exists(dir / "keep.txt"));
+  ftune::models::SaveHfOptions opt;
+  opt.overwrite = true;
+  ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
+  EXPECT_FALSE(fs::exists(dir / "keep.txt"));
+  EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+}
+
+TEST(HfIo, CopiesTokenizerFiles) {
+  auto m = TinyModel(true, 1);
+  auto src = TempDir("tok_src");
+  fs::create_directories(src);
+  std::ofstream(src / "tokenizer.json") << "{\"t\":1}";
+  std::ofstream(src / "special_tokens_map.json") << "{}";
+  auto dir = TempDir("tok_dst");
+  ftune::models::SaveHfOptions opt;
+  opt.tokenizer_src_dir = src.string();
+  ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
+  EXPECT_TRUE(fs::exists(dir / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(dir / "special_tokens_map.json"));
+  EXPECT_FALSE(fs::exists(dir / "tokenizer_config.json"));
+}
+
+TEST(HfIo, ShapeMismatchNamesTensorFileAndShapes) {
+  auto m = TinyModel(false, 1);
+  auto dir = TempDir("shape_mismatch");
+  ftune::models::SaveHf(*m, m->config(), dir.string());
+  auto j = m->config().ToJson();
+  j["intermediate_size"] = 40;
+  std::ofstream(dir / "config.json") << j.dump();
+  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir.string()); });
+  EXPECT_CONTAINS(msg, "model.layers.0.mlp.gate_proj.weight");
+  EXPECT_CONTAINS(msg, "model.safetensors");
+  EXPECT_CONTAINS(msg, "[40, 32]");
+  EXPECT_CONTAINS(msg, "[48, 32]");
+  EXPECT_CONTAINS(msg, "config.json");
+}
+
+TEST(HfIo, MissingAndUnexpectedReportedTogether) {
+  auto m = TinyModel(false, 1);
+  auto dir = TempDir("missing_unexpected");
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << m->config().ToJson().dump();
+  ftune::models::NamedTensors ts;
+  for (const auto& p : m->named_parameters()) {
+    if (p.key() != "model.norm.weight" && p.key() != "lm_head.weight")
+      ts.push_back({p.key(), p.value()});
+  }
+  ts.push_back({"model.extra.weight", torch::ones({3})});
+  ts.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", torch::ones({4})});  // ignored
+  ftune::models::WriteSafetensors((dir / "model.safetensors").string(), ts);
+  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir.string()); });
+  EXPECT_CONTAINS(msg, "missing tensors (2)");
+  EXPECT_CONTAINS(msg, "model.norm.weight");
+  EXPECT_CONTAINS(msg, "lm_head.weight");
+  EXPECT_CONTAINS(msg, "unexpected tensors (1)");
+  EXPECT_CONTAINS(msg, "model.extra.weight");
+  EXPECT_EQ(msg.find("inv_freq"), std::string::npos) << msg;
+}
+
+// --- reference values from HF transformers (tests/fixtures/make_hf_reference.py) ---------------
+TEST(HfReference, LogitsAndLossMatchTransformers) {
+  int found = 0;
+  for (const char* name : {"hf_tiny_untied", "hf_tiny_tied"}) {
+    const fs::path dir = fs::path(FTUNE_SOURCE_DIR) / "tests" / "fixtures" / name;
+    if (!fs::exists(dir / "reference.safetensors")) continue;
+    ++found;
+    auto loaded = ftune::models::LoadHf(dir.string());
+    ftune::models::SafetensorsFile ref((dir / "reference.safetensors").string());
+    auto tokens = ref.Get("tokens").to(torch::kLong);        // (B, T)
+    auto want_logits = ref.Get("logits").to(torch::kFloat);  // (B, T, V)
+    auto want_loss = ref.Get("loss_sum").to(torch::kFloat);  // sum of shifted token CE
+    auto& m = *loaded.model;
+    torch::NoGradGuard ng;
+    auto logits = m.Logits(m.ForwardHidden(tokens));
+    EXPECT_LT((logits - want_logits).abs().max().item<double>(), 1e-4) << name;
+    auto targets = torch::roll(tokens, -1, 1);
+    auto mask = torch::ones_like(tokens);
+    mask.select(1, tokens.size(1) - 1).fill_(0);
+    auto loss = ftune::models::CausalLmLoss(m, tokens, targets, mask, {}, 3);
+    EXPECT_NEAR(loss.loss_sum.item<double>(), want_loss.item<double>(), 1e-4) << name;
+    if (ref.Has("inv_freq")) {
+      EXPECT_TRUE(torch::equal(m.rotary().inv_freq(), ref.Get("inv_freq").to(torch::kFloat)))
+          << name;
+    }
+  }
+  if (found == 0) {
+    GTEST_SKIP()
+        << "no HF reference fixtures in tests/fixtures/hf_tiny_*; generate them on a machine "
+           "with torch + transformers: python3 tests/fixtures/make_hf_reference.py";
+  }
+}
+
+TEST(Llama, LossWithNoTargetsIsZero) {
+  auto m = TinyModel();
+  auto tokens = RandomTokens(2, 5, 12);
+  auto l = ftune::models::CausalLmLoss(*m, tokens, tokens, torch::zeros({2, 5}, torch::kUInt8));
+  EXPECT_EQ(l.count.item<int64_t>(), 0);
+  EXPECT_EQ(l.loss_sum.item<float>(), 0.0f);
+  l.loss_sum.backward();  // a valid graph with zero gradients
+  EXPECT_EQ(m->lm_head->weight.grad().abs().sum().item<float>(), 0.0f);
+}

@@ -1,0 +1,277 @@
+// `prepare` in one process (data/prepare.h): summary counts and reject line numbers, split
+// properties, strict mode, the output directory rules, shard sizes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "data/prepare.h"
+#include "data/shards.h"
+#include "parallel/error.h"
+
+namespace ftune::data {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kFix = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/data";
+
+std::string Scratch(const std::string& name) {
+  auto dir = fs::path(FTUNE_BINARY_DIR) / "tests" / "scratch" / ("prepare_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+PrepareOptions Opts(const std::string& out, std::vector<std::string> inputs) {
+  PrepareOptions o;
+  o.tokenizer_path = kFix + "/tokenizer";
+  o.out_dir = out;
+  for (auto& i : inputs) o.data.inputs.push_back(kFix + "/" + i);
+  o.data.max_seq_len = 256;
+  o.data.split.test_ratio = 0.25;
+  return o;
+}
+
+// Every document of a split: (tokens, mask).
+std::vector<std::pair<std::vector<int32_t>, std::vector<uint8_t>>> Docs(const std::string& dir,
+                                                                      const std::string& split) {
+  std::vector<std::pair<std::vector<int32_t>, std::vector<uint8_t>>> docs;
+  Manifest m = ReadManifest(dir);
+  for (const auto& s : m.split(split).shards) {
+    ShardReader r(dir + "/" + s.file);
+    EXPECT_EQ(r.split(), split);
+    const auto& off = r.doc_offsets();
+    for (size_t d = 0; d + 1 < off.size(); ++d) {
+      std::vector<int32_t> t(off[d + 1] - off[d]);
+      std::vector<uint8_t> k(t.size());
+      r.Read(off[d], int64_t(t.size()), t.data(), k.data());
+      docs.emplace_back(t, k);
+    }
+  }
+  return docs;
+}
+
+TEST(Prepare, QaSummaryRejectsAndShards) {
+  const auto out = Scratch("qa");
+  auto o = Opts(out, {"qa.jsonl"});
+  PrepareSummary s = Prepare(o, nullptr);
+  EXPECT_EQ(s.records_read, 44);
+  EXPECT_EQ(s.train.examples + s.test.examples, 40);
+  EXPECT_GT(s.test.examples, 0);
+  EXPECT_GT(s.train.examples, s.test.examples);
+  ASSERT_EQ(s.rejected.count("invalid_json"), 1u);
+  EXPECT_EQ(s.rejected["invalid_json"].first, std::vector<std::string>{kFix + "/qa.jsonl:5"});
+  EXPECT_EQ(s.rejected["wrong_type"].count, 2);
+  EXPECT_EQ(s.rejected["wrong_type"].first,
+            (std::vector<std::string>{kFix + "/qa.jsonl:9", kFix + "/qa.jsonl:20"}));
+  EXPECT_EQ(s.rejected["missing_field"].first, std::vector<std::string>{kFix + "/qa.jsonl:12"});
+
+  // Files: shards, summary, manifest; no temporaries.
+  EXPECT_TRUE(fs::exists(out + "/train-00000.h5"));
+  EXPECT_TRUE(fs::exists(out + "/test-00000.h5"));
+  EXPECT_TRUE(fs::exists(out + "/prepare_summary.json"));
+  EXPECT_FALSE(fs::exists(out + "/.prepare-tmp"));
+  Manifest m = ReadManifest(out);
+  EXPECT_EQ(m.train.num_docs, s.train.examples);
+  EXPECT_EQ(m.test.num_docs, s.test.examples);
+  json sj = json::parse(std::ifstream(out + "/prepare_summary.json"));
+  EXPECT_EQ(sj["kept"]["train"].get<int64_t>(), s.train.examples);
+  EXPECT_EQ(sj["rejected"]["wrong_type"]["count"].get<int64_t>(), 2);
+
+  // Every document: BOS first, EOS last and trained, prompt masked.
+  for (const auto& split : {"train", "test"}) {
+    for (const auto& [t, k] : Docs(out, split)) {
+      EXPECT_EQ(t.front(), 1);
+      EXPECT_EQ(k.front(), 0);
+      EXPECT_EQ(t.back(), 2);
+      EXPECT_EQ(k.back(), 1);
+      EXPECT_EQ(k[1], 0);  // the prompt starts untrained
+    }
+  }
+}
+
+TEST(Prepare, AllKindsTrainOnPromptAndDeterministicSplit) {
+  const auto out = Scratch("kinds");
+  auto o = Opts(out, {"alpaca.jsonl", "chat.jsonl", "text.jsonl"});
+  o.data.split.test_ratio = 0.3;
+  PrepareSummary s = Prepare(o, nullptr);
+  EXPECT_EQ(s.records_read, 8 + 7 + 10);
+  EXPECT_EQ(s.train.examples + s.test.examples, 24);
+  EXPECT_EQ(s.rejected["no_target_tokens"].count, 1);  // the chat without an assistant turn
+  EXPECT_EQ(s.rejected["no_target_tokens"].first,
+            std::vector<std::string>{kFix + "/chat.jsonl:7"});
+  const auto train1 = Docs(out, "train");
+  // Same seed -> same split, regardless of anything else; another seed -> another split.
+  const auto out2 = Scratch("kinds2");
+  auto o2 = Opts(out2, {"alpaca.jsonl", "chat.jsonl", "text.jsonl"});
+  o2.data.split.test_ratio = 0.3;
+  Prepare(o2, nullptr);
+  EXPECT_EQ(Docs(out2, "train"), train1);
+  o2.data.split.seed = 99;
+  o2.out_dir = Scratch("kinds3");
+  Prepare(o2, nullptr);
+  EXPECT_NE(Docs(o2.out_dir, "train"), train1);
+
+  o.data.train_on_prompt = true;
+  o.out_dir = Scratch("kinds_all");
+  PrepareSummary all = Prepare(o, nullptr);
+  EXPECT_EQ(all.rejected.count("no_target_tokens"), 0u);
+  for (const auto& [t, k] : Docs(o.out_dir, "train")) {
+    for (size_t i = 1; i < k.size(); ++i) ASSERT_EQ(k[i], 1);
+  }
+}
+
+TEST(Prepare, DuplicatesNeverCrossSplitsAndDedup) {
+  const auto out = Scratch("dups");
+  auto o = Opts(out, {"dups.jsonl"});
+  o.data.split.test_ratio = 0.5;
+  PrepareSummary s = Prepare(o, nullptr);
+  EXPECT_EQ(s.train.examples + s.test.examples, 30);
+  std::set<std::vector<int32_t>> train, test;
+  for (auto& d : Docs(out, "train")) train.insert(d.first);
+  for (auto& d : Docs(out, "test")) test.insert(d.first);
+  for (const auto& t : test) EXPECT_EQ(train.count(t), 0u);
+  EXPECT_EQ(train.size() + test.size(), 5u);
+
+  o.out_dir = Scratch("dedup");
+  o.data.split.dedup = true;
+  s = Prepare(o, nullptr);
+  EXPECT_EQ(s.train.examples + s.test.examples, 5);
+  EXPECT_EQ(s.duplicates_removed, 25);
+
+  o.out_dir = Scratch("count");
+  o.data.split.test_count = 2;
+  s = Prepare(o, nullptr);
+  EXPECT_EQ(s.test.examples, 2);
+  EXPECT_EQ(s.train.examples, 3);
+}
+
+TEST(Prepare, OverlongTruncateOrDropAndShardSize) {
+  const auto out = Scratch("overlong");
+  auto o = Opts(out, {"text.jsonl"});
+  o.data.max_seq_len = 10;
+  PrepareSummary t = Prepare(o, nullptr);
+  EXPECT_GT(t.truncated, 0);
+  EXPECT_LT(t.truncated, 10);
+  EXPECT_EQ(t.train.examples + t.test.examples, 10);
+  EXPECT_LE(std::max(t.train.max_len, t.test.max_len), 10);
+  o.data.overlong = "drop";
+  o.out_dir = Scratch("overlong_drop");
+  PrepareSummary d = Prepare(o, nullptr);
+  EXPECT_EQ(d.rejected["overlong_dropped"].count, t.truncated);
+  EXPECT_EQ(d.truncated, 0);
+
+  o = Opts(Scratch("shards"), {"qa.jsonl", "text.jsonl", "alpaca.jsonl"});
+  o.data.shard_tokens = 1024;
+  o.data.split.test_ratio = 0;
+  PrepareSummary s = Prepare(o, nullptr);
+  Manifest m = ReadManifest(o.out_dir);
+  EXPECT_GT(m.train.shards.size(), 1u);
+  EXPECT_TRUE(m.test.shards.empty());
+  int64_t total = 0;
+  for (const auto& sh : m.train.shards) {
+    EXPECT_LE(sh.num_tokens, 1024);
+    total += sh.num_tokens;
+  }
+  EXPECT_EQ(total, s.train.tokens);
+}
+
+TEST(Prepare, BadInputs) {
+  const auto out = Scratch("bad");
+  // Mixed kinds in one file: the first record's kind wins, the others are rejected.
+  PrepareSummary s = Prepare(Opts(out, {"mixed.jsonl"}), nullptr);
+  EXPECT_EQ(s.rejected["mixed_kinds"].count, 2);
+  EXPECT_EQ(s.rejected["mixed_kinds"].first,
+            (std::vector<std::string>{kFix + "/mixed.jsonl:2", kFix + "/mixed.jsonl:4"}));
+  // Invalid UTF-8.
+  auto o = Opts(out, {"bad_utf8.jsonl"});
+  o.overwrite = true;
+  s = Prepare(o, nullptr);
+  EXPECT_EQ(s.rejected["invalid_utf8"].first,
+            std::vector<std::string>{kFix + "/bad_utf8.jsonl:2"});
+  // Empty file: reported, and alone it leaves zero records, which is always an error.
+  o = Opts(out, {"empty.jsonl", "qa.jsonl"});
+  o.overwrite = true;
+  s = Prepare(o, nullptr);
+  EXPECT_EQ(s.rejected["empty_file"].count, 1);
+  o = Opts(Scratch("empty"), {"empty.jsonl"});
+  EXPECT_THROW(Prepare(o, nullptr), DataError);
+  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  // A glob matching nothing; a glob matching several files.
+  o = Opts(Scratch("glob"), {"nothing-*.jsonl"});
+  try {
+    Prepare(o, nullptr);
+    FAIL();
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("nothing-*.jsonl"), std::string::npos);
+  }
+  EXPECT_EQ(ExpandInputs({kFix + "/[aq]*.jsonl"}),
+            (std::vector<std::string>{kFix + "/alpaca.jsonl", kFix + "/qa.jsonl"}));
+  // Zero records after filtering, a template that does not fit the records.
+  o = Opts(Scratch("zero"), {"qa.jsonl"});
+  o.data.max_seq_len = 8;
+  o.data.overlong = "drop";
+  EXPECT_THROW(Prepare(o, nullptr), DataError);
+  o = Opts(Scratch("tmpl"), {"qa.jsonl"});
+  o.data.template_name = "none";
+  EXPECT_THROW(Prepare(o, nullptr), DataError);
+}
+
+TEST(Prepare, StrictStopsAtTheFirstBadRecord) {
+  auto o = Opts(Scratch("strict"), {"alpaca.jsonl", "qa.jsonl"});
+  o.data.strict = true;
+  try {
+    Prepare(o, nullptr);
+    FAIL();
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(kFix + "/qa.jsonl:5: invalid_json"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  o.data.inputs = {kFix + "/empty.jsonl"};
+  EXPECT_THROW(Prepare(o, nullptr), DataError);
+}
+
+TEST(Prepare, OutputDirectoryRules) {
+  const auto out = Scratch("dir");
+  auto o = Opts(out, {"qa.jsonl"});
+  Prepare(o, nullptr);
+  const auto first = Docs(out, "train");
+  Prepare(o, nullptr);  // same dataset again: allowed
+  auto other = Opts(out, {"text.jsonl"});
+  try {
+    Prepare(other, nullptr);
+    FAIL() << "a different dataset was overwritten without --overwrite";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos);
+  }
+  EXPECT_EQ(Docs(out, "train"), first);  // untouched
+  other.overwrite = true;
+  Prepare(other, nullptr);
+  EXPECT_NE(Docs(out, "train"), first);
+
+  // An interrupted run: shards without a manifest are not a dataset, and are cleared.
+  fs::remove(out + "/manifest.json");
+  std::ofstream(out + "/train-00007.h5.tmp") << "partial";
+  EXPECT_THROW(ReadManifest(out), DataError);
+  Prepare(o, nullptr);
+  EXPECT_FALSE(fs::exists(out + "/train-00007.h5.tmp"));
+  EXPECT_EQ(Docs(out, "train"), first);
+}
+
+TEST(Prepare, PreviewWritesNothing) {
+  auto o = Opts(Scratch("preview"), {"qa.jsonl"});
+  o.preview = 2;
+  testing::internal::CaptureStdout();
+  Prepare(o, nullptr);
+  const std::string text = testing::internal::GetCapturedStdout();
+  EXPECT_NE(text.find("[PROMPT]<s> ### Question:"), std::string::npos) << text;
+  EXPECT_NE(text.find("[/PROMPT]"), std::string::npos) << text;
+  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+}
+
+}  // namespace
+}  // namespace ftune::data
