@@ -20,7 +20,6 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libpcre2-dev                      # Llama-3 pre-tokenizer regex
   libssl-dev                        # sha256 of tokenizer files and inputs
-  nodejs npm                        # tokenizer files and the reference tokenizer (tests, demo)
   python3                           # small helper scripts (no pip packages needed)
 )
 
@@ -29,6 +28,11 @@ if [ -z "${FTUNE_SKIP_APT:-}" ]; then
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # Node.js + npm (tokenizer files and the reference tokenizer for tests): any install will do;
+  # Debian's packages only when the commands are missing (a NodeSource nodejs bundles npm and
+  # conflicts with Debian's npm package).
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO=sudo
