@@ -29,16 +29,12 @@ runtime::TrainState ResumeOrStartOver(const runtime::Config& cfg, runtime::Check
     return state;
   }
   state = meta->state;
-  trainer.set_step(state.step);
+  trainer.set_step(state.step, state.skipped_steps);
   loader.Restore(state.loader);
   LogInfo("resumed from {}: step {}, {} tokens seen, loader epoch {} cursor {} (written with dp {} "
           "tp {} zero {} on {} rank(s))", meta->path, state.step, state.tokens_seen,
           state.loader.epoch, state.loader.cursor, meta->dp, meta->tp, meta->zero,
           meta->world_size);
-  if (state.skipped_steps > 0) {
-    LogWarn("the resumed run had {} skipped (non-finite) steps; Adam's bias correction counts "
-            "them as updates from here on", state.skipped_steps);
-  }
   return state;
 }
 

@@ -55,7 +55,13 @@ class Trainer {
              const std::function<void(const StepStats&)>& on_step = {});
 
   int64_t step() const { return step_; }
-  void set_step(int64_t s) { step_ = s; }
+  // Resuming: `s` steps done, `skipped` of them without an update (Adam's bias
+  // correction counts applied updates only).
+  void set_step(int64_t s, int64_t skipped = 0) {
+    step_ = s;
+    bad_total_ = skipped;
+  }
+  int64_t skipped_steps() const { return bad_total_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   models::LlamaModel& model() { return *model_; }
   // Makes every parameter whole on every rank (ZeRO-3 gathers all units);

@@ -5,6 +5,7 @@
 
 #include <iostream>
 
+#include "runtime/log.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::testing {
@@ -15,6 +16,7 @@ runtime::World& TestWorld() { return *g_world; }
 int main(int argc, char** argv) {
   ftune::runtime::World world(&argc, &argv);
   ftune::testing::g_world = &world;
+  ftune::runtime::InitLogging(world.rank(), world.world_size());
   torch::set_num_threads(1);
   ::testing::InitGoogleTest(&argc, argv);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();

@@ -83,6 +83,16 @@ root = ET.parse(f"{s}/ft/loss_curve.svg").getroot()
 assert root.tag.endswith("svg") and len([c for c in root if c.tag.endswith("polyline")]) == 2
 PY
 
+# The same model read from its training checkpoint (run directory -> newest step_N.h5).
+run eval_ckpt.out "$FTUNE" eval "${EV[@]}" --set run.output_dir="$S/ckpt_eval" --set data.dir="$S/ft/data" --model "$S/ft"
+python3 - "$S" <<'PY' && echo "ok: eval of the checkpoint equals eval of the exported model" || { echo "FAIL: checkpoint eval"; fail=1; }
+import json, sys, math
+s = sys.argv[1]
+a, b = json.load(open(f"{s}/ckpt_eval/eval.json"))["model"], json.load(open(f"{s}/ft/eval.json"))["model"]
+assert a["exact"] == b["exact"] and a["targets"] == b["targets"], (a, b)
+assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-9), (a, b)
+PY
+
 # 3. generate before/after and the C++ API examples.
 run gen.out "$FTUNE" generate --model "$S/ft/final" --prompt "Is 7 even or odd?" --max-new-tokens 4
 check "generate answers" "[ \$(wc -l < $S/gen.out) -ge 1 ]"

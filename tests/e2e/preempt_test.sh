@@ -7,7 +7,7 @@
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 need_mpirun
 write_config
-STEPS=40
+STEPS=300  # ~10 ms per step here: enough that a signal lands mid-run
 run() {  # out log
   exec "${MPIRUN[@]}" -np 2 "$FTUNE" train --config base.yaml --set run.output_dir="$SCRATCH/$1" \
     --set train.steps=$STEPS --set checkpoint.every=0 --set parallel.zero=2 > "$2" 2>&1
