@@ -3,7 +3,8 @@
 # (../shared/bench/torch_llama_ref.py, Debian python3-torch) on the same shape,
 # batch, sequence, dtype (fp32) and threads, in one run; prints both and the
 # ratio, then dp=2 x 1 thread vs dp=1 x 1 thread weak scaling. A benchmark,
-# not a test. Usage: cluster/bench_train.sh [build dir] (defaults as below).
+# not a test. Usage: cluster/bench_train.sh [build dir] (defaults as below). The reference
+# runs under /usr/bin/python3 (Debian python3-torch) unless FTUNE_TORCH_PYTHON says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -45,7 +46,7 @@ PY
 }
 "$FTUNE" train --config "$WORK/bench.yaml" > "$WORK/train1.log" 2>&1
 ftune_tps=$(median_tps "$WORK/run/metrics.jsonl")
-ref_json=$(python3 "$REF" --dim $DIM --layers $LAYERS --heads $HEADS --kv-heads $KV --ffn $FFN \
+ref_json=$(${FTUNE_TORCH_PYTHON:-/usr/bin/python3} "$REF" --dim $DIM --layers $LAYERS --heads $HEADS --kv-heads $KV --ffn $FFN \
   --vocab $VOCAB --seq $SEQ --batch $BATCH --steps $STEPS --threads $THREADS)
 ref_tps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["tokens_per_s"])' "$ref_json")
 

@@ -125,7 +125,12 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
   models::ForwardOptions opt;
   opt.positions = b.positions;
   opt.segment_ids = b.segment_ids;
-  auto ls = models::CausalLmLoss(*model_, b.tokens, b.targets, b.loss_mask, opt);
+  // Chunk the cross-entropy (recomputing logits in backward) only when this
+  // rank's fp32 logits would exceed 1 GiB: below that, recomputing the lm_head
+  // costs more time than the memory it saves.
+  const int64_t local_vocab = model_->config().vocab_size / grid_.tp();
+  const int64_t chunk = std::max<int64_t>(1024, (int64_t(1) << 30) / (4 * local_vocab));
+  auto ls = models::CausalLmLoss(*model_, b.tokens, b.targets, b.loss_mask, opt, chunk);
   (ls.loss_sum * inv_targets).backward();
   return ls.loss_sum.detach().to(torch::kDouble);
 }
