@@ -48,7 +48,6 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
   if (opt_.zero < 0 || opt_.zero > 3) FT_THROW(ConfigError, "parallel.zero = {} is not 0-3", opt_.zero);
   const int n = dp_.size(), r = dp_.rank();
   bucket_of_param_.assign(params_.size(), -1);
-  offset_in_bucket_.assign(params_.size(), 0);
   for (const auto& u : units) {
     for (int p : u) {
       FT_CHECK(p >= 0 && p < static_cast<int>(params_.size()), "unit names parameter {}", p);
@@ -109,7 +108,6 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
                  params_[p].name);
       }
       b->offsets.push_back(b->numel);
-      offset_in_bucket_[p] = b->numel;
       bucket_of_param_[p] = static_cast<int>(buckets_.size());
       b->numel += t.numel();
       b->late = b->late || params_[p].late;

@@ -133,7 +133,6 @@ class DataParallel {
   DataParallelOptions opt_;
   std::vector<std::unique_ptr<Bucket>> buckets_;
   std::vector<int> bucket_of_param_;
-  std::vector<int64_t> offset_in_bucket_;
   std::vector<std::vector<int64_t>> shapes_;  // full parameter shapes
   bool sync_ = true;
   std::vector<std::shared_ptr<torch::autograd::Node>> hooks_;

@@ -55,16 +55,16 @@ Trainer::Trainer(World& world, const Config& cfg, std::shared_ptr<models::LlamaM
                  parallel::ProcessGrid& grid)
     : world_(world), cfg_(cfg), model_(std::move(model)), grid_(grid) {
   auto [specs, units] = Partition(*model_);
-  const int embed_param = 0;
   dp_ = std::make_unique<parallel::DataParallel>(
       std::move(specs), std::move(units), grid_.dp_comm(),
       parallel::DataParallelOptions{static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb});
-  embed_unit_ = dp_->UnitOf(embed_param);
   const auto& specs_ref = dp_->params();
   layer_units_.assign(model_->config().num_hidden_layers, -1);
   for (size_t p = 0; p < specs_ref.size(); ++p) {
     const auto& name = specs_ref[p].name;
-    if (name.rfind("model.layers.", 0) == 0) {
+    if (name == "model.embed_tokens.weight") {
+      embed_unit_ = dp_->UnitOf(static_cast<int>(p));
+    } else if (name.rfind("model.layers.", 0) == 0) {
       layer_units_[std::stoi(name.substr(13))] = dp_->UnitOf(static_cast<int>(p));
     } else if (name == "model.norm.weight") {
       head_unit_ = dp_->UnitOf(static_cast<int>(p));
