@@ -6,7 +6,7 @@
 # Usage: resume_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 write_config
-STEPS=14
+STEPS=60  # ~10 ms per step here: enough that the SIGKILL lands mid-run
 train() {  # out_dir log [extra --set ...]: 1 rank (exec: in the background, $! is ftune's pid)
   local out=$1 log=$2; shift 2
   exec "$FTUNE" train --config base.yaml --set run.output_dir="$SCRATCH/$out" --set train.steps=$STEPS \
