@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# One-rank `ftune train` beside the plain-PyTorch eager reference
-# (../shared/bench/torch_llama_ref.py, Debian python3-torch) on the same shape,
-# batch, sequence, dtype (fp32) and threads, in one run; prints both and the
-# ratio, then dp=2 x 1 thread vs dp=1 x 1 thread weak scaling. A benchmark,
-# not a test. Usage: cluster/bench_train.sh [build dir] (defaults as below). The reference
-# runs under /usr/bin/python3 (Debian python3-torch) unless FTUNE_TORCH_PYTHON says otherwise.
+# The performance table of PERFORMANCE.md, in one run on one machine:
+#   1. for each shape (the tiny config's, and a ~100M-parameter one): `ftune bench train` on one
+#      rank beside ../shared/bench/torch_llama_ref.py (plain PyTorch eager: same shape, batch,
+#      sequence, fp32, threads), and the plain-matmul GEMM ceiling measured by ftune on the same
+#      threads -> ratios ftune / reference and model FLOP/s / GEMM ceiling;
+#   2. data-parallel weak scaling: dp=2 x 1 thread vs dp=1 x 1 thread (same micro-batch per rank).
+# A benchmark, not a test (CI runs `ftune bench train` for 2 steps only: tests/e2e/bench_smoke_test.sh).
+# Usage: cluster/bench_train.sh [BUILD_DIR]   env: THREADS (2), STEPS (10), WARMUP (3), SHAPES
+# The reference runs under /usr/bin/python3 (Debian python3-torch) unless FTUNE_TORCH_PYTHON is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 FTUNE=$PWD/$BUILD/ftune
 REF=${FTUNE_TORCH_REF:-$PWD/../shared/bench/torch_llama_ref.py}
-DIM=${DIM:-256} LAYERS=${LAYERS:-4} HEADS=${HEADS:-8} KV=${KV:-4} FFN=${FFN:-768}
-VOCAB=${VOCAB:-32000} SEQ=${SEQ:-256} BATCH=${BATCH:-8} STEPS=${STEPS:-20} THREADS=${THREADS:-2}
+PY=${FTUNE_TORCH_PYTHON:-/usr/bin/python3}
+THREADS=${THREADS:-2} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
+SHAPES=${SHAPES:-"tiny 100m"}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-# Text data: enough packed rows of SEQ+1 tokens for every step.
+# name: dim layers heads kv_heads ffn vocab seq batch
+shape() {
+  case $1 in
+    tiny) echo "128 2 4 2 384 32000 256 8" ;;        # configs/tiny.yaml's model
+    100m) echo "768 10 12 4 2048 32000 256 4" ;;     # 112M parameters
+    *) echo "unknown shape $1" >&2; exit 2 ;;
+  esac
+}
+
+# Text data: enough packed rows for every step.
 python3 - "$WORK/text.jsonl" <<'PY'
 import json, random, sys
 random.seed(0)
@@ -25,46 +38,46 @@ with open(sys.argv[1], "w") as f:
     for i in range(4000):
         f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(120))}) + "\n")
 PY
-cat > "$WORK/bench.yaml" <<YAML
-run: {output_dir: $WORK/run, threads: $THREADS}
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+bench() {  # yaml np threads -> the JSON line of ftune bench train
+  local out=$WORK/bench_$RANDOM.log
+  mpirun --oversubscribe --bind-to none -np "$2" "$FTUNE" bench train --config "$1" \
+    --set run.threads="$3" --warmup "$WARMUP" --steps "$STEPS" > "$out" 2>&1 ||
+    { cat "$out"; exit 1; }
+  tail -1 "$out"
+}
+
+echo "machine: $(nproc --all) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
+     "load $(cut -d' ' -f1 /proc/loadavg), $(date -u +%F) | fp32, $THREADS threads, $WARMUP warm-up +" \
+     "$STEPS timed steps, medians"
+printf '%-6s %12s %12s %8s %14s %14s %10s\n' shape ftune_tok/s torch_tok/s ratio model_GFLOP/s \
+  gemm_GFLOP/s of_gemm
+for name in $SHAPES; do
+  read -r DIM LAYERS HEADS KV FFN VOCAB SEQ BATCH <<< "$(shape "$name")"
+  cat > "$WORK/$name.yaml" <<YAML
+run: {output_dir: $WORK/run_$name}
 tokenizer: {path: $PWD/tests/fixtures/data/tokenizer}
 model: {arch: {vocab_size: $VOCAB, hidden_size: $DIM, intermediate_size: $FFN, num_hidden_layers: $LAYERS,
                num_attention_heads: $HEADS, num_key_value_heads: $KV}}
-data: {inputs: [$WORK/text.jsonl], max_seq_len: $SEQ, packing: true, split: {test_ratio: 0.0}}
-train: {steps: $((STEPS + 3)), micro_batch: $BATCH, clip: 0}
+data: {inputs: [$WORK/text.jsonl], max_seq_len: $SEQ, packing: true, split: {test_ratio: 0.0},
+       dir: $WORK/data_$SEQ}
+train: {micro_batch: $BATCH, clip: 0}
 optim: {lr: 1.0e-4, schedule: constant}
-log: {progress: lines, every: 1000}
+log: {progress: lines, jsonl: false}
 YAML
-"$FTUNE" prepare --config "$WORK/bench.yaml" > "$WORK/prepare.log" 2>&1
+  [[ -d $WORK/data_$SEQ ]] || "$FTUNE" prepare --config "$WORK/$name.yaml" > "$WORK/prepare.log" 2>&1 ||
+    { cat "$WORK/prepare.log"; exit 1; }
+  j=$(bench "$WORK/$name.yaml" 1 "$THREADS")
+  ref=$("$PY" "$REF" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV" --ffn "$FFN" \
+    --vocab "$VOCAB" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
+  f=$(field "$j" tokens_per_s) r=$(field "$ref" tokens_per_s)
+  m=$(field "$j" model_tflops_per_s_per_device) g=$(field "$j" gemm_tflops_per_s)
+  python3 -c "f,r,m,g=$f,$r,$m,$g; print(f'%-6s %12.1f %12.1f %8.3f %14.1f %14.1f %10.3f' % ('$name', f, r, f/r, m*1e3, g*1e3, m/g))"
+done
 
-median_tps() {  # median tokens/s of the steps after 3 warm-up steps, from metrics.jsonl
-  python3 - "$1" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
-print(round(statistics.median(r["tokens_per_s"] for r in rows[3:]), 1))
-PY
-}
-"$FTUNE" train --config "$WORK/bench.yaml" > "$WORK/train1.log" 2>&1
-ftune_tps=$(median_tps "$WORK/run/metrics.jsonl")
-ref_json=$(${FTUNE_TORCH_PYTHON:-/usr/bin/python3} "$REF" --dim $DIM --layers $LAYERS --heads $HEADS --kv-heads $KV --ffn $FFN \
-  --vocab $VOCAB --seq $SEQ --batch $BATCH --steps $STEPS --threads $THREADS)
-ref_tps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["tokens_per_s"])' "$ref_json")
-
-# Weak scaling: 1 thread per rank, the same micro-batch per rank.
-rm -rf "$WORK/run/metrics.jsonl" "$WORK/run/final" "$WORK/run/checkpoints"
-"$FTUNE" train --config "$WORK/bench.yaml" --set run.threads=1 --set checkpoint.resume=false > "$WORK/t1.log" 2>&1
-dp1=$(median_tps "$WORK/run/metrics.jsonl")
-rm -rf "$WORK/run/metrics.jsonl" "$WORK/run/final" "$WORK/run/checkpoints"
-mpirun --oversubscribe -np 2 "$FTUNE" train --config "$WORK/bench.yaml" --set run.threads=1 --set checkpoint.resume=false > "$WORK/t2.log" 2>&1
-dp2=$(median_tps "$WORK/run/metrics.jsonl")
-
-python3 - <<PY
-f, r, d1, d2 = $ftune_tps, $ref_tps, $dp1, $dp2
-print(f"machine: $(nproc) cores, load {open('/proc/loadavg').read().split()[0]} | shape dim $DIM layers $LAYERS heads $HEADS/$KV ffn $FFN vocab $VOCAB seq $SEQ batch $BATCH fp32, $THREADS threads")
-print(f"ftune train (1 rank)      {f:10.1f} tokens/s")
-print(f"PyTorch eager reference   {r:10.1f} tokens/s")
-print(f"ratio ftune / reference   {f / r:10.3f}")
-print(f"dp=1 x 1 thread           {d1:10.1f} tokens/s")
-print(f"dp=2 x 1 thread           {d2:10.1f} tokens/s (global)")
-print(f"weak-scaling efficiency   {d2 / (2 * d1):10.3f}")
-PY
+# Weak scaling on the first shape: 1 thread per rank, the same micro-batch per rank.
+name=${SHAPES%% *}
+d1=$(field "$(bench "$WORK/$name.yaml" 1 1)" tokens_per_s)
+d2=$(field "$(bench "$WORK/$name.yaml" 2 1)" tokens_per_s)
+python3 -c "d1,d2=$d1,$d2; print(f'weak scaling ($name): dp=1 x 1 thread {d1:.1f} tok/s, dp=2 x 1 thread {d2:.1f} tok/s -> efficiency {d2/(2*d1):.3f}')"

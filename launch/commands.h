@@ -25,7 +25,7 @@ void AddPrepareCommand(CLI::App& app, runtime::World& world);
 void AddTrainCommand(CLI::App& app, runtime::World& world);
 // `ftune eval` (launch/eval_command.cpp).
 void AddEvalCommand(CLI::App& app, runtime::World& world);
-// Subcommands whose issues have not landed yet: they say so and exit non-zero.
-void AddPendingCommands(CLI::App& app, runtime::World& world);
+// `ftune plan` (launch/plan_command.cpp).
+void AddPlanCommand(CLI::App& app, runtime::World& world);
 
 }  // namespace ftune::launch

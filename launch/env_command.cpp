@@ -62,30 +62,4 @@ void AddEnvCommand(CLI::App& app, runtime::World& world) {
   });
 }
 
-void AddPendingCommands(CLI::App& app, runtime::World& world) {
-  struct Pending {
-    const char* name;
-    const char* help;
-    const char* issue;
-  };
-  static const Pending kPending[] = {
-      {"prepare", "JSONL -> templated, tokenized, split HDF5 shards", "#4 (data)"},
-      {"train", "full-parameter finetuning under mpirun", "#5 (train)"},
-      {"eval", "eval loss, perplexity, exact match, base vs finetuned", "#7 (eval)"},
-      {"generate", "generate answers from a model or checkpoint", "#3 (models)"},
-      {"export", "write a checkpoint as an HF model directory", "#3/#6 (export)"},
-      {"plan", "memory and communication estimate per GPU", "#8 (clusters)"},
-  };
-  for (const auto& p : kPending) {
-    if (app.get_subcommands([&](CLI::App* s) { return s->get_name() == p.name; }).size()) continue;
-    auto* sub = app.add_subcommand(p.name, std::string(p.help) + " [not built yet]");
-    sub->allow_extras();
-    sub->callback([p]() {
-      FT_THROW(Error, "'ftune {}' is not built yet in this version (issue {}); nothing was done",
-               p.name, p.issue);
-    });
-  }
-  (void)world;
-}
-
 }  // namespace ftune::launch

@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   launch::AddExportCommand(app, world);
   launch::AddTrainCommand(app, world);
   launch::AddEvalCommand(app, world);
-  launch::AddPendingCommands(app, world);
+  launch::AddPlanCommand(app, world);
 
   try {
     app.parse(argc, argv);

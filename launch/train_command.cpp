@@ -1,11 +1,10 @@
 // `ftune train`: full-parameter finetuning under mpirun / srun.
-#include <cmath>
-
 #include "data/loader.h"
 #include "launch/commands.h"
 #include "runtime/evaluator.h"
 #include "runtime/checkpoint.h"
 #include "runtime/log.h"
+#include "runtime/metrics.h"
 #include "runtime/model_setup.h"
 #include "runtime/signals.h"
 #include "runtime/trainer.h"
@@ -74,38 +73,26 @@ void AddTrainCommand(CLI::App& app, runtime::World& world) {
 
     // Everything that can be wrong with the inputs is checked before any compute.
     data::Tokenizer tok = LoadRunTokenizer(cfg);
-    data::LoaderOptions lo;
-    lo.dir = RunPath(cfg, cfg.data.dir);
-    lo.split = "train";
-    lo.seq_len = cfg.data.max_seq_len;
-    lo.micro_batch = cfg.train.micro_batch;
-    lo.packing = cfg.data.packing;
-    lo.seed = cfg.data.shuffle_seed;
-    lo.dp_rank = grid.dp_rank();
-    lo.dp_size = grid.dp();
-    lo.expected_tokenizer_sha256 = tok.sha256();
-    data::Loader loader(lo);
-    const int64_t global_batch = cfg.train.micro_batch * cfg.train.grad_accum * grid.dp();
-    const int64_t steps_per_epoch = loader.samples_per_epoch() / global_batch;
-    if (steps_per_epoch == 0) {
-      FT_THROW(ConfigError, "the training split has {} samples per epoch, fewer than one global "
-               "batch of {} (train.micro_batch {} x train.grad_accum {} x dp {}): lower them or "
-               "add data", loader.samples_per_epoch(), global_batch, cfg.train.micro_batch,
-               cfg.train.grad_accum, grid.dp());
-    }
-    const int64_t total_steps =
-        cfg.train.steps > 0 ? cfg.train.steps
-                            : static_cast<int64_t>(std::ceil(cfg.train.epochs * steps_per_epoch));
+    TrainData train_data = OpenTrainData(cfg, grid, tok);
+    data::Loader& loader = *train_data.loader;
+    const int64_t global_batch = train_data.global_batch;
+    const int64_t steps_per_epoch = train_data.steps_per_epoch;
+    const int64_t total_steps = train_data.total_steps;
 
-    auto model = BuildRunModel(cfg, tok, grid);
+    // Sharded loading: each rank reads only the weights it keeps (runtime/model_setup.h).
+    const int64_t rss_before = PeakRssBytes();
+    TrainModel built = BuildTrainModel(cfg, tok, grid);
+    auto model = built.model;
     int64_t params = 0;
     for (const auto& p : model->parameters()) params += p.numel();
-    Trainer trainer(world, cfg, model, grid);
+    Trainer trainer(world, cfg, model, grid, std::move(built.source));
     LogInfo("training {} steps: {} samples per epoch, global batch {} ({} steps/epoch), dp {} "
             "tp {} zero {}, {} parameters on this rank, model state {:.1f} MB on rank 0",
             total_steps, loader.samples_per_epoch(), global_batch, steps_per_epoch, grid.dp(),
             grid.tp(), cfg.parallel.zero, params,
             trainer.data_parallel().ModelStateBytes() / 1e6);
+    LogInfo("model loaded: peak resident memory {:.1f} MB on this rank so far ({:.1f} MB before "
+            "the model and its optimizer state)", PeakRssBytes() / 1e6, rss_before / 1e6);
     // Eval during training (eval.every; runtime/evaluator.h): test loss into metrics.jsonl,
     // best step into best.json.
     TrainingEval training_eval(cfg, tok, grid);

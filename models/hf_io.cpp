@@ -101,20 +101,28 @@ void CheckHfTensors(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg,
   }
 }
 
-LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
-  const std::string config_path = (fs::path(dir) / "config.json").string();
-  if (!fs::is_regular_file(config_path)) {
+HfWeights OpenHf(const std::string& dir) {
+  HfWeights out;
+  out.config_path = (fs::path(dir) / "config.json").string();
+  if (!fs::is_regular_file(out.config_path)) {
     FT_THROW(ModelError, "{}: no config.json; is this a Hugging Face model directory?", dir);
   }
+  out.config = LlamaConfig::FromFile(out.config_path);
+  out.tensors = std::make_shared<SafetensorsCheckpoint>(SafetensorsCheckpoint::Open(dir));
+  CheckHfTensors(*out.tensors, out.config, out.config_path);
+  return out;
+}
+
+LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
+  HfWeights hf = OpenHf(dir);
   LoadedModel out;
-  out.config = LlamaConfig::FromFile(config_path);
-  auto ck = SafetensorsCheckpoint::Open(dir);
-  CheckHfTensors(ck, out.config, config_path);
-  out.model = std::make_shared<LlamaModel>(out.config);
-  out.model->to(dtype);
+  out.config = hf.config;
+  // Unmaterialised first: the only resident copy is the one the weights are read into.
+  out.model = std::make_shared<LlamaModel>(out.config, /*materialize=*/false);
+  Unmaterialize(*out.model, dtype);
   torch::NoGradGuard no_grad;
   for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
-    p.value().copy_(ck.Get(p.key()));
+    p.value().copy_(hf.tensors->Get(p.key()));
   }
   return out;
 }

@@ -27,6 +27,15 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> HfTensorShapes(const L
 void CheckHfTensors(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg,
                     const std::string& config_source);
 
+// An HF Llama directory opened for reading, its tensors checked against its config.json
+// (CheckHfTensors) but none of them read: callers read whole tensors or slices (sharded loading).
+struct HfWeights {
+  LlamaConfig config;
+  std::string config_path;
+  std::shared_ptr<SafetensorsCheckpoint> tensors;
+};
+HfWeights OpenHf(const std::string& dir);
+
 struct LoadedModel {
   LlamaConfig config;
   std::shared_ptr<LlamaModel> model;

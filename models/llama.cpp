@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <sys/mman.h>
+
 #include <cmath>
 
 #include "parallel/compat.h"
@@ -193,12 +195,15 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const torch::Te
 }
 
 // --- Backbone ---------------------------------------------------------------------------------
-LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg) {
-  embed_tokens =
-      register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg, bool materialize) {
+  torch::nn::EmbeddingOptions embed(cfg.vocab_size, cfg.hidden_size);
+  // A given weight skips the default init, which would write (make resident) all V x C of it.
+  if (!materialize) embed._weight(torch::empty({cfg.vocab_size, cfg.hidden_size}));
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embed));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
     auto layer = std::make_shared<LlamaDecoderLayer>(cfg);
+    if (!materialize) Unmaterialize(*layer, torch::kFloat);  // one layer's init at a time
     layers->push_back(layer);
     layer_list.push_back(layer);
   }
@@ -206,11 +211,33 @@ LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg) {
 }
 
 // --- LlamaModel -------------------------------------------------------------------------------
-LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg), rotary_(cfg) {
+LlamaModel::LlamaModel(const LlamaConfig& cfg, bool materialize) : cfg_(cfg), rotary_(cfg) {
   cfg_.Validate("LlamaModel config");
-  model = register_module("model", std::make_shared<LlamaBackbone>(cfg));
+  model = register_module("model", std::make_shared<LlamaBackbone>(cfg, materialize));
   if (!cfg.tie_word_embeddings) {
     lm_head = register_module("lm_head", MakeLinear(cfg.hidden_size, cfg.vocab_size));
+    if (!materialize) Unmaterialize(*lm_head, torch::kFloat);
+  }
+}
+
+void Unmaterialize(torch::nn::Module& module, c10::ScalarType dtype) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters(/*recurse=*/true)) {
+    // Fresh anonymous pages straight from the kernel: malloc could hand back memory that is
+    // already resident (freed by the default init a moment ago), defeating the point.
+    const size_t bytes = static_cast<size_t>(p.numel()) * c10::elementSize(dtype);
+    if (bytes == 0) {
+      p.set_data(torch::empty(p.sizes(), torch::dtype(dtype)));
+      continue;
+    }
+    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+      FT_THROW(ModelError, "cannot reserve {} bytes of address space for a parameter of shape {}",
+               bytes, c10::str(p.sizes()));
+    }
+    p.set_data(torch::from_blob(mem, p.sizes(), [bytes](void* d) { ::munmap(d, bytes); },
+                                torch::dtype(dtype)));
   }
 }
 

@@ -120,7 +120,7 @@ class LlamaDecoderLayer : public torch::nn::Module {
 // HF's `LlamaModel` (registered under the name "model").
 class LlamaBackbone : public torch::nn::Module {
  public:
-  explicit LlamaBackbone(const LlamaConfig& cfg);
+  explicit LlamaBackbone(const LlamaConfig& cfg, bool materialize = true);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<std::shared_ptr<LlamaDecoderLayer>> layer_list;  // typed view of `layers`
@@ -129,9 +129,12 @@ class LlamaBackbone : public torch::nn::Module {
 
 // HF's `LlamaForCausalLM`. Construction allocates fp32 parameters with libtorch's default init;
 // call InitWeights (or BuildLlama) for the HF-style init, or load weights (LoadHf).
+// With materialize = false the parameters get uninitialised storage instead (see Unmaterialize),
+// module by module, so that building even a 70B-shaped model costs address space, not memory,
+// until its weights (or this rank's shards of them) are written.
 class LlamaModel : public torch::nn::Module {
  public:
-  explicit LlamaModel(const LlamaConfig& cfg);
+  explicit LlamaModel(const LlamaConfig& cfg, bool materialize = true);
   ~LlamaModel() override = default;
 
   // Deterministic HF-style init from `seed`, identical on any machine for a given libtorch:
@@ -164,6 +167,11 @@ class LlamaModel : public torch::nn::Module {
   LlamaConfig cfg_;
   Rotary rotary_;
 };
+
+// Gives every parameter of `module` (recursively) fresh, uninitialised CPU storage of the same
+// shape and `dtype`, dropping the old storage. Pages that are never written are never resident,
+// so an unmaterialised model holds no memory until its weights are loaded into it.
+void Unmaterialize(torch::nn::Module& module, c10::ScalarType dtype);
 
 // A randomly initialised model (InitWeights(seed)) cast to `dtype`.
 std::shared_ptr<LlamaModel> BuildLlama(const LlamaConfig& cfg, c10::ScalarType dtype, int64_t seed);

@@ -9,7 +9,9 @@
 #include <string>
 
 #ifdef FTUNE_WITH_NCCL  // defined exactly when libtorch has CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <torch/cuda.h>
 #define FTUNE_HAS_C10_CUDA 1
 #endif
 
@@ -46,6 +48,29 @@ inline void SetCudaDevice(int index) {
 #else
   (void)index;
 #endif
+}
+
+// Waits for the device's queued work (no-op on the CPU): for timing.
+inline void SynchronizeDevice(const torch::Device& device) {
+#ifdef FTUNE_HAS_C10_CUDA
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+#else
+  (void)device;
+#endif
+}
+
+// Peak bytes the caching allocator has handed out on a CUDA device (0 on the CPU).
+inline int64_t PeakDeviceMemory(const torch::Device& device) {
+#ifdef FTUNE_HAS_C10_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)]
+        .peak;
+  }
+#else
+  (void)device;
+#endif
+  return 0;
 }
 
 // Causal self-attention over (B, H, T, D) q and (B, Hkv, T, D) k, v with GQA:

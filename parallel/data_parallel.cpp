@@ -120,27 +120,37 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
       for (int i = 0; i < r; ++i) b->lo += b->counts[i];
       b->hi = b->lo + b->counts[r];
     }
-    // Gather the parameters into one flat buffer (identical on all ranks).
-    auto flat = at::empty({b->numel}, params_[g[0]].param.options().requires_grad(false));
-    {
-      at::NoGradGuard ng;
-      for (size_t i = 0; i < g.size(); ++i) {
-        auto& t = params_[g[i]].param;
-        flat.narrow(0, b->offsets[i], t.numel()).copy_(t.reshape(-1));
+    // Initial values: elements [begin, begin + out.numel()) of parameter p, flattened.
+    auto read = [this](int p, int64_t begin, at::Tensor out) {
+      if (opt_.source) {
+        opt_.source(params_[p], begin, out);
+      } else {
+        out.copy_(params_[p].param.detach().reshape(-1).narrow(0, begin, out.numel()));
       }
-    }
+    };
     const int64_t own = b->hi - b->lo;
+    at::NoGradGuard ng;
     if (opt_.zero == 3) {
-      b->shard_param = flat.narrow(0, b->lo, own).clone();
+      // Only this rank's slice is ever materialised.
+      b->shard_param = at::empty({own}, params_[g[0]].param.options().requires_grad(false));
+      for (size_t i = 0; i < g.size(); ++i) {
+        const int64_t first = std::max(b->lo, b->offsets[i]);
+        const int64_t last = std::min(b->hi, b->offsets[i] + params_[g[i]].param.numel());
+        if (first < last) {
+          read(g[i], first - b->offsets[i], b->shard_param.narrow(0, first - b->lo, last - first));
+        }
+      }
       b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
       for (int p : g) params_[p].param.set_data(at::empty({0}, params_[p].param.options()));
     } else {
-      b->flat = flat;
+      // The parameters become views of one flat buffer (identical on all ranks).
+      b->flat = at::empty({b->numel}, params_[g[0]].param.options().requires_grad(false));
       for (size_t i = 0; i < g.size(); ++i) {
         auto& t = params_[g[i]].param;
-        t.set_data(flat.narrow(0, b->offsets[i], t.numel()).view(t.sizes()));
+        read(g[i], 0, b->flat.narrow(0, b->offsets[i], t.numel()));
+        t.set_data(b->flat.narrow(0, b->offsets[i], t.numel()).view(t.sizes()));
       }
-      auto mine = flat.narrow(0, b->lo, own);
+      auto mine = b->flat.narrow(0, b->lo, own);
       b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
     }
     b->exp_avg = at::zeros({own}, at::kFloat);
@@ -172,7 +182,9 @@ int DataParallel::num_units() const { return static_cast<int>(buckets_.size()); 
 int DataParallel::UnitOf(int param) const { return bucket_of_param_.at(param); }
 
 void DataParallel::BindGradViews(Bucket& b) {
-  if (opt_.zero == 3) return;  // gradients land in fresh tensors and are reduce-scattered
+  // ZeRO-2/3: gradients land in fresh tensors, are flattened when the bucket is complete and
+  // freed once reduce-scattered, so the full gradient never exists all at once.
+  if (opt_.zero >= 2) return;
   if (!b.grad.defined()) b.grad = at::zeros({b.numel}, b.flat.options());
   for (size_t i = 0; i < b.params.size(); ++i) {
     auto& t = params_[b.params[i]].param;
@@ -199,7 +211,7 @@ void DataParallel::OnGradAccumulated(int param) {
 void DataParallel::StartReduce(Bucket& b) {
   FT_CHECK(!b.started && !b.work, "one reduction outstanding per bucket");
   b.started = true;
-  if (opt_.zero == 3) {
+  if (opt_.zero >= 2) {
     // Gradients arrived in fresh full-size tensors: flatten, then release them.
     b.grad = at::zeros({b.numel}, at::TensorOptions().dtype(b.dtype));
     for (size_t i = 0; i < b.params.size(); ++i) {
@@ -213,6 +225,13 @@ void DataParallel::StartReduce(Bucket& b) {
   } else {
     b.rs_out = at::empty({b.hi - b.lo}, b.grad.options());
     b.work = dp_.ReduceScatterV(b.grad, b.rs_out, b.counts, ReduceOp::kSum);
+    // Bound the full-size gradient buffers alive during backward: finish the oldest reductions
+    // (normally complete by now, overlapped with the layers computed since).
+    in_flight_.push_back(&b);
+    while (in_flight_.size() > kMaxInFlight) {
+      FinishReduce(*in_flight_.front());
+      in_flight_.pop_front();
+    }
   }
 }
 
@@ -234,6 +253,7 @@ void DataParallel::FinishGradSync() {
     if (!b->started) StartReduce(*b);
   }
   for (auto& b : buckets_) FinishReduce(*b);
+  in_flight_.clear();
 }
 
 at::Tensor DataParallel::ShardGradSquaredNorms() const {
@@ -291,6 +311,9 @@ void DataParallel::ZeroGrads() {
     FT_CHECK(!b->work, "ZeroGrads with a reduction outstanding");
     if (b->grad_shard.defined()) b->grad_shard.zero_();
     if (b->grad.defined()) b->grad.zero_();
+    if (opt_.zero >= 2) {
+      for (int p : b->params) params_[p].param.mutable_grad() = at::Tensor();
+    }
   }
 }
 

@@ -28,6 +28,8 @@
 
 #include <ATen/ATen.h>
 
+#include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,9 +50,18 @@ struct ParamSpec {
   bool model_parallel_shard = false;  // a tensor-parallel shard (else replicated over tp)
 };
 
+// Where the parameters' initial values come from when their own storage holds none (sharded
+// loading: the model is unmaterialised and each rank reads only what it keeps). Writes elements
+// [begin, begin + out.numel()) of the flattened parameter `spec` into `out` (1-D, the
+// parameter's dtype). Called once per (parameter, kept range), on the constructing thread.
+using ParamSource = std::function<void(const ParamSpec& spec, int64_t begin, at::Tensor out)>;
+
 struct DataParallelOptions {
   int zero = 0;
   double bucket_mb = 25.0;
+  // Empty: the parameters' current values. Set: the parameters' storage is never read; under
+  // ZeRO-3 only this rank's slices are requested, so no rank ever holds the whole model.
+  ParamSource source;
 };
 
 struct AdamWStep {
@@ -136,6 +147,9 @@ class DataParallel {
   std::vector<std::vector<int64_t>> shapes_;  // full parameter shapes
   bool sync_ = true;
   std::vector<std::shared_ptr<torch::autograd::Node>> hooks_;
+  // ZeRO-2/3: reduce-scatters started and not yet finished, oldest first (at most kMaxInFlight).
+  static constexpr size_t kMaxInFlight = 2;
+  std::deque<Bucket*> in_flight_;
 };
 
 }  // namespace ftune::parallel

@@ -1,5 +1,6 @@
 #include "runtime/model_setup.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include "models/hf_io.h"
@@ -23,6 +24,70 @@ data::Tokenizer LoadRunTokenizer(const Config& cfg) {
   return data::Tokenizer::FromPath(TokenizerDir(cfg));
 }
 
+namespace {
+
+void CheckVocab(const models::LlamaConfig& mc, const data::Tokenizer& tok) {
+  if (mc.vocab_size < tok.vocab_size()) {
+    FT_THROW(ConfigError, "the model's vocab_size {} is smaller than the tokenizer's {} ({}): set "
+             "model.arch.vocab_size >= {} or use the model's own tokenizer",
+             mc.vocab_size, tok.vocab_size(), tok.path(), tok.vocab_size());
+  }
+}
+
+c10::ScalarType RunDtype(const Config& cfg) {
+  return cfg.model.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
+}
+
+// Elements [begin, begin + out.numel()) of this rank's (tensor-parallel) shard of `name`,
+// flattened, read from the safetensors: only the rows covering that range (and, for a shard
+// along dim 1, only its columns of them) are copied out of the mapping.
+void ReadShardRange(const models::SafetensorsCheckpoint& st, const std::string& name,
+                    const ShardInfo& info, int64_t begin, at::Tensor out) {
+  const auto local = info.local_shape();
+  int64_t cols = 1;  // elements per row of the local tensor
+  for (size_t d = 1; d < local.size(); ++d) cols *= local[d];
+  const int64_t n = out.numel();
+  const int64_t r0 = begin / cols, r1 = (begin + n + cols - 1) / cols;
+  torch::Tensor rows;
+  if (info.sharded() && info.dim == 1) {
+    rows = st.GetSlice(name, 0, r0, r1).narrow(1, info.offset, info.size);
+  } else {
+    const int64_t off = info.sharded() ? info.offset : 0;
+    rows = st.GetSlice(name, 0, off + r0, off + r1);
+  }
+  out.copy_(rows.reshape(-1).narrow(0, begin - r0 * cols, n));
+}
+
+}  // namespace
+
+TrainData OpenTrainData(const Config& cfg, const parallel::ProcessGrid& grid,
+                        const data::Tokenizer& tok) {
+  data::LoaderOptions lo;
+  lo.dir = RunPath(cfg, cfg.data.dir);
+  lo.split = "train";
+  lo.seq_len = cfg.data.max_seq_len;
+  lo.micro_batch = cfg.train.micro_batch;
+  lo.packing = cfg.data.packing;
+  lo.seed = cfg.data.shuffle_seed;
+  lo.dp_rank = grid.dp_rank();
+  lo.dp_size = grid.dp();
+  lo.expected_tokenizer_sha256 = tok.sha256();
+  TrainData d;
+  d.loader = std::make_unique<data::Loader>(lo);
+  d.global_batch = cfg.train.micro_batch * cfg.train.grad_accum * grid.dp();
+  d.steps_per_epoch = d.loader->samples_per_epoch() / d.global_batch;
+  if (d.steps_per_epoch == 0) {
+    FT_THROW(ConfigError, "the training split has {} samples per epoch, fewer than one global "
+             "batch of {} (train.micro_batch {} x train.grad_accum {} x dp {}): lower them or "
+             "add data", d.loader->samples_per_epoch(), d.global_batch, cfg.train.micro_batch,
+             cfg.train.grad_accum, grid.dp());
+  }
+  d.total_steps = cfg.train.steps > 0
+                      ? cfg.train.steps
+                      : static_cast<int64_t>(std::ceil(cfg.train.epochs * d.steps_per_epoch));
+  return d;
+}
+
 std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data::Tokenizer& tok,
                                                   parallel::ProcessGrid& grid) {
   std::shared_ptr<models::LlamaModel> model;
@@ -32,15 +97,33 @@ std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data:
     model = models::BuildLlama(models::LlamaConfig::FromInline(cfg.model), torch::kFloat,
                                cfg.model.init_seed);
   }
-  const auto& mc = model->config();
-  if (mc.vocab_size < tok.vocab_size()) {
-    FT_THROW(ConfigError, "the model's vocab_size {} is smaller than the tokenizer's {} ({}): set "
-             "model.arch.vocab_size >= {} or use the model's own tokenizer",
-             mc.vocab_size, tok.vocab_size(), tok.path(), tok.vocab_size());
-  }
+  CheckVocab(model->config(), tok);
   if (grid.tp() > 1) model = MakeTensorParallel(*model, grid);
   if (cfg.model.dtype == "bf16") model->to(torch::kBFloat16);
   return model;
+}
+
+TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
+                           parallel::ProcessGrid& grid) {
+  if (cfg.model.path.empty()) return {BuildRunModel(cfg, tok, grid), {}};
+  models::HfWeights hf = models::OpenHf(cfg.model.path);  // checks names and shapes, reads none
+  CheckVocab(hf.config, tok);
+  TrainModel out;
+  std::map<std::string, ShardInfo> layout;
+  if (grid.tp() > 1) {
+    auto tp = std::make_shared<TensorParallelLlama>(hf.config, grid);
+    layout = tp->layout();
+    out.model = tp;
+  } else {
+    out.model = std::make_shared<models::LlamaModel>(hf.config, /*materialize=*/false);
+    layout = TensorParallelLayout(hf.config, 1, 0);
+  }
+  models::Unmaterialize(*out.model, RunDtype(cfg));
+  out.source = [st = hf.tensors, layout](const parallel::ParamSpec& spec, int64_t begin,
+                                         at::Tensor dst) {
+    ReadShardRange(*st, spec.name, layout.at(spec.name), begin, dst);
+  };
+  return out;
 }
 
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,

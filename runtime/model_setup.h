@@ -4,8 +4,10 @@
 #include <memory>
 #include <string>
 
+#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "models/llama.h"
+#include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
 
@@ -20,6 +22,33 @@ std::string TokenizerDir(const Config& cfg);  // the directory holding tokenizer
 // parallel.tp > 1 and cast to model.dtype. Checks the vocabulary covers the tokenizer's ids.
 std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data::Tokenizer& tok,
                                                   parallel::ProcessGrid& grid);
+
+// The training split of a run, opened for this rank: data.dir's train shards checked against the
+// tokenizer (sha256), micro-batches of train.micro_batch rows of data.max_seq_len, this rank's
+// share of each global batch (train.micro_batch x train.grad_accum x dp). ConfigError, before
+// any compute, when one global batch does not fit in an epoch.
+struct TrainData {
+  std::unique_ptr<data::Loader> loader;
+  int64_t global_batch = 0;     // samples per optimizer step, all ranks
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;      // train.steps, or train.epochs x steps_per_epoch rounded up
+};
+TrainData OpenTrainData(const Config& cfg, const parallel::ProcessGrid& grid,
+                        const data::Tokenizer& tok);
+
+// The model `ftune train` trains, and where DataParallel takes its initial values from.
+struct TrainModel {
+  std::shared_ptr<models::LlamaModel> model;
+  parallel::ParamSource source;  // empty: the model's parameters hold the values
+};
+
+// With model.path set, the model (this rank's tensor-parallel shard when parallel.tp > 1) is
+// built unmaterialised in model.dtype and `source` reads from the memory-mapped safetensors
+// exactly the element ranges DataParallel keeps on this rank: with parallel.zero = 3 or tp > 1 no
+// rank reads or holds the whole model, which is what makes a 70B model loadable. An inline
+// model (model.arch) is built whole, as BuildRunModel does, and `source` stays empty.
+TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
+                           parallel::ProcessGrid& grid);
 
 // Writes the (whole: ZeRO-3 units gathered, TP shards gathered by the caller's model) model as
 // an HF directory from rank 0 of `grid`; collective over the grid. `tokenizer_dir` files are copied.

@@ -109,9 +109,10 @@ torch::Tensor GatherFull(const torch::Tensor& local, const ShardInfo& info,
   return out.movedim(0, info.dim).reshape(info.full_shape);
 }
 
-TensorParallelLlama::TensorParallelLlama(const models::LlamaModel& full,
+TensorParallelLlama::TensorParallelLlama(const models::LlamaConfig& full_cfg,
                                          parallel::ProcessGrid& grid)
-    : models::LlamaModel(Checked(full.config(), grid.tp())), tp_comm_(grid.tp_comm()) {
+    : models::LlamaModel(Checked(full_cfg, grid.tp()), /*materialize=*/false),
+      tp_comm_(grid.tp_comm()) {
   const auto& cfg = config();
   const int64_t tp = grid.tp();
   layout_ = TensorParallelLayout(cfg, tp, grid.tp_rank());
@@ -134,31 +135,44 @@ TensorParallelLlama::TensorParallelLlama(const models::LlamaModel& full,
     m.gate_proj = m.replace_module("gate_proj", MakeLinear(c, inter));
     m.up_proj = m.replace_module("up_proj", MakeLinear(c, inter));
     m.down_proj = m.replace_module("down_proj", MakeLinear(inter, c));
+    models::Unmaterialize(*layer, torch::kFloat);  // one layer's default init at a time
     if (tp > 1) {
       a.enter_region = m.enter_region = enter;
       a.exit_region = m.exit_region = exit;
     }
   }
-  model->embed_tokens = model->replace_module("embed_tokens", torch::nn::Embedding(vocab, c));
-  if (lm_head) lm_head = replace_module("lm_head", MakeLinear(c, vocab));
-  to(full.device(), full.dtype());
-
-  torch::NoGradGuard no_grad;
-  const auto src = full.named_parameters(/*recurse=*/true);
-  auto dst = named_parameters(/*recurse=*/true);
-  FT_CHECK(dst.size() == layout_.size() && src.size() == layout_.size(),
-           "layout has {} tensors, the full model {}, the shard {}", layout_.size(), src.size(),
-           dst.size());
-  for (auto& p : dst) {
+  model->embed_tokens = model->replace_module(
+      "embed_tokens",
+      torch::nn::Embedding(torch::nn::EmbeddingOptions(vocab, c)._weight(torch::empty({vocab, c}))));
+  if (lm_head) {
+    lm_head = replace_module("lm_head", MakeLinear(c, vocab));
+    models::Unmaterialize(*lm_head, torch::kFloat);
+  }
+  const auto params = named_parameters(/*recurse=*/true);
+  FT_CHECK(params.size() == layout_.size(), "layout has {} tensors, the shard {}", layout_.size(),
+           params.size());
+  for (const auto& p : params) {
     const auto it = layout_.find(p.key());
     FT_CHECK(it != layout_.end(), "parameter {} missing from the tensor-parallel layout", p.key());
+    FT_CHECK(p.value().sizes() == c10::IntArrayRef(it->second.local_shape()),
+             "{}: local {} does not match the layout", p.key(), c10::str(p.value().sizes()));
+  }
+}
+
+TensorParallelLlama::TensorParallelLlama(const models::LlamaModel& full,
+                                         parallel::ProcessGrid& grid)
+    : TensorParallelLlama(full.config(), grid) {
+  to(full.device(), full.dtype());
+  torch::NoGradGuard no_grad;
+  const auto src = full.named_parameters(/*recurse=*/true);
+  FT_CHECK(src.size() == layout_.size(), "layout has {} tensors, the full model {}",
+           layout_.size(), src.size());
+  for (auto& p : named_parameters(/*recurse=*/true)) {
     const auto* s = src.find(p.key());
     FT_CHECK(s != nullptr, "parameter {} missing from the full model", p.key());
-    const ShardInfo& info = it->second;
-    FT_CHECK(s->sizes() == c10::IntArrayRef(info.full_shape) &&
-                 p.value().sizes() == c10::IntArrayRef(info.local_shape()),
-             "{}: full {} / local {} do not match the layout", p.key(), c10::str(s->sizes()),
-             c10::str(p.value().sizes()));
+    const ShardInfo& info = layout_.at(p.key());
+    FT_CHECK(s->sizes() == c10::IntArrayRef(info.full_shape), "{}: full {} does not match the "
+             "layout", p.key(), c10::str(s->sizes()));
     p.value().copy_(SliceFull(*s, info));
   }
 }

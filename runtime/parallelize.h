@@ -68,6 +68,9 @@ class TensorParallelLlama : public models::LlamaModel {
  public:
   // Copies and shards `full` (any dtype and device; the result has the same). Collective-free.
   TensorParallelLlama(const models::LlamaModel& full, parallel::ProcessGrid& grid);
+  // This rank's shard of a `cfg` model, unmaterialised (models::Unmaterialize) in fp32 on the
+  // CPU: no full-size tensor is ever allocated; load the weights into it afterwards.
+  TensorParallelLlama(const models::LlamaConfig& cfg, parallel::ProcessGrid& grid);
 
   // Vocab-parallel lookup (all-reduce over tp). (B, T) -> (B, T, C). ModelError for ids outside
   // [0, vocab_size) on CPU tensors (on CUDA such ids give zero rows instead).

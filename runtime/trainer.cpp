@@ -52,12 +52,15 @@ std::pair<std::vector<parallel::ParamSpec>, std::vector<std::vector<int>>> Parti
 }  // namespace
 
 Trainer::Trainer(World& world, const Config& cfg, std::shared_ptr<models::LlamaModel> model,
-                 parallel::ProcessGrid& grid)
+                 parallel::ProcessGrid& grid, parallel::ParamSource source)
     : world_(world), cfg_(cfg), model_(std::move(model)), grid_(grid) {
   auto [specs, units] = Partition(*model_);
-  dp_ = std::make_unique<parallel::DataParallel>(
-      std::move(specs), std::move(units), grid_.dp_comm(),
-      parallel::DataParallelOptions{static_cast<int>(cfg_.parallel.zero), cfg_.parallel.bucket_mb});
+  parallel::DataParallelOptions opt;
+  opt.zero = static_cast<int>(cfg_.parallel.zero);
+  opt.bucket_mb = cfg_.parallel.bucket_mb;
+  opt.source = std::move(source);
+  dp_ = std::make_unique<parallel::DataParallel>(std::move(specs), std::move(units),
+                                                 grid_.dp_comm(), opt);
   const auto& specs_ref = dp_->params();
   layer_units_.assign(model_->config().num_hidden_layers, -1);
   for (size_t p = 0; p < specs_ref.size(); ++p) {

@@ -41,8 +41,10 @@ struct StepStats {
 
 class Trainer {
  public:
+  // `source`: where the parameters' initial values come from when the model is unmaterialised
+  // (BuildTrainModel); empty = the model's current values.
   Trainer(World& world, const Config& cfg, std::shared_ptr<models::LlamaModel> model,
-          parallel::ProcessGrid& grid);
+          parallel::ProcessGrid& grid, parallel::ParamSource source = {});
   ~Trainer();
 
   // One optimizer step over this rank's micro-batches (train.grad_accum of them).

@@ -33,6 +33,6 @@ check "resolved config table printed" "grep -qE 'train.micro_batch +\| 3' good.o
 check "resolved YAML written to the run dir" "grep -q 'micro_batch: 3' run/env_config.yaml"
 check "per-rank log files" "[ -f run/logs/rank_0.log ] && [ -f run/logs/rank_1.log ]"
 
-"$FTUNE" plan > pending.out 2>&1; rc=$?
-check "a subcommand not built yet refuses with non-zero exit" "[ $rc -ne 0 ] && grep -q 'not built yet' pending.out"
+"$FTUNE" plan > plan.out 2>&1; rc=$?
+check "plan without --config refuses with non-zero exit, naming the option" "[ $rc -ne 0 ] && grep -q -- '--config' plan.out"
 exit $fail

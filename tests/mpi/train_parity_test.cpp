@@ -67,6 +67,8 @@ data::Batch Samples(int64_t step, int64_t first, int64_t count) {
 struct RunResult {
   std::vector<double> losses;
   std::map<std::string, at::Tensor> params;
+  at::ScalarType master_dtype = at::kFloat;  // of this rank's master weights
+  int64_t master_not_bf16 = 0;  // master elements (this rank) that bf16 cannot represent
 };
 
 // Trains `steps` steps: this rank takes micro-batches of `mb` samples at
@@ -77,6 +79,7 @@ RunResult Train(parallel::Communicator& comm, const Config& cfg, int steps) {
   std::shared_ptr<models::LlamaModel> model =
       models::BuildLlama(mcfg, torch::kFloat, cfg.model.init_seed);
   if (grid.tp() > 1) model = MakeTensorParallel(*model, grid);
+  if (cfg.model.dtype == "bf16") model->to(torch::kBFloat16);
   // TrainStep needs World only for rank-0 logging.
   Trainer trainer(TestWorld(), cfg, model, grid);
   RunResult r;
@@ -87,6 +90,10 @@ RunResult Train(parallel::Communicator& comm, const Config& cfg, int steps) {
       micro.push_back(Samples(s, (k * dp + grid.dp_rank()) * mb, mb));
     }
     r.losses.push_back(trainer.TrainStep(micro, steps).loss);
+  }
+  for (auto& v : trainer.data_parallel().ShardViews()) {
+    r.master_dtype = v.master.scalar_type();
+    r.master_not_bf16 += v.master.ne(v.master.to(at::kBFloat16).to(at::kFloat)).sum().item<int64_t>();
   }
   trainer.GatherAll();
   auto* tp = dynamic_cast<TensorParallelLlama*>(model.get());
@@ -180,6 +187,36 @@ TEST_F(TrainParity, TensorParallelAndTpTimesDp) {
     cfg.parallel.tp = 2;
     auto got = Train(TestWorld().comm(), cfg, kSteps);
     ExpectSameRun(got, *reference_, fmt::format("tp=2 dp={} zero={}", n / 2, zero));
+  }
+}
+
+TEST_F(TrainParity, Bf16TracksFp32WithFp32MasterWeights) {
+  // model.dtype bf16: bf16 compute, fp32 master weights and moments. The run follows the fp32
+  // run within bf16's precision, and the masters keep what bf16 parameters cannot hold.
+  const auto& ref = *reference_;
+  const int n = TestWorld().world_size();
+  for (int zero : {0, 3}) {
+    auto cfg = TinyConfig(2, 1, zero);
+    cfg.model.dtype = "bf16";
+    const auto got = Train(TestWorld().comm(), cfg, kSteps);
+    const std::string what = fmt::format("bf16 dp={} zero={}", n, zero);
+    double worst = 0;
+    for (size_t i = 0; i < ref.losses.size(); ++i) {
+      worst = std::max(worst, std::abs(got.losses[i] - ref.losses[i]) / ref.losses[i]);
+    }
+    EXPECT_LT(worst, 2e-3) << what << ": max relative loss difference to fp32";
+    EXPECT_GT(worst, 0.0) << what << ": bitwise equal to fp32, so bf16 was not used";
+    for (const auto& [name, w] : ref.params) {
+      const auto& g = got.params.at(name);
+      EXPECT_EQ(g.scalar_type(), at::kBFloat16) << what << ": " << name;
+      EXPECT_LT((g.to(at::kFloat) - w).abs().max().item<double>(), 2e-2) << what << ": " << name;
+    }
+    EXPECT_EQ(got.master_dtype, at::kFloat) << what;
+    auto off = at::tensor({got.master_not_bf16}, at::kLong);
+    TestWorld().comm().AllReduce(off, parallel::ReduceOp::kSum)->Wait();
+    EXPECT_GT(off.item<int64_t>(), 0) << what << ": master weights hold no more than bf16";
+    if (TestWorld().rank() == 0) std::printf("%s: max relative loss difference to fp32 %.3g, %ld master elements beyond bf16\n",
+                what.c_str(), worst, static_cast<long>(off.item<int64_t>()));
   }
 }
 

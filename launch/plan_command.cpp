@@ -1,0 +1,54 @@
+// `ftune plan --config C --nodes N --gpus-per-node G [--gpu-mem GiB]`: per-GPU memory and
+// per-step communication of every layout (dp, tp, zero, activation checkpointing) for the
+// config's model, batch and sequence length, which fit, and the one to use (runtime/plan.h).
+// Needs no GPU and no data; under mpirun only rank 0 prints.
+#include <filesystem>
+
+#include "launch/commands.h"
+#include "models/llama_config.h"
+#include "runtime/config.h"
+#include "runtime/plan.h"
+
+namespace ftune::launch {
+
+void AddPlanCommand(CLI::App& app, runtime::World& world) {
+  auto* sub = app.add_subcommand(
+      "plan", "per-GPU memory and communication of every layout for a config; recommends one");
+  static runtime::CommonArgs args;
+  AddCommonOptions(sub, args);
+  sub->get_option("--config")->required();
+  static int64_t nodes = 1, gpus = 8;
+  static double gpu_mem_gib = 80;
+  static std::string attention = "flash";
+  sub->add_option("--nodes", nodes, "nodes in the job")->check(CLI::PositiveNumber);
+  sub->add_option("--gpus-per-node", gpus, "GPUs per node (tp stays within a node)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--gpu-mem", gpu_mem_gib, "memory per GPU in GiB (H100 80GB: 80)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--attention", attention,
+                  "flash (GPU, libtorch >= 2: no s^2 score memory) or materialized")
+      ->check(CLI::IsMember({"flash", "materialized"}));
+  sub->callback([&world]() {
+    runtime::ConfigCheck check;
+    check.layout = false;  // the layouts are what plan enumerates
+    runtime::Config cfg = runtime::LoadConfig(args.config_path, args.overrides, check);
+    runtime::PlanInput in;
+    in.model = cfg.model.path.empty()
+                   ? models::LlamaConfig::FromInline(cfg.model)
+                   : models::LlamaConfig::FromFile(
+                         (std::filesystem::path(cfg.model.path) / "config.json").string());
+    in.elem_bytes = cfg.model.dtype == "bf16" ? 2 : 4;
+    in.seq_len = cfg.data.max_seq_len;
+    in.micro_batch = cfg.train.micro_batch;
+    in.grad_accum = cfg.train.grad_accum;
+    in.bucket_bytes = cfg.parallel.bucket_mb * double(1 << 20);
+    in.nodes = nodes;
+    in.gpus_per_node = gpus;
+    in.gpu_mem_bytes = gpu_mem_gib * double(1 << 30);
+    in.flash_attention = attention == "flash";
+    const auto plans = runtime::PlanLayouts(in);
+    if (world.rank() == 0) fmt::print("{}", runtime::PlanReport(in, plans));
+  });
+}
+
+}  // namespace ftune::launch
