@@ -358,6 +358,30 @@ TEST(Llama, ChunkedLossEqualsUnchunked) {
   }
 }
 
+TEST(Llama, FusedCrossEntropyMatchesLinearThenCrossEntropy) {
+  // CrossEntropySum's fused linear + cross-entropy (softmax - onehot built in place in backward)
+  // against the unfused autograd graph: loss and both gradients, fp32, tied and untied.
+  namespace F = torch::nn::functional;
+  for (bool tied : {false, true}) {
+    auto m = TinyModel(tied);
+    auto gen = at::detail::createCPUGenerator(9);
+    auto h = torch::randn({37, 32}, gen).requires_grad_(true);
+    auto t = RandomTokens(1, 37, 10).reshape({-1});
+    const auto& w = m->lm_head_weight();
+    auto fused = m->CrossEntropySum(h, t) * 0.37;  // a non-unit upstream gradient
+    auto got = torch::autograd::grad({fused}, {h, w});
+    const auto& gh = got[0];
+    const auto& gw = got[1];
+    auto plain = F::cross_entropy(F::linear(h, w), t,
+                                  F::CrossEntropyFuncOptions().reduction(torch::kSum)) * 0.37;
+    auto ref = torch::autograd::grad({plain}, {h, w});
+    EXPECT_NEAR(fused.item<double>(), plain.item<double>(), 1e-5 * plain.item<double>()) << tied;
+    EXPECT_TRUE(torch::allclose(gh, ref[0], 1e-5, 1e-7)) << tied;
+    EXPECT_TRUE(torch::allclose(gw, ref[1], 1e-5, 1e-7)) << tied;
+    EXPECT_GT(gw.abs().max().item<double>(), 1e-4) << tied;  // not vacuously zero
+  }
+}
+
 TEST(Llama, Bf16ForwardIsCloseToFp32) {
   auto m32 = TinyModel();
   auto m16 = ftune::models::BuildLlama(m32->config(), torch::kBFloat16, 7);
