@@ -82,7 +82,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$DIR/munge/munge.sock
+# cred_expire: how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$DIR/munge/munge.sock,cred_expire=10
 StateSaveLocation=$DIR/ctld
 SlurmdSpoolDir=$DIR/spool/%n
 # Per node: the PMIx plugin makes its client directories under TmpFS, and the hosts share /tmp.
