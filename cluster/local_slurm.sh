@@ -45,7 +45,8 @@ PREFIX=${FTUNE_NETNS_PREFIX:-10.253.17}
 BRIDGE=ftbr0
 PORT=${FTUNE_SLURM_PORT:-16817}
 CONF=$DIR/slurm.conf
-CPUS=${FTUNE_SLURM_CPUS:-$(($(nproc) > 4 ? $(nproc) : 4))}
+NCPU=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
+CPUS=${FTUNE_SLURM_CPUS:-$((NCPU > 4 ? NCPU : 4))}
 export SLURM_CONF=$CONF
 
 cannot() { echo "local_slurm.sh: Slurm cannot start here: $*" >&2; exit 77; }

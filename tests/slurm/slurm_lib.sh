@@ -25,8 +25,18 @@ on_exit() {
   exit $rc
 }
 trap on_exit EXIT
+trap 'exit 143' TERM INT  # so that a CTest timeout still stops the cluster
+
 
 start_cluster() {  # [--hosts N]
+  # One local Slurm per machine (fixed ports, bridge and namespace names): stop what a killed
+  # earlier test left behind.
+  local d
+  for d in /tmp/ftune-slurm.*; do
+    [[ -d $d ]] || continue
+    "$SRC/cluster/local_slurm.sh" stop --dir "$d" > /dev/null 2>&1 || true
+    rm -rf "$d"
+  done
   SLURM_DIR=$(mktemp -d /tmp/ftune-slurm.XXXXXX)
   local rc=0
   "$SRC/cluster/local_slurm.sh" start --dir "$SLURM_DIR" "$@" > slurm_start.log 2>&1 || rc=$?
