@@ -5,7 +5,7 @@
 #   tokens/s (global), tokens/s per rank, scaling efficiency = tokens/s / (ranks x tokens/s of the
 #   1-rank run), and the fraction of step time rank 0 spent blocked in communication
 #   (metrics.jsonl comm_wait_s: time inside Work::Wait) and waiting for data (data_wait_s),
-# into OUT/scaling.csv and a plot OUT/scaling.svg (gnuplot; without it, the CSV only).
+# into OUT/scaling.csv and a plot OUT/scaling.svg + .png (gnuplot; without it, the CSV only).
 # A benchmark, not a test: it is not run by CTest. The plot needs gnuplot (Debian gnuplot-nox).
 #
 #   cluster/scaling.sh [--config C] [--ranks "1 2 4"] [--steps N] [--out DIR] [--build DIR]
@@ -134,10 +134,10 @@ for r in rows:
           f"{float(r['step_s']):.3f} | {100 * float(r['comm_frac']):.0f}% | {100 * float(r['data_frac']):.1f}% |")
 PY
 
-if command -v gnuplot > /dev/null; then
+plot_to() {  # terminal line, output file
   gnuplot <<GP
-set terminal svg size 1200,420 font "sans,11"
-set output "$OUT/scaling.svg"
+$1
+set output "$2"
 set datafile separator ","
 set key autotitle columnhead
 set multiplot layout 1,3 title "ftune scaling ($(getconf _NPROCESSORS_ONLN) cores, $THREADS thread(s) per rank)"
@@ -150,11 +150,12 @@ set boxwidth 0.8
 lbl(c1,c2,c3,c4) = sprintf("%d: dp%d tp%d z%d", c1, c2, c3, c4)
 set title "throughput"
 set ylabel "tokens/s"
+set yrange [0:*]
 plot "$OUT/scaling.csv" using 0:6:xtic(lbl(\$1,\$2,\$3,\$4)) with boxes notitle
 set title "scaling efficiency"
 set ylabel "tokens/s / (ranks x 1-rank tokens/s)"
-set yrange [0:1.2]
-plot "$OUT/scaling.csv" using 0:8:xtic(lbl(\$1,\$2,\$3,\$4)) with boxes notitle
+set yrange [0:*]
+plot "$OUT/scaling.csv" using 0:8:xtic(lbl(\$1,\$2,\$3,\$4)) with boxes notitle, 1 with lines dt 2 lc "black" title "ideal"
 set title "fraction of step time"
 set ylabel "fraction"
 set yrange [0:1]
@@ -163,7 +164,11 @@ plot "$OUT/scaling.csv" using 0:10:xtic(lbl(\$1,\$2,\$3,\$4)) title "communicati
      "" using 0:11 title "data wait"
 unset multiplot
 GP
-  echo "wrote $OUT/scaling.csv and $OUT/scaling.svg"
+}
+if command -v gnuplot > /dev/null; then
+  plot_to 'set terminal svg size 1200,420 font "sans,11"' "$OUT/scaling.svg"
+  plot_to 'set terminal pngcairo size 1200,420 font "sans,10"' "$OUT/scaling.png"
+  echo "wrote $OUT/scaling.csv, $OUT/scaling.svg and $OUT/scaling.png"
 else
   echo "wrote $OUT/scaling.csv (no plot: gnuplot not found; apt-get install gnuplot-nox)"
 fi
