@@ -21,8 +21,8 @@ env_job() {  # name launcher-command...
   [[ $(wait_job "$id" 60) == COMPLETED ]] || { cat "$name.log"; fail "$name: job $id did not complete"; }
   local r
   for r in 0 1; do
-    grep -q "rank $r/2 | local rank $r/2 | host $(hostname -s) |" "$name.log" \
-      || { cat "$name.log"; fail "$name: no line 'rank $r/2 | local rank $r/2 | host $(hostname -s)'"; }
+    grep -q "rank $r/2 | local rank $r/2 | host $(hostname) |" "$name.log" \
+      || { cat "$name.log"; fail "$name: no line 'rank $r/2 | local rank $r/2 | host $(hostname)'"; }
   done
   echo "ok: ftune env under $name: ranks 0/2 and 1/2, local ranks 0/2 and 1/2"
 }
