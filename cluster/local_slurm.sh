@@ -162,6 +162,10 @@ start() {
       || cannot "'ip' (iproute2) or nsenter/unshare (util-linux) not found"
   fi
   alive "$DIR/slurmctld.pid" && cannot "a cluster is already running under $DIR ($0 stop --dir $DIR)"
+  if [[ -d $DIR && -n $(ls -A "$DIR") ]] && ! head -n 1 "$CONF" 2> /dev/null | grep -q "cluster/local_slurm.sh"; then
+    echo "local_slurm.sh: $DIR is not empty and not one of this script's directories; choose --dir" >&2
+    exit 2
+  fi
   rm -rf "$DIR"
   mkdir -p "$DIR/ctld" "$DIR/spool"
   trap 'rc=$?; if ((rc)); then echo "local_slurm.sh: start failed; stopping what was started" >&2; stop > /dev/null 2>&1; fi; exit $rc' EXIT

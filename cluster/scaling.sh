@@ -154,7 +154,7 @@ set yrange [0:*]
 plot "$OUT/scaling.csv" using 0:6:xtic(lbl(\$1,\$2,\$3,\$4)) with boxes notitle
 set title "scaling efficiency"
 set ylabel "tokens/s / (ranks x 1-rank tokens/s)"
-set yrange [0:*]
+set yrange [0:1.2<*]
 plot "$OUT/scaling.csv" using 0:8:xtic(lbl(\$1,\$2,\$3,\$4)) with boxes notitle, 1 with lines dt 2 lc "black" title "ideal"
 set title "fraction of step time"
 set ylabel "fraction"
