@@ -41,12 +41,11 @@ fi
 export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader,tcp}
 if [[ $(id -u) == 0 ]]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 
+# mpirun reads the allocation (nodes, SLURM_NTASKS) itself and starts its daemons with srun;
+# srun starts one task per rank, and PMIx gives ftune its rank, size and node-local peers.
+# shellcheck disable=SC2206
 case $LAUNCHER in
-  # mpirun reads the allocation (nodes, SLURM_NTASKS) itself and starts its daemons with srun.
-  # shellcheck disable=SC2206
   mpirun) LAUNCH=(mpirun --bind-to none ${FTUNE_MPIRUN_ARGS:-}) ;;
-  # One task per rank; PMIx gives ftune its rank, size and node-local peers.
-  # shellcheck disable=SC2206
   srun) LAUNCH=(srun --mpi=pmix --kill-on-bad-exit=1 ${FTUNE_SRUN_ARGS:-}) ;;
   *) echo "job.sh: FTUNE_LAUNCHER must be mpirun or srun, not '$LAUNCHER'" >&2; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ env_job mpirun mpirun --bind-to none "${MCA[*]}"
 env_job srun env OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include="$NET" srun --mpi=pmix
 
 STEPS=10
-COMMON=(--set train.steps=$STEPS --set checkpoint.every=0)
+COMMON=(--set train.steps="$STEPS" --set checkpoint.every=0)
 "$FTUNE" train --config base.yaml --set run.output_dir="$SCRATCH/ref" --set run.threads=1 \
   --set train.micro_batch=4 "${COMMON[@]}" > ref.log 2>&1 || { cat ref.log; fail "the one-rank run failed"; }
 losses ref/metrics.jsonl > ref.losses

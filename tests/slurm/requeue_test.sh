@@ -10,7 +10,7 @@ need_mpirun
 start_cluster
 write_config
 STEPS=200  # 10-50 ms per step here: the signal (after step 5) lands mid-run
-ARGS=(--set train.steps=$STEPS --set checkpoint.every=0 --set parallel.zero=2)
+ARGS=(--set train.steps="$STEPS" --set checkpoint.every=0 --set parallel.zero=2)
 
 "${MPIRUN[@]}" -np 2 "$FTUNE" train --config base.yaml --set run.output_dir="$SCRATCH/ref" \
   --set run.threads=1 "${ARGS[@]}" > ref.log 2>&1 || { cat ref.log; fail "the uninterrupted run failed"; }
