@@ -21,6 +21,7 @@ PACKAGES=(
   libpcre2-dev                      # Llama-3 pre-tokenizer regex
   libssl-dev                        # sha256 of tokenizer files and inputs
   python3                           # small helper scripts (no pip packages needed)
+  slurm-wlm munge iproute2          # slurm tests: a local cluster, netns hosts (cluster/local_slurm.sh)
 )
 
 if [ -z "${FTUNE_SKIP_APT:-}" ]; then

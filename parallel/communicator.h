@@ -91,6 +91,11 @@ std::unique_ptr<Communicator> MakeMpiWorldCommunicator();
 // CommError when ftune was built without NCCL.
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap);
 
+// Seconds this process has spent blocked in Work::Wait() (all communicators
+// and threads together; exposed communication, not overlapped transfers).
+// Only grows: step diagnostics take differences.
+double CommWaitSeconds();
+
 // Whether this build has the NCCL backend.
 bool HasNccl();
 

@@ -1,6 +1,8 @@
 // MPI backend of Communicator: non-blocking MPI collectives on CPU tensors.
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -141,7 +143,23 @@ class Watchdog {
   std::map<std::thread::id, Pending> waits_;
 };
 
+std::atomic<int64_t> comm_wait_ns{0};  // CommWaitSeconds(), summed by WaitRequest
+
+// Adds the lifetime of this object to comm_wait_ns.
+class WaitTimer {
+ public:
+  WaitTimer() : t0_(std::chrono::steady_clock::now()) {}
+  ~WaitTimer() {
+    comm_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point t0_;
+};
+
 void WaitRequest(MPI_Request* req, double timeout_s, const std::string& what) {
+  WaitTimer timer;
   int done = 0;
   MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));  // most small collectives end here
   if (done) return;
@@ -368,6 +386,8 @@ std::string MpiLibraryVersion() {
   auto nl = s.find_first_of("\n,");
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
+
+double CommWaitSeconds() { return comm_wait_ns.load() * 1e-9; }
 
 #ifndef FTUNE_WITH_NCCL
 bool HasNccl() { return false; }

@@ -45,6 +45,7 @@ void StepLogger::Log(const StepStats& s, int64_t total) {
                         {"tokens_per_s", tps},    {"step_s", s.seconds},
                         {"model_tflops", flops / 1e12},
                         {"peak_rss_bytes", PeakRssBytes()}, {"data_wait_s", s.data_wait},
+                        {"comm_wait_s", s.comm_wait},
                         {"skipped", s.skipped}};
     if (peak_flops_ > 0) j["mfu"] = flops / peak_flops_;
     if (!std::isfinite(s.loss)) j["loss"] = nullptr;

@@ -140,6 +140,7 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
 
 StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t total_steps) {
   const auto t0 = Clock::now();
+  const double comm0 = parallel::CommWaitSeconds();
   StepStats s;
   s.step = step_ + 1;
   // The loss denominator: target tokens of all micro-batches on all dp ranks.
@@ -197,6 +198,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
   }
   step_ = s.step;
   s.seconds = Since(t0);
+  s.comm_wait = parallel::CommWaitSeconds() - comm0;
   return s;
 }
 

@@ -36,6 +36,7 @@ struct StepStats {
   int64_t targets = 0;      // target tokens of the global batch
   double seconds = 0;       // wall time of the step
   double data_wait = 0;     // seconds spent waiting for batches (set by Train)
+  double comm_wait = 0;     // seconds this rank was blocked waiting for collectives
   bool skipped = false;     // non-finite loss or gradient: no update was made
 };
 

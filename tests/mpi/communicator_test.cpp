@@ -1,6 +1,9 @@
 // Collectives under mpirun with closed-form expectations: input = f(rank) gives
 // a known result for every op x dtype x size, on the world and on both axes of
 // a dp x tp grid.
+#include <chrono>
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "parallel/communicator.h"
@@ -142,6 +145,21 @@ TEST(Communicator, AsyncOverlapsSeveralOutstanding) {
     EXPECT_TRUE(at::equal(ts[i], at::full({1000 + i}, float(i * comm.size()), at::kFloat)));
   }
   comm.Barrier()->Wait();
+}
+
+TEST(Communicator, CommWaitSecondsCountsTimeBlockedInWait) {
+  // The last rank arrives 0.3 s late: every other rank is blocked in Wait() at least that long,
+  // which the per-step comm_wait_s of metrics.jsonl is built on.
+  auto& comm = TestWorld().comm();
+  comm.Barrier()->Wait();
+  const double before = CommWaitSeconds();
+  if (comm.rank() == comm.size() - 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto t = at::ones({16});
+  comm.AllReduce(t)->Wait();
+  const double waited = CommWaitSeconds() - before;
+  EXPECT_GE(waited, 0.0);
+  if (comm.rank() != comm.size() - 1) EXPECT_GE(waited, 0.25) << "rank " << comm.rank();
+  EXPECT_TRUE(at::equal(t, at::full({16}, float(comm.size()))));
 }
 
 TEST(Communicator, RejectsBadInputClearly) {
