@@ -19,6 +19,9 @@ SHAPES=${SHAPES:-"tiny 100m"}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The reference's OpenBLAS (Debian's pthread build) ignores torch.set_num_threads: pin it to the
+# same threads (ftune sets it itself, from run.threads).
+export OPENBLAS_NUM_THREADS=$THREADS
 
 # name: dim layers heads kv_heads ffn vocab seq batch
 shape() {
@@ -78,6 +81,6 @@ done
 
 # Weak scaling on the first shape: 1 thread per rank, the same micro-batch per rank.
 name=${SHAPES%% *}
-d1=$(field "$(bench "$WORK/$name.yaml" 1 1)" tokens_per_s)
-d2=$(field "$(bench "$WORK/$name.yaml" 2 1)" tokens_per_s)
+d1=$(field "$(OPENBLAS_NUM_THREADS=1 bench "$WORK/$name.yaml" 1 1)" tokens_per_s)
+d2=$(field "$(OPENBLAS_NUM_THREADS=1 bench "$WORK/$name.yaml" 2 1)" tokens_per_s)
 python3 -c "d1,d2=$d1,$d2; print(f'weak scaling ($name): dp=1 x 1 thread {d1:.1f} tok/s, dp=2 x 1 thread {d2:.1f} tok/s -> efficiency {d2/(2*d1):.3f}')"

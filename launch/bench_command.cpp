@@ -101,12 +101,13 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     stats.erase(stats.begin(), stats.begin() + bench_warmup);
 
     std::vector<double> step_s;
-    double tokens = 0, wall = 0, wait = 0;
+    double tokens = 0, wall = 0, wait = 0, comm = 0;
     for (const auto& s : stats) {
       step_s.push_back(s.seconds + s.data_wait);
       tokens += double(s.tokens);
       wall += s.seconds + s.data_wait;
       wait += s.data_wait;
+      comm += s.comm_wait;
     }
     const double median = Percentile(step_s, 0.5);
     const double tokens_per_step = tokens / double(stats.size());
@@ -135,7 +136,9 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
         {"model_tflops_per_s_per_device", model_flops / 1e12},
         {"gemm_n", n}, {"gemm_tflops_per_s", gemm / 1e12},
         {"fraction_of_gemm_ceiling", model_flops / gemm},
-        {"data_wait_fraction", wait / wall}, {"peak_rss_bytes", PeakRssBytes()},
+        {"data_wait_fraction", wait / wall},
+        {"comm_wait_fraction", comm / wall},  // rank 0 blocked in Communicator waits: exposed comm
+        {"peak_rss_bytes", PeakRssBytes()},
     };
     if (peak_tflops > 0) j["mfu"] = model_flops / (peak_tflops * 1e12);
     if (device.is_cuda()) j["peak_gpu_bytes"] = compat::PeakDeviceMemory(device);

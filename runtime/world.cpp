@@ -1,5 +1,7 @@
 #include "runtime/world.h"
 
+#include <dlfcn.h>
+
 #include <hdf5.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -60,6 +62,15 @@ void World::SetThreads(int64_t requested) {
     n = std::max(1, cores / std::max(1, local_size_));
   }
   torch::set_num_threads(n);
+  // OpenBLAS built with pthreads (Debian's libopenblas0-pthread, which Debian's libtorch uses)
+  // keeps its own pool of one thread per core and ignores torch's setting, so the GEMMs of
+  // ranks sharing a node would oversubscribe its cores (measured: 2 ranks x 1 thread ran as
+  // 2 x 2 BLAS threads on 2 cores, spinning in sched_yield). Looked up at run time: other BLAS
+  // libraries (MKL, cuBLAS on GPUs) do not have it and are set through torch.
+  using SetBlasThreads = void (*)(int);
+  if (auto f = reinterpret_cast<SetBlasThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    f(n);
+  }
   threads_ = n;
 }
 
