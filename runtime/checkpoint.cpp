@@ -613,6 +613,7 @@ CheckpointManager::~CheckpointManager() {
                cfg_.parallel.timeout_s);
       thread_.detach();
       pending_.release();  // the detached thread still uses it
+      if (pruner_.joinable()) pruner_.join();  // local deletions only: never blocks for long
       return;
     }
   }
@@ -625,6 +626,7 @@ CheckpointManager::~CheckpointManager() {
 
 void CheckpointManager::Wait() {
   if (thread_.joinable()) thread_.join();
+  if (pruner_.joinable()) pruner_.join();
   if (pending_) {
     if (!async_error_) saves_.push_back(pending_->stats);
     pending_.reset();
@@ -842,7 +844,9 @@ void CheckpointManager::RunJob(WriteJob& job) {
     const auto t_publish = Clock::now();
     Phase(comm, "publishing " + job.path, [&]() {
       if (!root) return;
+      const auto t_fsync = Clock::now();
       FsyncPath(tmp, false);
+      job.stats.fsync_s = Since(t_fsync);
       std::error_code ec;
       fs::rename(tmp, job.path, ec);
       if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, job.path, ec.message());
@@ -859,12 +863,22 @@ void CheckpointManager::RunJob(WriteJob& job) {
       if (ec) FT_THROW(IoError, "cannot rename {}.tmp to {}: {}", latest, latest, ec.message());
       FsyncPath(dir_, true);
       job.stats.file_bytes = static_cast<int64_t>(fs::file_size(job.path, ec));
-      // Only now, with a newer complete checkpoint in place: drop the oldest beyond `keep`.
+      // Only now, with a newer complete checkpoint in place: drop the oldest beyond `keep`, on a
+      // thread (freeing a large file's blocks takes a while; Wait() joins it).
       const auto files = CompleteFiles(dir_);
+      std::vector<std::string> old;
       for (size_t i = static_cast<size_t>(cfg_.checkpoint.keep); i < files.size(); ++i) {
-        if (files[i].second == job.path) continue;
-        fs::remove(files[i].second, ec);
-        if (ec) LogWarn("could not delete old checkpoint {}: {}", files[i].second, ec.message());
+        if (files[i].second != job.path) old.push_back(files[i].second);
+      }
+      if (pruner_.joinable()) pruner_.join();
+      if (!old.empty()) {
+        pruner_ = std::thread([old]() {
+          for (const auto& f : old) {
+            std::error_code e;
+            fs::remove(f, e);
+            if (e) LogWarn("could not delete old checkpoint {}: {}", f, e.message());
+          }
+        });
       }
     });
     job.stats.publish_s = Since(t_publish);

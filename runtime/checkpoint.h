@@ -32,8 +32,9 @@
 //
 // Atomicity: written as `step_N.h5.tmp`, closed (flushed), fsync'ed, renamed to `step_N.h5`, the
 // directory fsync'ed; then `latest` (a text file naming step_N.h5) is replaced by write + rename.
-// Older checkpoints beyond checkpoint.keep are deleted only after that, so a crash at any point
-// leaves the previous complete checkpoint and never a complete-looking partial one.
+// Older checkpoints beyond checkpoint.keep are deleted only after that (by a thread of rank 0,
+// joined by Wait), so a crash at any point leaves the previous complete checkpoint and never a
+// complete-looking partial one.
 //
 // Collective ordering: Save, Wait, Load and LoadLatest are collective over the grid's world; all
 // ranks call them at the same steps. The manager does its I/O and agreement collectives on its
@@ -112,7 +113,8 @@ struct SaveStats {
   double crc_s = 0;       //   checksums of this rank's slices + their all-gather
   double data_s = 0;      //   creating and writing the tensor datasets (into the page cache)
   double close_s = 0;     //   /state, closing the file (HDF5 metadata)
-  double publish_s = 0;   //   fsync (rank 0; the others wait), rename, `latest`, pruning
+  double publish_s = 0;   //   fsync (rank 0; the others wait), rename, `latest`:
+  double fsync_s = 0;     //     the file's fsync (rank 0)
   int64_t file_bytes = 0; // size of the file (rank 0)
 };
 
@@ -140,7 +142,8 @@ class CheckpointManager {
   // background thread (this returns after the copy); an earlier async save is waited for first.
   // Throws IoError naming the path when the write fails (earlier checkpoints stay intact).
   void Save(const TrainState& state);
-  // Waits for the outstanding async save; rethrows its error.
+  // Waits for the outstanding async save (and the deletion of checkpoints beyond
+  // checkpoint.keep); rethrows its error.
   void Wait();
   // Newest usable checkpoint of the directory: tries `latest`, then older ones, warning about
   // each unusable one (CorruptCheckpointError) by name. Loads it into the DataParallel (master
@@ -174,6 +177,7 @@ class CheckpointManager {
   std::unique_ptr<parallel::Communicator> comm_;  // checkpoint I/O and agreement
   std::unique_ptr<Plan> plan_;
   std::thread thread_;
+  std::thread pruner_;  // rank 0: deleting checkpoints beyond checkpoint.keep (joined by Wait)
   std::exception_ptr async_error_;
   std::atomic<bool> job_done_{true};
   std::unique_ptr<WriteJob> pending_;
