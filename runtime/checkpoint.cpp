@@ -1103,7 +1103,16 @@ std::vector<std::string> CheckpointCandidates(const std::string& dir) {
 
 std::vector<std::string> ResolveCheckpointArg(const std::string& arg, const std::string& option) {
   std::error_code ec;
-  if (fs::is_regular_file(arg, ec)) return {arg};
+  if (fs::is_regular_file(arg, ec)) {
+    H5Lock lock;
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    if (H5Fis_hdf5(arg.c_str()) <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      FT_THROW(IoError, "{} {}: not an HDF5 file, so not an ftune checkpoint (step_N.h5); pass a "
+               "checkpoint, a checkpoint or run directory, or an HF model directory", option, arg);
+    }
+    return {arg};
+  }
   if (!fs::is_directory(arg, ec)) {
     FT_THROW(IoError, "{} {}: no such file or directory", option, arg);
   }

@@ -51,7 +51,7 @@ if cmp -s gen_s_hf.txt gen_s_20.txt; then fail "step 20 answers as step 40: the 
 if "$FTUNE" generate --model data --prompt hi > gen_bad.log 2>&1; then fail "generate --model <not a model> succeeded"; fi
 grep -q "\-\-model data: neither an HF model directory" gen_bad.log || { cat gen_bad.log; fail "no clear error for a directory that is no model"; }
 if "$FTUNE" generate --model base.yaml --prompt hi > gen_bad2.log 2>&1; then fail "generate --model <a text file> succeeded"; fi
-grep -q "base.yaml" gen_bad2.log || { cat gen_bad2.log; fail "the error does not name the file"; }
+grep -q "\-\-model base.yaml: not an HDF5 file" gen_bad2.log || { cat gen_bad2.log; fail "no clear error for a file that is no model"; }
 
 # 2. A given file, an older step; under mpirun too.
 "$FTUNE" export --checkpoint run/checkpoints/step_00000004.h5 --out hf4 > export2.log 2>&1 || { cat export2.log; fail "export of a file failed"; }
