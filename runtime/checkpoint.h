@@ -112,7 +112,7 @@ struct SaveStats {
   double write_s = 0;     // time of the collective write, create to rename, made of:
   double crc_s = 0;       //   checksums of this rank's slices + their all-gather
   double data_s = 0;      //   creating and writing the tensor datasets (into the page cache)
-  double close_s = 0;     //   /state, closing the file (HDF5 metadata)
+  double close_s = 0;     //   closing the file (flushing HDF5 metadata); /state is not counted
   double publish_s = 0;   //   fsync (rank 0; the others wait), rename, `latest`:
   double fsync_s = 0;     //     the file's fsync (rank 0)
   int64_t file_bytes = 0; // size of the file (rank 0)
