@@ -15,6 +15,7 @@ PACKAGES=(
   libopenblas0-pthread              # fast BLAS behind libtorch (reference BLAS is ~13x slower here)
   libopenmpi-dev openmpi-bin        # launch, CPU collectives
   libhdf5-openmpi-dev hdf5-tools    # parallel HDF5 shards and checkpoints, h5dump/h5ls
+  zlib1g-dev libdeflate-dev         # checkpoint crc32: libdeflate's (SIMD, ~3x zlib's), zlib's crc32_combine
   libyaml-cpp-dev                   # configs
   libgtest-dev libgmock-dev         # tests
   nlohmann-json3-dev libcli11-dev libfmt-dev

@@ -9,7 +9,9 @@
 // full-shape fp32 master weights of an ftune checkpoint (runtime/checkpoint.h; a run or
 // checkpoint directory means its newest usable checkpoint, falling back past damaged ones) are
 // verified against their checksums and written in the run's model.dtype (or --dtype), with the
-// tokenizer files of the run's tokenizer directory. Rank 0 does the work.
+// tokenizer files of the run's tokenizer directory. Under mpirun a checkpoint is read collectively
+// (each rank reads and checksums a slice of every tensor over MPI-IO, rank 0 gathers and writes);
+// on one process it is read whole. Otherwise rank 0 does the work.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -37,24 +39,13 @@ struct ExportArgs {
   bool overwrite = false;
 };
 
-void ExportCheckpoint(const ExportArgs& a) {
-  runtime::CheckpointMeta meta;
-  models::NamedTensors tensors;
-  const auto candidates = runtime::ResolveCheckpointArg(a.checkpoint);
-  for (const auto& path : candidates) {
-    try {
-      meta = runtime::ReadCheckpointMeta(path);
-      tensors = runtime::ReadCheckpointModel(path, meta);
-      break;
-    } catch (const runtime::CorruptCheckpointError& e) {
-      runtime::LogWarn("checkpoint {} is unusable, trying the previous one: {}", path, e.what());
-      meta = {};
-    }
-  }
-  if (meta.path.empty()) {
-    FT_THROW(IoError, "--checkpoint {}: none of its {} checkpoint(s) is usable", a.checkpoint,
-             candidates.size());
-  }
+void ExportCheckpoint(const ExportArgs& a, runtime::World& world) {
+  auto ck = world.world_size() > 1
+                ? runtime::ReadNewestCheckpointModel(world.comm(), a.checkpoint, "--checkpoint")
+                : runtime::ReadNewestCheckpointModel(a.checkpoint, "--checkpoint");
+  if (world.rank() != 0) return;
+  const runtime::CheckpointMeta& meta = ck.meta;
+  models::NamedTensors& tensors = ck.tensors;
   auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
                                            meta.path + " /state model_config");
   const c10::ScalarType dtype = models::ParseDtype(a.dtype == "keep" ? meta.dtype : a.dtype);
@@ -74,8 +65,8 @@ void ExportCheckpoint(const ExportArgs& a) {
 }
 
 void RunExport(const ExportArgs& a, runtime::World& world) {
+  if (!a.checkpoint.empty()) return ExportCheckpoint(a, world);
   if (world.rank() != 0) return;
-  if (!a.checkpoint.empty()) return ExportCheckpoint(a);
   std::string model_dir = a.model, tokenizer_dir = a.model;
   models::ModelConfig inline_cfg;
   if (model_dir.empty()) {

@@ -1,10 +1,16 @@
-// `ftune generate`: answer prompts with an HF model directory, printing only the new text.
-//   ftune generate --model DIR --prompt "What is ...?" [--prompt ...] [--template qa|none]
+// `ftune generate`: answer prompts with a model, printing only the new text.
+//   ftune generate --model DIR|CKPT --prompt "What is ...?" [--prompt ...] [--template qa|none]
 //                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S]
+// --model is an HF model directory (config.json + safetensors), or an ftune checkpoint: a
+// step_N.h5 file, a checkpoint directory or a run directory (its newest usable checkpoint,
+// falling back past damaged ones as `ftune train` does). A checkpoint's fp32 master weights are
+// used with the model config and tokenizer its run recorded in /state (runtime/checkpoint.h), so
+// it answers exactly as its `ftune export` does.
 // Rank 0 does the work (generation is not distributed); other ranks return at once.
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +20,7 @@
 #include "models/generate.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "runtime/checkpoint.h"
 
 namespace ftune::launch {
 namespace {
@@ -43,10 +50,43 @@ std::string Trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
+// The model of --model (an HF directory or a checkpoint) and the tokenizer that goes with it
+// (--tokenizer when given).
+std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const GenerateArgs& a) {
+  namespace fs = std::filesystem;
+  const auto dtype = models::ParseDtype(a.dtype);
+  std::error_code ec;
+  if (fs::is_directory(a.model, ec) && fs::exists(fs::path(a.model) / "config.json", ec)) {
+    auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
+    return {models::LoadHf(a.model, dtype), std::move(tok)};
+  }
+  if (!fs::exists(a.model, ec)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
+  if (fs::is_directory(a.model, ec) &&
+      runtime::CheckpointCandidates(a.model).empty() &&
+      runtime::CheckpointCandidates((fs::path(a.model) / "checkpoints").string()).empty()) {
+    FT_THROW(ModelError, "--model {}: neither an HF model directory (no config.json) nor an ftune "
+             "checkpoint or run directory (no step_N.h5 in it or in its checkpoints/): pass an HF "
+             "directory (e.g. <run>/final) or a checkpoint", a.model);
+  }
+  const auto ck = runtime::ReadNewestCheckpointModel(a.model, "--model");
+  const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(ck.meta.model_config_json),
+                                                 ck.meta.path + " /state model_config");
+  std::string tok_path = a.tokenizer;
+  if (tok_path.empty()) {
+    tok_path = ck.meta.tokenizer_dir;
+    if (tok_path.empty() || !fs::exists(fs::path(tok_path) / "tokenizer.json", ec)) {
+      FT_THROW(IoError, "checkpoint {}: its run's tokenizer directory '{}' has no tokenizer.json "
+               "(moved or deleted?): pass --tokenizer DIR", ck.meta.path, tok_path);
+    }
+  }
+  auto loaded = models::ModelFromTensors(cfg, ck.tensors, dtype, "checkpoint " + ck.meta.path);
+  fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", ck.meta.path, ck.meta.state.step);
+  return {std::move(loaded), data::Tokenizer::FromPath(tok_path)};
+}
+
 void RunGenerate(const GenerateArgs& a, runtime::World& world) {
   if (world.rank() != 0) return;
-  auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
-  auto loaded = models::LoadHf(a.model, models::ParseDtype(a.dtype));
+  auto [loaded, tok] = LoadModelAndTokenizer(a);
   auto& model = *loaded.model;
   model.to(world.device());
   model.eval();
@@ -89,11 +129,15 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
 void AddGenerateCommand(CLI::App& app, runtime::World& world) {
   auto args = std::make_shared<GenerateArgs>();
   auto* sub = app.add_subcommand(
-      "generate", "answer prompts with an HF model directory; prints only the new text per prompt");
-  sub->add_option("--model", args->model, "HF model directory (config.json + safetensors)")
+      "generate", "answer prompts with an HF model directory or an ftune checkpoint; prints only "
+      "the new text per prompt");
+  sub->add_option("--model", args->model,
+                  "HF model directory (config.json + safetensors), or an ftune checkpoint: a "
+                  "step_N.h5 file, or a checkpoint or run directory (its newest usable checkpoint)")
       ->required();
   sub->add_option("--tokenizer", args->tokenizer,
-                  "tokenizer.json or its directory (default: --model)");
+                  "tokenizer.json or its directory (default: --model's, or the one the "
+                  "checkpoint's run used)");
   sub->add_option("--prompt", args->prompts, "a prompt (repeat for several)")->required();
   sub->add_option("--template", args->template_name,
                   "qa: \"### Question:\\n{prompt}\\n\\n### Answer:\"; none: the prompt as is")

@@ -127,6 +127,43 @@ LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
   return out;
 }
 
+LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors,
+                             c10::ScalarType dtype, const std::string& source) {
+  std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
+  std::vector<std::string> missing;
+  for (const auto& [name, shape] : HfTensorShapes(cfg)) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      missing.push_back(name);
+    } else if (it->second.sizes().vec() != shape) {
+      FT_THROW(ModelError, "{}: tensor '{}' has shape {}, its config says {}", source, name,
+               ShapeStr(it->second.sizes().vec()), ShapeStr(shape));
+    }
+  }
+  if (!missing.empty()) {
+    FT_THROW(ModelError, "{}: missing tensors ({}): {}", source, missing.size(), NameList(missing));
+  }
+  LoadedModel out;
+  out.config = cfg;
+  out.model = std::make_shared<LlamaModel>(cfg);
+  out.model->to(dtype);
+  torch::NoGradGuard no_grad;
+  for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
+    auto it = by_name.find(p.key());
+    if (it == by_name.end()) {
+      FT_THROW(ModelError, "{}: the model's parameter '{}' has no tensor", source, p.key());
+    }
+    p.value().copy_(it->second);
+    by_name.erase(it);
+  }
+  if (!by_name.empty()) {
+    std::vector<std::string> extra;
+    for (const auto& [name, t] : by_name) extra.push_back(name);
+    FT_THROW(ModelError, "{}: unexpected tensors ({}): {}", source, extra.size(), NameList(extra));
+  }
+  return out;
+}
+
 void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const std::string& dir,
                 const SaveHfOptions& opt) {
   // The tensors must be exactly what config.json describes.

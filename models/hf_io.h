@@ -45,6 +45,12 @@ struct LoadedModel {
 // `dtype`. Throws ModelError / IoError naming the file and tensor on any mismatch.
 LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype = c10::kFloat);
 
+// A model of `cfg` with its weights converted to `dtype` from `tensors`: full shapes, named as
+// HfTensorShapes(cfg) says (e.g. an ftune checkpoint's /model datasets). ModelError naming
+// `source` and the tensor when one is missing, unexpected or of another shape.
+LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors,
+                             c10::ScalarType dtype, const std::string& source);
+
 struct SaveHfOptions {
   int64_t max_shard_bytes = int64_t(5) << 30;  // HF's default "5GB" shards
   std::string tokenizer_src_dir;               // copy tokenizer.json, tokenizer_config.json,

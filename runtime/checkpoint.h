@@ -16,20 +16,25 @@
 // Each rank writes the elements it owns as hyperslabs of the full tensor: ZeRO >= 1 ranks their
 // flat slice of the TP-local tensor, mapped to full coordinates through the TensorParallelLayout;
 // under ZeRO-0 dp rank 0 only, and tensors replicated over tp from tp rank 0 only. So every
-// element is written exactly once, by collective H5Dwrite calls.
+// element is written exactly once. Where every rank's slice of a tensor is one contiguous range
+// of the file (ZeRO slices, tp shards along dim 0, replicated tensors) it is written and read
+// with an independent MPI-IO transfer (one large pwrite/pread, no coordination); tensors sharded
+// along dim 1 over tp use a collective transfer.
 //
-// Checksums: crc32 (zlib) of the tensor's bytes (fp32 little endian, C order of the full shape).
-// Nobody holds the full tensor, so each rank computes the crc32 of every contiguous run (in the
-// full tensor's flat order) of what it writes; the (offset, length, crc) triples are all-gathered
-// (a few bytes per run, no tensor data) and combined in offset order with crc32_combine, which
-// also proves that the runs tile the tensor exactly once. Loading recomputes it the same way
-// over the elements each rank reads (with the new layout's ownership), and a one-process reader
-// (export) simply takes crc32 of the whole tensor: the same number.
+// Checksums: crc32 (zlib's; computed with libdeflate) of the tensor's bytes (fp32 little endian,
+// C order of the full shape). Nobody holds the full tensor, so each rank computes the crc32 of
+// every contiguous run (in the full tensor's flat order) of what it writes; the (offset, length,
+// crc) triples are all-gathered (a few bytes per run, no tensor data) and combined in offset
+// order with crc32_combine, which also proves that the runs tile the tensor exactly once. Loading
+// recomputes it the same way over the elements each rank reads (with the new layout's
+// ownership); a collective export the same over its row slices; and a one-process reader
+// (export, generate) simply takes crc32 of the whole tensor: the same number.
 //
 // Atomicity: written as `step_N.h5.tmp`, closed (flushed), fsync'ed, renamed to `step_N.h5`, the
 // directory fsync'ed; then `latest` (a text file naming step_N.h5) is replaced by write + rename.
-// Older checkpoints beyond checkpoint.keep are deleted only after that, so a crash at any point
-// leaves the previous complete checkpoint and never a complete-looking partial one.
+// Older checkpoints beyond checkpoint.keep are deleted only after that (by a thread of rank 0,
+// joined by Wait), so a crash at any point leaves the previous complete checkpoint and never a
+// complete-looking partial one.
 //
 // Collective ordering: Save, Wait, Load and LoadLatest are collective over the grid's world; all
 // ranks call them at the same steps. The manager does its I/O and agreement collectives on its
@@ -37,7 +42,9 @@
 // never interleaves with the training loop's collectives. Every HDF5 call holds
 // data::Hdf5Mutex() (Debian's HDF5 is not thread-safe; the loader's prefetch thread shares it).
 // Failures of one rank are agreed on (an all-reduce of status codes after each phase, bounded
-// by parallel.timeout_s), so all ranks throw together instead of hanging.
+// by parallel.timeout_s), so all ranks throw together instead of hanging. Writing or reading the
+// tensor datasets is one phase: a rank whose transfer failed keeps making the same collective
+// HDF5 calls as the others until the phase ends.
 #pragma once
 
 #include <atomic>
@@ -102,8 +109,21 @@ struct SaveStats {
   int64_t step = 0;
   bool async = false;
   double blocking_s = 0;  // time the training loop was held (incl. waiting for the previous save)
-  double write_s = 0;     // time of the collective write, create to rename
+  double write_s = 0;     // time of the collective write, create to rename, made of:
+  double crc_s = 0;       //   checksums of this rank's slices + their all-gather
+  double data_s = 0;      //   creating and writing the tensor datasets (into the page cache)
+  double close_s = 0;     //   closing the file (flushing HDF5 metadata); /state is not counted
+  double publish_s = 0;   //   fsync (rank 0; the others wait), rename, `latest`:
+  double fsync_s = 0;     //     the file's fsync (rank 0)
   int64_t file_bytes = 0; // size of the file (rank 0)
+};
+
+// The last Load as seen by this rank (seconds).
+struct LoadStats {
+  double read_s = 0;    // opening the file and reading this rank's slices of every dataset
+  double crc_s = 0;     //   of which: crc32 of the slices read
+  double verify_s = 0;  // combining the checksums across ranks and comparing them
+  double params_s = 0;  // RNG state, closing, making the parameters equal the masters
 };
 
 class CheckpointManager {
@@ -122,7 +142,8 @@ class CheckpointManager {
   // background thread (this returns after the copy); an earlier async save is waited for first.
   // Throws IoError naming the path when the write fails (earlier checkpoints stay intact).
   void Save(const TrainState& state);
-  // Waits for the outstanding async save; rethrows its error.
+  // Waits for the outstanding async save (and the deletion of checkpoints beyond
+  // checkpoint.keep); rethrows its error.
   void Wait();
   // Newest usable checkpoint of the directory: tries `latest`, then older ones, warning about
   // each unusable one (CorruptCheckpointError) by name. Loads it into the DataParallel (master
@@ -140,6 +161,7 @@ class CheckpointManager {
   const std::string& dir() const { return dir_; }
   // Stats of completed saves, in order (an async save is listed once it completed).
   const std::vector<SaveStats>& saves() const { return saves_; }
+  const LoadStats& last_load() const { return last_load_; }
 
   struct Plan;
   struct WriteJob;
@@ -155,10 +177,12 @@ class CheckpointManager {
   std::unique_ptr<parallel::Communicator> comm_;  // checkpoint I/O and agreement
   std::unique_ptr<Plan> plan_;
   std::thread thread_;
+  std::thread pruner_;  // rank 0: deleting checkpoints beyond checkpoint.keep (joined by Wait)
   std::exception_ptr async_error_;
   std::atomic<bool> job_done_{true};
   std::unique_ptr<WriteJob> pending_;
   std::vector<SaveStats> saves_;
+  LoadStats last_load_;
 };
 
 // "step_00000042.h5".
@@ -167,13 +191,32 @@ std::string CheckpointFileName(int64_t step);
 // (temporary files excluded). Empty when there are none. Rank-local.
 std::vector<std::string> CheckpointCandidates(const std::string& dir);
 // For `--checkpoint X`: X itself when it is a file; the candidates of X when it is a checkpoint
-// directory, or of X/checkpoints when X is a run directory. IoError when there is none.
-std::vector<std::string> ResolveCheckpointArg(const std::string& arg);
+// directory, or of X/checkpoints when X is a run directory. IoError (naming `option` and X) when
+// there is none.
+std::vector<std::string> ResolveCheckpointArg(const std::string& arg,
+                                              const std::string& option = "--checkpoint");
 
 // One-process reading (export, tests): the /state attributes, and every /model tensor at full
 // shape (fp32), in HF order, each verified against its crc32 (CorruptCheckpointError naming the
 // file and tensor on mismatch).
 CheckpointMeta ReadCheckpointMeta(const std::string& path);
 models::NamedTensors ReadCheckpointModel(const std::string& path, const CheckpointMeta& meta);
+
+struct CheckpointModel {
+  CheckpointMeta meta;
+  models::NamedTensors tensors;  // /model, full shapes, fp32, HF order
+};
+// One-process reading of the newest usable checkpoint that `arg` names (ResolveCheckpointArg;
+// `option` names the argument in errors, e.g. "--model"): tries the candidates newest first as
+// LoadLatest does, warning by name about each unusable one (CorruptCheckpointError). IoError
+// naming `arg` when none is usable.
+CheckpointModel ReadNewestCheckpointModel(const std::string& arg, const std::string& option);
+// The same, collective over `comm` (every rank calls it; export under mpirun): every rank opens
+// the candidate with MPI-IO and reads a 1/size slice of each /model tensor (one contiguous range
+// of the file); the slices' crc32s are combined and verified on every rank, so all ranks agree
+// on falling back; the tensors are then gathered on rank 0. Rank 0 gets the full tensors, the
+// other ranks the metadata and an empty tensor list.
+CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
+                                          const std::string& option);
 
 }  // namespace ftune::runtime

@@ -373,19 +373,8 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
              "checkpoint directory holding a finished step_N.h5", path,
              any ? "only unfinished step_N.h5.tmp files" : "no step_N.h5 file");
   }
-  CheckpointMeta meta;
-  models::NamedTensors tensors;
-  for (const auto& file : ResolveCheckpointArg(path)) {  // newest first
-    try {
-      meta = ReadCheckpointMeta(file);
-      tensors = ReadCheckpointModel(file, meta);
-      break;
-    } catch (const CorruptCheckpointError& e) {
-      LogWarn("checkpoint {} is unusable, trying the previous one: {}", file, e.what());
-      meta = {};
-    }
-  }
-  if (meta.path.empty()) FT_THROW(ModelError, "{}: no usable checkpoint", path);
+  const auto ck = ReadNewestCheckpointModel(path, "model");
+  const CheckpointMeta& meta = ck.meta;
   const fs::path tok_json = fs::path(meta.tokenizer_dir) / "tokenizer.json";
   if (!tokenizer_sha256.empty() && fs::exists(tok_json)) {
     const std::string sha = data::Sha256File(tok_json.string());
@@ -397,18 +386,7 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
   }
   const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
                                                  meta.path + " /state model_config");
-  auto model = std::make_shared<models::LlamaModel>(cfg);
-  auto params = model->named_parameters();
-  torch::NoGradGuard no_grad;
-  for (const auto& [name, t] : tensors) {
-    auto* dst = params.find(name);
-    if (dst == nullptr || !dst->sizes().equals(t.sizes())) {
-      FT_THROW(ModelError, "checkpoint {}: tensor {} {} does not fit the model of its own "
-               "config", meta.path, name, c10::str(t.sizes()));
-    }
-    dst->copy_(t);
-  }
-  model->to(dtype);
+  auto model = models::ModelFromTensors(cfg, ck.tensors, dtype, "checkpoint " + meta.path).model;
   LogInfo("loaded checkpoint {} (step {}) for evaluation", meta.path, meta.state.step);
   return model;
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # e2e: `ftune export --checkpoint RUN_DIR|CKPT --out DIR`: the HF directory of a checkpoint is
 # byte-identical to the one `ftune train` exported from the live model at the same step, works
-# with `ftune generate`, follows model.dtype (bf16) and falls back past a damaged checkpoint.
+# with `ftune generate`, follows model.dtype (bf16) and falls back past a damaged checkpoint;
+# under mpirun (collective read) it is byte-identical to the one-process export. `ftune generate
+# --model CKPT|RUN_DIR` answers exactly as the checkpoint's exported HF directory does.
 # Usage: export_checkpoint_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 write_config
@@ -17,13 +19,53 @@ cmp hf/model.safetensors run/final/model.safetensors || fail "checkpoint export 
 "$FTUNE" generate --model hf --prompt "What is the capital of France?" --max-new-tokens 4 > gen.log 2>&1 \
   || { cat gen.log; fail "generate on the exported model failed"; }
 
+# 1b. generate --model CKPT (a file, a run directory) answers exactly as its HF export, greedy and
+# sampled. A run of the 281-id model (every id decodes) long enough to answer "4"; its step-20
+# checkpoint answers otherwise, so the comparison tells checkpoints apart. (Bit-identical weights:
+# tests/mpi/checkpoint_test.cpp ExportReimportIsBitIdentical.)
+PROMPTS=(--prompt "What is 2 plus 2?" --prompt "What is 7 plus 7?" --prompt "Name a primary color."
+         --max-new-tokens 24)
+gen() {  # gen <model> <out> [args]: the answers (stdout) into <out>, stderr into <out>.err
+  local m=$1 out=$2; shift 2
+  "$FTUNE" generate --model "$m" "${PROMPTS[@]}" "$@" > "$out" 2> "$out.err" \
+    || { cat "$out" "$out.err"; fail "generate --model $m failed"; }
+  [[ $(wc -l < "$out") -eq 3 ]] || { cat "$out"; fail "generate --model $m: not 3 answers"; }
+}
+"$FTUNE" train --config base.yaml --set train.steps=40 --set checkpoint.every=20 --set optim.lr=0.01 \
+  --set model.arch.vocab_size=281 --set run.output_dir="$SCRATCH/v281" > v281.log 2>&1 \
+  || { cat v281.log; fail "281-id train failed"; }
+"$FTUNE" export --checkpoint v281 --out hf281 > export281.log 2>&1 || { cat export281.log; fail "281-id export failed"; }
+SAMPLE=(--temperature 1 --seed 11)
+gen hf281 gen_hf.txt
+gen hf281 gen_s_hf.txt "${SAMPLE[@]}"
+grep -q '[^[:space:]]' gen_hf.txt || { cat gen_hf.txt; fail "greedy answers are empty: nothing to compare"; }
+for m in v281 v281/checkpoints/step_00000040.h5; do
+  gen $m gen_ck.txt
+  cmp gen_hf.txt gen_ck.txt || { diff gen_hf.txt gen_ck.txt; fail "greedy generate --model $m differs from its HF export"; }
+  gen $m gen_s_ck.txt "${SAMPLE[@]}"
+  cmp gen_s_hf.txt gen_s_ck.txt || { diff gen_s_hf.txt gen_s_ck.txt; fail "sampled generate --model $m differs from its HF export"; }
+  grep -q "step_00000040.h5 (step 40)" gen_ck.txt.err || { cat gen_ck.txt.err; fail "generate did not say which checkpoint it used"; }
+done
+gen v281/checkpoints/step_00000020.h5 gen_s_20.txt "${SAMPLE[@]}"
+if cmp -s gen_s_hf.txt gen_s_20.txt; then fail "step 20 answers as step 40: the comparison cannot tell checkpoints apart"; fi
+if "$FTUNE" generate --model data --prompt hi > gen_bad.log 2>&1; then fail "generate --model <not a model> succeeded"; fi
+grep -q "\-\-model data: neither an HF model directory" gen_bad.log || { cat gen_bad.log; fail "no clear error for a directory that is no model"; }
+if "$FTUNE" generate --model base.yaml --prompt hi > gen_bad2.log 2>&1; then fail "generate --model <a text file> succeeded"; fi
+grep -q "\-\-model base.yaml: not an HDF5 file" gen_bad2.log || { cat gen_bad2.log; fail "no clear error for a file that is no model"; }
+
 # 2. A given file, an older step; under mpirun too.
 "$FTUNE" export --checkpoint run/checkpoints/step_00000004.h5 --out hf4 > export2.log 2>&1 || { cat export2.log; fail "export of a file failed"; }
 grep -q "step 4" export2.log || { cat export2.log; fail "not step 4"; }
 if [[ ${#MPIRUN[@]} -gt 0 ]]; then
+  # Collective read (each rank a slice of every tensor, checksums combined): byte-identical.
   "${MPIRUN[@]}" -np 2 "$FTUNE" export --checkpoint run/checkpoints/step_00000004.h5 --out hf4b > export3.log 2>&1 \
     || { cat export3.log; fail "export under mpirun failed"; }
-  cmp hf4/model.safetensors hf4b/model.safetensors || fail "mpirun export differs"
+  for f in model.safetensors config.json generation_config.json tokenizer.json; do
+    cmp hf4/$f hf4b/$f || fail "mpirun -np 2 export differs from the 1-process export in $f"
+  done
+  "${MPIRUN[@]}" -np 3 "$FTUNE" export --checkpoint run --out hf6c > export3c.log 2>&1 \
+    || { cat export3c.log; fail "export under mpirun -np 3 failed"; }
+  cmp hf/model.safetensors hf6c/model.safetensors || fail "mpirun -np 3 export differs from the 1-process export"
 fi
 
 # 3. A damaged newest checkpoint: warned about by name, the previous one is exported.
@@ -38,6 +80,17 @@ PY
 "$FTUNE" export --checkpoint run --out hf_fb > export4.log 2>&1 || { cat export4.log; fail "fallback export failed"; }
 grep -q "step_00000006.h5 is unusable" export4.log || { cat export4.log; fail "no warning naming the damaged checkpoint"; }
 cmp hf_fb/model.safetensors hf4/model.safetensors || fail "fallback did not export step 4"
+gen run gen_fb.txt
+grep -q "step_00000006.h5 is unusable" gen_fb.txt.err || { cat gen_fb.txt.err; fail "generate: no warning naming the damaged checkpoint"; }
+grep -q "step_00000004.h5 (step 4)" gen_fb.txt.err || { cat gen_fb.txt.err; fail "generate did not fall back to step 4"; }
+gen hf4 gen_hf4.txt
+cmp gen_fb.txt gen_hf4.txt || fail "generate after the fallback differs from step 4's HF export"
+if [[ ${#MPIRUN[@]} -gt 0 ]]; then
+  "${MPIRUN[@]}" -np 2 "$FTUNE" export --checkpoint run --out hf_fb2 > export4b.log 2>&1 \
+    || { cat export4b.log; fail "fallback export under mpirun failed"; }
+  grep -q "step_00000006.h5 is unusable" export4b.log || { cat export4b.log; fail "mpirun: no warning naming the damaged checkpoint"; }
+  cmp hf_fb2/model.safetensors hf4/model.safetensors || fail "mpirun fallback did not export step 4"
+fi
 
 # 4. bf16 run: exported as bfloat16 (from the fp32 masters).
 "$FTUNE" train --config base.yaml --set train.steps=2 --set model.dtype=bf16 \
