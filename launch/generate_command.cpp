@@ -102,6 +102,7 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
   opt.top_p = a.top_p;
   opt.seed = a.seed;
   for (int32_t id : tok.eos_ids()) opt.eos_ids.push_back(id);
+  opt.vocab_limit = tok.vocab_size();
   for (int64_t id : loaded.config.eos_token_ids) {
     if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
       opt.eos_ids.push_back(id);

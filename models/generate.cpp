@@ -82,6 +82,9 @@ std::vector<std::vector<int32_t>> Generate(LlamaModel& model,
   std::vector<bool> done(b, false);
   int64_t remaining = b;
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
+    if (opt.vocab_limit > 0 && opt.vocab_limit < logits.size(-1)) {
+      logits.slice(-1, opt.vocab_limit).fill_(-std::numeric_limits<float>::infinity());
+    }
     auto next = SampleNext(logits, opt, gen);  // (B) int64 CPU
     auto acc = next.accessor<int64_t, 1>();
     for (int64_t i = 0; i < b; ++i) {

@@ -16,6 +16,9 @@ struct GenerateOptions {
   uint64_t seed = 1234;          // seeds the one CPU generator all sampling draws from
   std::vector<int64_t> eos_ids;  // a sequence stops after emitting any of these
   int64_t pad_id = 0;            // id placed in left padding (masked out, never attended)
+  // Ids >= this are never produced (0 = no limit): a model whose embedding is padded past its
+  // tokenizer's vocabulary must not emit ids the tokenizer cannot decode.
+  int64_t vocab_limit = 0;
 };
 
 // Continues each prompt (token ids, non-empty) and returns its new ids, prompt excluded; a

@@ -203,6 +203,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
   opt.top_p = cfg_.eval.top_p;
   opt.seed = static_cast<uint64_t>(cfg_.run.seed);
   for (int32_t id : tok_.eos_ids()) opt.eos_ids.push_back(id);
+  opt.vocab_limit = tok_.vocab_size();
   for (int64_t id : model.config().eos_token_ids) {
     if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
       opt.eos_ids.push_back(id);

@@ -89,6 +89,7 @@ std::vector<std::string> Runner::operator()(const std::vector<std::string>& prom
   g.top_p = impl_->opt.top_p;
   g.seed = impl_->opt.seed;
   for (int32_t id : impl_->tok.eos_ids()) g.eos_ids.push_back(id);
+  g.vocab_limit = impl_->tok.vocab_size();
   for (int64_t id : impl_->loaded.config.eos_token_ids) {
     if (std::find(g.eos_ids.begin(), g.eos_ids.end(), id) == g.eos_ids.end()) g.eos_ids.push_back(id);
   }

@@ -90,6 +90,24 @@ TEST(Generate, SamplingIsDeterministicGivenSeed) {
   EXPECT_NE(a, greedy);
 }
 
+TEST(Generate, VocabLimitKeepsIdsTheTokenizerCanDecode) {
+  // A model whose vocabulary is padded past its tokenizer's: with a limit, sampling at a high
+  // temperature never emits an id >= the limit; without one it does (so the check can fail).
+  auto m = TinyModel();
+  GenerateOptions opt;
+  opt.max_new_tokens = 48;
+  opt.temperature = 5.0;
+  opt.seed = 7;
+  auto max_id = [](const std::vector<std::vector<int32_t>>& outs) {
+    int32_t hi = -1;
+    for (const auto& o : outs) for (int32_t id : o) hi = std::max(hi, id);
+    return hi;
+  };
+  EXPECT_GE(max_id(ftune::models::Generate(*m, kPrompts, opt)), 12);
+  opt.vocab_limit = 12;
+  EXPECT_LT(max_id(ftune::models::Generate(*m, kPrompts, opt)), 12);
+}
+
 TEST(Generate, TopKOneAndTinyTopPAreGreedy) {
   auto m = TinyModel();
   GenerateOptions greedy;
