@@ -21,6 +21,7 @@
 #include "models/hf_io.h"
 #include "parallel/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/model_setup.h"
 
 namespace ftune::launch {
 namespace {
@@ -95,20 +96,12 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
              tok.vocab_size(), loaded.config.vocab_size);
   }
 
-  models::GenerateOptions opt;
+  models::GenerateOptions opt = runtime::TokenGenerateOptions(tok, loaded.config);
   opt.max_new_tokens = a.max_new_tokens;
   opt.temperature = a.temperature;
   opt.top_k = a.top_k;
   opt.top_p = a.top_p;
   opt.seed = a.seed;
-  for (int32_t id : tok.eos_ids()) opt.eos_ids.push_back(id);
-  opt.vocab_limit = tok.vocab_size();
-  for (int64_t id : loaded.config.eos_token_ids) {
-    if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
-      opt.eos_ids.push_back(id);
-    }
-  }
-  opt.pad_id = std::max<int32_t>(tok.pad_id(), 0);
 
   for (size_t first = 0; first < a.prompts.size(); first += a.batch_size) {
     const size_t last = std::min(a.prompts.size(), first + static_cast<size_t>(a.batch_size));

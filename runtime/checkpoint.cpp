@@ -380,23 +380,6 @@ void Agree(parallel::Communicator& comm, int code, const std::string& msg,
   throw IoError(m);
 }
 
-// Runs `f` on every rank, then Agree on the outcome.
-template <class F>
-void Phase(parallel::Communicator& comm, const std::string& what, F&& f) {
-  int code = kOk;
-  std::string msg;
-  try {
-    f();
-  } catch (const ModelError& e) {
-    code = kMismatch, msg = e.what();
-  } catch (const CorruptCheckpointError& e) {
-    code = kCorrupt, msg = e.what();
-  } catch (const std::exception& e) {
-    code = kIo, msg = e.what();
-  }
-  Agree(comm, code, msg, what);
-}
-
 // For a run of collective HDF5 calls interleaved with rank-local I/O: Run(f) keeps the first
 // failure of this rank instead of throwing, so that the rank goes on making the same collective
 // calls as the others (collective metadata operations fail alike on every rank; independent
@@ -431,6 +414,14 @@ class Deferred {
   int code_ = kOk;
   std::string msg_;
 };
+
+// Runs `f` on every rank, then Agree on the outcome.
+template <class F>
+void Phase(parallel::Communicator& comm, const std::string& what, F&& f) {
+  Deferred d;
+  d.Run(std::forward<F>(f));
+  d.Agree(comm, what);
+}
 
 // crc32 of every tensor from the runs of all ranks: entries (tensor id, byte offset, byte length,
 // crc) all-gathered and combined in offset order. Checks the runs tile each tensor exactly.

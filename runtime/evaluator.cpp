@@ -18,6 +18,7 @@
 #include "models/hf_io.h"
 #include "parallel/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/model_setup.h"
 #include "runtime/log.h"
 
 namespace ftune::runtime {
@@ -197,19 +198,11 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
   }
   const auto examples = ReadExamples(mine);
 
-  models::GenerateOptions opt;
+  models::GenerateOptions opt = TokenGenerateOptions(tok_, model.config());
   opt.temperature = cfg_.eval.temperature;
   opt.top_k = cfg_.eval.top_k;
   opt.top_p = cfg_.eval.top_p;
   opt.seed = static_cast<uint64_t>(cfg_.run.seed);
-  for (int32_t id : tok_.eos_ids()) opt.eos_ids.push_back(id);
-  opt.vocab_limit = tok_.vocab_size();
-  for (int64_t id : model.config().eos_token_ids) {
-    if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
-      opt.eos_ids.push_back(id);
-    }
-  }
-  opt.pad_id = std::max<int32_t>(tok_.pad_id(), 0);
 
   nlohmann::json local = nlohmann::json::array();
   for (size_t first = 0; first < examples.size(); first += bs) {

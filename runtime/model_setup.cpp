@@ -1,5 +1,6 @@
 #include "runtime/model_setup.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -59,6 +60,20 @@ void ReadShardRange(const models::SafetensorsCheckpoint& st, const std::string& 
 }
 
 }  // namespace
+
+models::GenerateOptions TokenGenerateOptions(const data::Tokenizer& tok,
+                                             const models::LlamaConfig& cfg) {
+  models::GenerateOptions opt;
+  for (int32_t id : tok.eos_ids()) opt.eos_ids.push_back(id);
+  for (int64_t id : cfg.eos_token_ids) {
+    if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) == opt.eos_ids.end()) {
+      opt.eos_ids.push_back(id);
+    }
+  }
+  opt.pad_id = std::max<int32_t>(tok.pad_id(), 0);
+  opt.vocab_limit = tok.vocab_size();
+  return opt;
+}
 
 TrainData OpenTrainData(const Config& cfg, const parallel::ProcessGrid& grid,
                         const data::Tokenizer& tok) {

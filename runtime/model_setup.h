@@ -6,6 +6,7 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "models/generate.h"
 #include "models/llama.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
@@ -22,6 +23,12 @@ std::string TokenizerDir(const Config& cfg);  // the directory holding tokenizer
 // parallel.tp > 1 and cast to model.dtype. Checks the vocabulary covers the tokenizer's ids.
 std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data::Tokenizer& tok,
                                                   parallel::ProcessGrid& grid);
+
+// Generation options that follow from a tokenizer and a model: stop at the tokenizer's EOS ids
+// and the model config's, pad with the tokenizer's pad id, and never emit an id the tokenizer
+// cannot decode (a vocabulary padded past the tokenizer's). Sampling settings stay default.
+models::GenerateOptions TokenGenerateOptions(const data::Tokenizer& tok,
+                                             const models::LlamaConfig& cfg);
 
 // The training split of a run, opened for this rank: data.dir's train shards checked against the
 // tokenizer (sha256), micro-batches of train.micro_batch rows of data.max_seq_len, this rank's

@@ -70,15 +70,24 @@ int64_t ParamsPerTpRank(const models::LlamaConfig& cfg, int64_t tp) {
   return n;
 }
 
-ModelState PlanModelState(const models::LlamaConfig& cfg, int64_t elem_bytes, int64_t dp,
-                          int64_t tp, int64_t zero) {
-  const double p = double(ParamsPerTpRank(cfg, tp)), e = double(elem_bytes);
+namespace {
+
+// The model state of `params` parameters per tp rank (see the header).
+ModelState StateOf(double p, int64_t elem_bytes, int64_t dp, int64_t zero) {
+  const double e = double(elem_bytes);
   const double own = zero == 0 ? p : p / dp;  // elements whose optimizer state this GPU keeps
   ModelState s;
   s.params = (zero == 3 ? p / dp : p) * e;
   s.grads = zero >= 2 ? own * 4 : p * e;
   s.optimizer = own * 8 + (elem_bytes != 4 ? own * 4 : 0.0);
   return s;
+}
+
+}  // namespace
+
+ModelState PlanModelState(const models::LlamaConfig& cfg, int64_t elem_bytes, int64_t dp,
+                          int64_t tp, int64_t zero) {
+  return StateOf(double(ParamsPerTpRank(cfg, tp)), elem_bytes, dp, zero);
 }
 
 std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
@@ -90,6 +99,7 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
   for (int64_t tp = 1; tp <= in.gpus_per_node; ++tp) {
     if (in.gpus_per_node % tp != 0 || !TpAllowed(c, tp)) continue;
     const int64_t dp = world / tp;
+    const int64_t params = ParamsPerTpRank(c, tp);
     const UnitSizes u = Units(c, tp);
     const double layer_act = LayerActivationBytes(in, tp);
     const double full_logits =
@@ -98,8 +108,8 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
       for (bool ckpt : {false, true}) {
         LayoutPlan p;
         p.dp = dp, p.tp = tp, p.zero = zero, p.activation_checkpointing = ckpt;
-        p.params_per_gpu = ParamsPerTpRank(c, tp);
-        p.state = PlanModelState(c, in.elem_bytes, dp, tp, zero);
+        p.params_per_gpu = params;
+        p.state = StateOf(double(params), in.elem_bytes, dp, zero);
         const double ends = double(u.embed + u.head);
         // DataParallel keeps at most 3 full-size gradient buckets in flight (ZeRO-2/3), plus
         // the embedding / head gradients, which arrive in pieces and are reduced at the end.

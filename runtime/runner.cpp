@@ -8,6 +8,7 @@
 #include "models/generate.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "runtime/model_setup.h"
 
 namespace ftune {
 
@@ -82,18 +83,12 @@ std::vector<int32_t> Runner::PromptIds(const std::string& prompt) const {
 std::vector<std::string> Runner::operator()(const std::vector<std::string>& prompts) {
   std::vector<std::vector<int32_t>> ids;
   for (const auto& p : prompts) ids.push_back(PromptIds(p));
-  models::GenerateOptions g;
+  models::GenerateOptions g = runtime::TokenGenerateOptions(impl_->tok, impl_->loaded.config);
   g.max_new_tokens = impl_->opt.max_new_tokens;
   g.temperature = impl_->opt.temperature;
   g.top_k = impl_->opt.top_k;
   g.top_p = impl_->opt.top_p;
   g.seed = impl_->opt.seed;
-  for (int32_t id : impl_->tok.eos_ids()) g.eos_ids.push_back(id);
-  g.vocab_limit = impl_->tok.vocab_size();
-  for (int64_t id : impl_->loaded.config.eos_token_ids) {
-    if (std::find(g.eos_ids.begin(), g.eos_ids.end(), id) == g.eos_ids.end()) g.eos_ids.push_back(id);
-  }
-  g.pad_id = std::max<int32_t>(impl_->tok.pad_id(), 0);
   const auto outs = models::Generate(*impl_->loaded.model, ids, g);
   std::vector<std::string> res;
   const int64_t v = impl_->tok.vocab_size();

@@ -22,6 +22,7 @@
 #include "runtime/config.h"
 #include "runtime/parallelize.h"
 #include "runtime/trainer.h"
+#include "tests/learnable_batch.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::runtime {
@@ -57,23 +58,8 @@ Config TinyConfig(int64_t zero, int64_t tp) {
   return c;
 }
 
-// Global samples [first, first + count) of step `step` (deterministic).
 data::Batch Samples(int64_t step, int64_t first, int64_t count) {
-  data::Batch b;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 + step);
-  auto all = at::empty({first + count, kSeq + 1}, at::kLong);
-  all.select(1, 0).copy_(at::randint(kVocab, {first + count}, gen, at::kLong));
-  for (int64_t t = 1; t <= kSeq; ++t) {
-    all.select(1, t).copy_((all.select(1, t - 1) * 3 + 1) % kVocab);
-  }
-  all = all.slice(0, first);
-  b.tokens = all.slice(1, 0, kSeq).contiguous();
-  b.targets = all.slice(1, 1, kSeq + 1).contiguous();
-  auto t = at::arange(kSeq, at::kLong).unsqueeze(0);
-  b.loss_mask = (t >= (at::arange(first, first + count, at::kLong) % 5).unsqueeze(1)).to(at::kFloat);
-  b.positions = t.expand({count, kSeq}).contiguous();
-  b.num_targets = static_cast<int64_t>(b.loss_mask.sum().item<double>());
-  return b;
+  return ftune::testing::LearnableBatch(step, first, count, kSeq, kVocab, 5);
 }
 
 // One training job: a layout (tp, zero; dp = ranks / tp) over a communicator.

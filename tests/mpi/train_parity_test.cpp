@@ -10,6 +10,7 @@
 #include "runtime/config.h"
 #include "runtime/parallelize.h"
 #include "runtime/trainer.h"
+#include "tests/learnable_batch.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::runtime {
@@ -44,24 +45,8 @@ Config TinyConfig(int64_t micro_batch, int64_t grad_accum, int64_t zero) {
   return c;
 }
 
-// Global sample i of step `step`: deterministic tokens, and a loss mask with a
-// sample-dependent number of targets (so the exact normalisation matters).
 data::Batch Samples(int64_t step, int64_t first, int64_t count) {
-  data::Batch b;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 + step);
-  // A learnable sequence: a random start, then next = (3 * token + 1) mod V.
-  auto all = at::empty({first + count, kSeq + 1}, at::kLong);
-  all.select(1, 0).copy_(at::randint(kVocab, {first + count}, gen, at::kLong));
-  for (int64_t t = 1; t <= kSeq; ++t) all.select(1, t).copy_((all.select(1, t - 1) * 3 + 1) % kVocab);
-  all = all.slice(0, first);
-  b.tokens = all.slice(1, 0, kSeq).contiguous();
-  b.targets = all.slice(1, 1, kSeq + 1).contiguous();
-  auto t = at::arange(kSeq, at::kLong).unsqueeze(0);
-  auto start = (at::arange(first, first + count, at::kLong) % 7).unsqueeze(1);  // prompt length
-  b.loss_mask = (t >= start).to(at::kFloat);
-  b.positions = t.expand({count, kSeq}).contiguous();
-  b.num_targets = static_cast<int64_t>(b.loss_mask.sum().item<double>());
-  return b;
+  return ftune::testing::LearnableBatch(step, first, count, kSeq, kVocab, 7);
 }
 
 struct RunResult {
