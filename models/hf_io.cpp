@@ -145,8 +145,8 @@ LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors
   }
   LoadedModel out;
   out.config = cfg;
-  out.model = std::make_shared<LlamaModel>(cfg);
-  out.model->to(dtype);
+  out.model = std::make_shared<LlamaModel>(cfg, /*materialize=*/false);  // as LoadHf
+  Unmaterialize(*out.model, dtype);
   torch::NoGradGuard no_grad;
   for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
     auto it = by_name.find(p.key());
