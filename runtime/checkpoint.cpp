@@ -20,6 +20,7 @@
 #include "data/shards.h"
 #include "models/hf_io.h"
 #include "parallel/hdf5_mpio.h"
+#include "runtime/direct_write.h"
 #include "runtime/log.h"
 #include "runtime/model_setup.h"
 #include "runtime/parallelize.h"
@@ -464,6 +465,19 @@ uint32_t Crc32(const void* p, int64_t bytes) {
   return libdeflate_crc32(0, p, static_cast<size_t>(bytes));
 }
 
+// An empty float tensor shaped like `like` whose element `first_elem` of the full tensor (the
+// slice's first element) has the same address modulo a page as its offset in the file (datasets
+// start on a page): then DirectWriter writes from it without a staging copy.
+at::Tensor PageAlignedLike(const at::Tensor& like, int64_t first_elem) {
+  constexpr int64_t kPage = DirectWriter::kAlign;
+  const int64_t bytes = like.numel() * static_cast<int64_t>(sizeof(float));
+  auto raw = torch::empty({bytes + kPage}, torch::kUInt8);
+  const auto addr = reinterpret_cast<uintptr_t>(raw.data_ptr());
+  const int64_t shift =
+      ((first_elem * 4 - static_cast<int64_t>(addr % kPage)) % kPage + kPage) % kPage;
+  return raw.narrow(0, shift, bytes).view(torch::kFloat).view(like.sizes());
+}
+
 at::Generator CpuGenerator() { return at::detail::getDefaultCPUGenerator(); }
 
 void FsyncPath(const std::string& path, bool dir) {
@@ -648,14 +662,24 @@ void CheckpointManager::Save(const TrainState& state) {
   job->tmp = job->path + ".tmp";
   const bool async = cfg_.checkpoint.async;
   job->data.resize(plan_->tensors.size());
+  if (async) async_copy_.resize(plan_->tensors.size());
   for (size_t i = 0; i < plan_->tensors.size(); ++i) {
     const auto& t = plan_->tensors[i];
     if (!t.owner) continue;
     const auto& w = plan_->views[t.view];
-    // Async: a copy, so training can go on updating the live tensors.
-    job->data[i] = async ? std::array<at::Tensor, 3>{w.master.clone(), w.exp_avg.clone(),
-                                                     w.exp_avg_sq.clone()}
-                         : std::array<at::Tensor, 3>{w.master, w.exp_avg, w.exp_avg_sq};
+    const std::array<at::Tensor, 3> live{w.master, w.exp_avg, w.exp_avg_sq};
+    if (!async) {
+      job->data[i] = live;
+      continue;
+    }
+    // Async: a copy, so training can go on updating the live tensors. The previous save is
+    // done (Wait above), so its copy is reused: no fresh pages to fault in at every save.
+    for (int k = 0; k < 3; ++k) {
+      auto& c = async_copy_[i][k];
+      if (!c.defined()) c = PageAlignedLike(live[k], t.runs.empty() ? 0 : t.runs[0].full_offset);
+      c.copy_(live[k]);
+    }
+    job->data[i] = async_copy_[i];
   }
   {
     auto gen = CpuGenerator();
@@ -724,6 +748,9 @@ void CheckpointManager::RunJob(WriteJob& job) {
     Phase(comm, "creating " + tmp, [&]() {
       H5Lock lock;
       H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
+      // Large datasets start on a page: their slices' O_DIRECT writes then need no unaligned
+      // head, and no page is shared with HDF5's metadata.
+      H5_CHECK(H5Pset_alignment(fapl.get(), 64 * 1024, DirectWriter::kAlign), tmp);
       file = H5Id(H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
                            "creating checkpoint " + tmp),
                   H5Fclose);
@@ -742,6 +769,16 @@ void CheckpointManager::RunJob(WriteJob& job) {
     // this rank's contiguous range, else a collective one) without a status all-reduce per
     // dataset: a failing rank keeps making the same collective calls, and all agree once.
     const auto t_data = Clock::now();
+    // checkpoint.direct_io: the contiguous slices' bytes go straight into the file at their
+    // datasets' offsets (contiguous layout, allocated at creation, never filled by HDF5) once
+    // HDF5 has closed it; see runtime/direct_write.h for why.
+    const bool direct = cfg_.checkpoint.direct_io;
+    struct Extent {
+      int64_t offset;
+      const float* src;
+      int64_t bytes;
+    };
+    std::vector<Extent> raw;
     Deferred writes;
     for (size_t i = 0; i < plan_->tensors.size(); ++i) {
       const auto& t = plan_->tensors[i];
@@ -761,8 +798,14 @@ void CheckpointManager::RunJob(WriteJob& job) {
           WriteAttr(ds.get(), "crc32", H5T_NATIVE_UINT32, H5T_STD_U32LE, &c, ctx);
           if (t.contiguous) {
             if (t.owner && t.count > 0) {
-              WriteSliceOf(ds.get(), fspace.get(), t.blocks, t.count,
-                           job.data[i][k].data_ptr<float>(), H5P_DEFAULT, ctx);
+              const float* src = job.data[i][k].data_ptr<float>();
+              const haddr_t at = direct ? H5Dget_offset(ds.get()) : HADDR_UNDEF;
+              if (at != HADDR_UNDEF) {  // written after the close, around MPI-IO
+                raw.push_back({static_cast<int64_t>(at) + t.runs[0].full_offset * 4, src,
+                               t.count * 4});
+              } else {
+                WriteSliceOf(ds.get(), fspace.get(), t.blocks, t.count, src, H5P_DEFAULT, ctx);
+              }
             }
           } else {
             WriteSliceOf(ds.get(), fspace.get(), t.blocks, t.count,
@@ -832,6 +875,18 @@ void CheckpointManager::RunJob(WriteJob& job) {
       H5_CHECK(file.Close(), "closing (flushing) checkpoint " + tmp);
     });
     job.stats.close_s = Since(t_close);
+    if (direct) {
+      const auto t_raw = Clock::now();
+      Phase(comm, "writing the tensor data of " + tmp, [&]() {
+        if (raw.empty()) return;
+        DirectWriter w(tmp, true);
+        for (const auto& e : raw) w.Write(e.offset, e.src, e.bytes);
+        w.Sync();
+        job.stats.direct_bytes = w.direct_bytes();
+        job.stats.buffered_bytes = w.buffered_bytes();
+      });
+      job.stats.raw_s = Since(t_raw);
+    }
     const auto t_publish = Clock::now();
     Phase(comm, "publishing " + job.path, [&]() {
       if (!root) return;

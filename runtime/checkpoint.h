@@ -47,6 +47,7 @@
 // HDF5 calls as the others until the phase ends.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -113,6 +114,9 @@ struct SaveStats {
   double crc_s = 0;       //   checksums of this rank's slices + their all-gather
   double data_s = 0;      //   creating and writing the tensor datasets (into the page cache)
   double close_s = 0;     //   closing the file (flushing HDF5 metadata); /state is not counted
+  double raw_s = 0;       //   checkpoint.direct_io: this rank's contiguous slices, written and
+                          //   fsynced after the close (then data_s covers the rest)
+  int64_t direct_bytes = 0, buffered_bytes = 0;  // of raw_s: with O_DIRECT, via the page cache
   double publish_s = 0;   //   fsync (rank 0; the others wait), rename, `latest`:
   double fsync_s = 0;     //     the file's fsync (rank 0)
   int64_t file_bytes = 0; // size of the file (rank 0)
@@ -181,6 +185,10 @@ class CheckpointManager {
   std::exception_ptr async_error_;
   std::atomic<bool> job_done_{true};
   std::unique_ptr<WriteJob> pending_;
+  // checkpoint.async: this rank's slices (master, exp_avg, exp_avg_sq per tensor), copied here at
+  // each save and written from here; allocated at the first save and kept, placed so that their
+  // O_DIRECT writes need no staging copy.
+  std::vector<std::array<at::Tensor, 3>> async_copy_;
   std::vector<SaveStats> saves_;
   LoadStats last_load_;
 };

@@ -100,6 +100,7 @@ struct CheckpointConfig {
   int64_t every = 0;       // save every N steps (0: only at the end)
   int64_t keep = 2;        // newest complete checkpoints kept
   bool async = false;      // write in a background thread while training continues
+  bool direct_io = true;   // bulk tensor data around the page cache (O_DIRECT) where supported
   std::string dir = "checkpoints";  // relative to run.output_dir unless absolute
   bool resume = true;      // resume from `latest` in dir when present
 
@@ -108,6 +109,8 @@ struct CheckpointConfig {
     v("every", every, "save every N steps (0 = only at the end)");
     v("keep", keep, "newest complete checkpoints kept");
     v("async", async, "write checkpoints in a background thread");
+    v("direct_io", direct_io, "write tensor data with O_DIRECT where the file system allows "
+      "(false: independent MPI-IO transfers through the page cache)");
     v("dir", dir, "checkpoint directory (relative to run.output_dir unless absolute)");
     v("resume", resume, "resume from the latest checkpoint when present");
   }

@@ -176,10 +176,13 @@ TEST_F(CheckpointTest, RoundTripInEveryLayout) {
   auto& world = TestWorld().comm();
   struct Layout {
     int64_t tp, zero;
+    bool direct_io = true;  // false: the slices go through MPI-IO instead
   };
-  for (Layout l : {Layout{1, 0}, Layout{1, 1}, Layout{1, 3}, Layout{2, 0}, Layout{2, 2}}) {
-    const std::string dir = Dir(fmt::format("tp{}_zero{}", l.tp, l.zero));
+  for (Layout l : {Layout{1, 0}, Layout{1, 1}, Layout{1, 3}, Layout{2, 0}, Layout{2, 2},
+                   Layout{1, 3, false}, Layout{2, 2, false}}) {
+    const std::string dir = Dir(fmt::format("tp{}_zero{}_direct{}", l.tp, l.zero, l.direct_io));
     Job a(world, l.tp, l.zero, dir);
+    a.cfg.checkpoint.direct_io = l.direct_io;
     a.Step();
     a.Step();
     a.Save();
@@ -495,7 +498,8 @@ TEST_F(CheckpointTest, CollectiveModelReadFallsBackOnEveryRank) {
 }
 
 // Benchmark (not a test): FTUNE_CKPT_BENCH_MB=<approximate checkpoint size> writes and reads a
-// checkpoint of a wider model, sync and async, and prints GB/s and the blocking time per save.
+// checkpoint of a wider model, sync (checkpoint.direct_io off, then on) and async, and prints GB/s
+// and the blocking time per save.
 TEST_F(CheckpointTest, Benchmark) {
   const char* env = std::getenv("FTUNE_CKPT_BENCH_MB");
   if (!env) GTEST_SKIP() << "set FTUNE_CKPT_BENCH_MB to run";
@@ -503,9 +507,22 @@ TEST_F(CheckpointTest, Benchmark) {
   const double mb = std::atof(env);
   const char* bench_dir = std::getenv("FTUNE_CKPT_BENCH_DIR");
   const std::string dir = bench_dir ? bench_dir : Dir("bench");
-  for (bool async : {false, true}) {
+  struct Mode {
+    bool async, direct;
+  };
+  // FTUNE_CKPT_BENCH_MODES: which, in which order: b (sync, direct_io off), d (sync, direct_io
+  // on), a (async, direct_io on); default "bda".
+  const char* modes_env = std::getenv("FTUNE_CKPT_BENCH_MODES");
+  std::vector<Mode> modes;
+  for (const char c : std::string(modes_env ? modes_env : "bda")) {
+    if (c == 'b' || c == 'd' || c == 'a') modes.push_back({c == 'a', c != 'b'});
+  }
+  for (const Mode mode : modes) {
+    const bool async = mode.async;
+    const int first_step = 10 * (2 * async + mode.direct);
     Config cfg = TinyConfig(1, 1);
     cfg.checkpoint.async = async;
+    cfg.checkpoint.direct_io = mode.direct;
     cfg.checkpoint.keep = 1;
     cfg.parallel.bucket_mb = 25;
     // 12 bytes per parameter (master + 2 moments); layers of 16 h^2 parameters (attention 4 h^2,
@@ -523,7 +540,7 @@ TEST_F(CheckpointTest, Benchmark) {
     CheckpointManager m(cfg, grid, trainer.data_parallel(), model->config(), dir);
     for (int s = 1; s <= 3; ++s) {
       TrainState st;
-      st.step = s + (async ? 10 : 0);
+      st.step = first_step + s;
       m.Save(st);
       // Stand-in for a training step that overlaps an async write.
       const char* gap = std::getenv("FTUNE_CKPT_BENCH_GAP_MS");
@@ -542,12 +559,14 @@ TEST_F(CheckpointTest, Benchmark) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (Root()) {
       for (const auto& s : m.saves()) {
-        std::printf("BENCH async=%d step=%lld bytes=%lld write_s=%.3f write_GBps=%.3f "
-                    "blocking_s=%.4f (crc %.3f, data %.3f, close %.3f, publish %.3f incl. fsync "
-                    "%.3f)\n",
-                    async, static_cast<long long>(s.step), static_cast<long long>(s.file_bytes),
+        std::printf("BENCH async=%d direct_io=%d step=%lld bytes=%lld write_s=%.3f write_GBps=%.3f "
+                    "blocking_s=%.4f (crc %.3f, data %.3f, close %.3f, raw %.3f [rank 0: %.0f MB "
+                    "O_DIRECT, %.1f MB buffered], publish %.3f incl. fsync %.3f)\n",
+                    async, mode.direct, static_cast<long long>(s.step),
+                    static_cast<long long>(s.file_bytes),
                     s.write_s, s.file_bytes / 1e9 / s.write_s, s.blocking_s, s.crc_s, s.data_s,
-                    s.close_s, s.publish_s, s.fsync_s);
+                    s.close_s, s.raw_s, s.direct_bytes / 1e6, s.buffered_bytes / 1e6,
+                    s.publish_s, s.fsync_s);
       }
       const auto bytes = fs::file_size(meta->path);
       const auto& l = m.last_load();
