@@ -22,6 +22,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # The reference's OpenBLAS (Debian's pthread build) ignores torch.set_num_threads: pin it to the
 # same threads (ftune sets it itself, from run.threads).
 export OPENBLAS_NUM_THREADS=$THREADS
+unset OMP_WAIT_POLICY  # the reference as users run it; ftune sets its own (launch/main.cpp)
 
 # name: dim layers heads kv_heads ffn vocab seq batch
 shape() {
@@ -54,8 +55,10 @@ bench() {  # yaml np threads -> the JSON line of ftune bench train
 echo "machine: $(nproc --all) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
      "load $(cut -d' ' -f1 /proc/loadavg), $(date -u +%F) | fp32, $THREADS threads, $WARMUP warm-up +" \
      "$STEPS timed steps, medians"
-printf '%-6s %12s %12s %8s %14s %14s %10s\n' shape ftune_tok/s torch_tok/s ratio model_GFLOP/s \
-  gemm_GFLOP/s of_gemm
+# torch_tok/s: the reference as a user runs it; torch_passive: the same with OMP_WAIT_POLICY=PASSIVE,
+# which ftune sets for itself (launch/main.cpp), for a like-for-like threading environment.
+printf '%-6s %12s %12s %8s %14s %8s %14s %14s %10s\n' shape ftune_tok/s torch_tok/s ratio \
+  torch_passive ratio model_GFLOP/s gemm_GFLOP/s of_gemm
 for name in $SHAPES; do
   read -r DIM LAYERS HEADS KV FFN VOCAB SEQ BATCH <<< "$(shape "$name")"
   cat > "$WORK/$name.yaml" <<YAML
@@ -72,11 +75,13 @@ YAML
   [[ -d $WORK/data_$SEQ ]] || "$FTUNE" prepare --config "$WORK/$name.yaml" > "$WORK/prepare.log" 2>&1 ||
     { cat "$WORK/prepare.log"; exit 1; }
   j=$(bench "$WORK/$name.yaml" 1 "$THREADS")
-  ref=$("$PY" "$REF" --dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV" --ffn "$FFN" \
-    --vocab "$VOCAB" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
-  f=$(field "$j" tokens_per_s) r=$(field "$ref" tokens_per_s)
+  ref_args=(--dim "$DIM" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV" --ffn "$FFN" --vocab "$VOCAB"
+            --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
+  ref=$("$PY" "$REF" "${ref_args[@]}")
+  refp=$(OMP_WAIT_POLICY=PASSIVE "$PY" "$REF" "${ref_args[@]}")
+  f=$(field "$j" tokens_per_s) r=$(field "$ref" tokens_per_s) rp=$(field "$refp" tokens_per_s)
   m=$(field "$j" model_tflops_per_s_per_device) g=$(field "$j" gemm_tflops_per_s)
-  python3 -c "f,r,m,g=$f,$r,$m,$g; print(f'%-6s %12.1f %12.1f %8.3f %14.1f %14.1f %10.3f' % ('$name', f, r, f/r, m*1e3, g*1e3, m/g))"
+  python3 -c "f,r,rp,m,g=$f,$r,$rp,$m,$g; print(f'%-6s %12.1f %12.1f %8.3f %14.1f %8.3f %14.1f %14.1f %10.3f' % ('$name', f, r, f/r, rp, f/rp, m*1e3, g*1e3, m/g))"
 done
 
 # Weak scaling on the first shape: 1 thread per rank, the same micro-batch per rank.

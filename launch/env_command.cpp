@@ -1,7 +1,9 @@
 // `ftune env`: what each rank sees (placement, device, threads, library versions).
 #include <fmt/format.h>
+#include <cstdlib>
 
 #include "launch/commands.h"
+
 #include "parallel/communicator.h"
 #include "runtime/log.h"
 
@@ -47,10 +49,12 @@ void AddEnvCommand(CLI::App& app, runtime::World& world) {
     if (!args.config_path.empty() || !args.overrides.empty()) {
       runtime::SetUpRun(world, args, {world.world_size(), false}, "env");
     }
+    const char* wait = std::getenv("OMP_WAIT_POLICY");
     const std::string line = fmt::format(
-        "rank {}/{} | local rank {}/{} | host {} | device {} | torch threads {}", world.rank(),
-        world.world_size(), world.local_rank(), world.local_size(), world.host(),
-        world.device().str(), world.threads());
+        "rank {}/{} | local rank {}/{} | host {} | device {} | torch threads {} | "
+        "OMP_WAIT_POLICY {}", world.rank(), world.world_size(), world.local_rank(),
+        world.local_size(), world.host(), world.device().str(), world.threads(),
+        wait != nullptr ? wait : "unset (train, bench, eval and generate run with PASSIVE)");
     auto lines = GatherStrings(world.comm(), line);
     if (world.rank() != 0) return;
     fmt::print("ftune env\n");
