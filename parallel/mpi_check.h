@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <chrono>
+
 #include "parallel/error.h"
 
 namespace ftune::parallel {
@@ -14,6 +16,9 @@ class Communicator;
 // The MPI_Comm behind a communicator of the MPI backend (for MPI-IO: parallel/hdf5_mpio.h).
 // Throws CommError for a communicator of another backend. The handle stays owned by `c`.
 MPI_Comm NativeMpiComm(Communicator& c);
+
+// Adds `waited` to CommWaitSeconds() (for the Work::Wait of every backend).
+void AddCommWait(std::chrono::steady_clock::duration waited);
 
 }  // namespace ftune::parallel
 

@@ -389,6 +389,10 @@ std::string MpiLibraryVersion() {
 
 double CommWaitSeconds() { return comm_wait_ns.load() * 1e-9; }
 
+void AddCommWait(std::chrono::steady_clock::duration waited) {
+  comm_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(waited).count();
+}
+
 #ifndef FTUNE_WITH_NCCL
 bool HasNccl() { return false; }
 std::string NcclVersion() { return ""; }
