@@ -136,9 +136,8 @@ void AddTrainCommand(CLI::App& app, runtime::World& world) {
     ckpt.Wait();
     LogSaveSummary(ckpt);
 
-    trainer.GatherAll();
-    ExportRunModel(*model, grid, TokenizerDir(cfg), RunPath(cfg, "final"));
-    trainer.ReleaseAll();
+    ExportRunModel(*model, grid, [&](const NamedTensorFn& fn) { trainer.VisitParams(fn); },
+                   TokenizerDir(cfg), RunPath(cfg, "final"));
   });
 }
 

@@ -142,15 +142,18 @@ TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
 }
 
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
-                    const std::string& tokenizer_dir, const std::string& out_dir) {
+                    const ParamVisit& visit, const std::string& tokenizer_dir,
+                    const std::string& out_dir) {
   models::NamedTensors full;
   auto* tp = dynamic_cast<TensorParallelLlama*>(&model);
-  for (const auto& p : model.named_parameters()) {
-    torch::Tensor t = p.value().detach();
-    if (tp) t = GatherFull(t.contiguous(), tp->layout().at(p.key()), grid.tp_comm());
-    full.emplace_back(p.key(), t.to(torch::kFloat).contiguous());
-  }
-  if (grid.world().rank() == 0) {
+  const bool root = grid.world().rank() == 0;
+  visit([&](const std::string& name, const torch::Tensor& param) {
+    torch::Tensor t = param.detach();
+    if (tp) t = GatherFull(t.contiguous(), tp->layout().at(name), grid.tp_comm());
+    // A reference keeps a released ZeRO-3 unit's storage alive: only rank 0 holds any.
+    if (root) full.emplace_back(name, t.to(torch::kFloat).contiguous());
+  });
+  if (root) {
     models::SaveHfOptions opt;
     opt.tokenizer_src_dir = tokenizer_dir;
     opt.overwrite = true;

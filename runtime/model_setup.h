@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <functional>
 #include <string>
 
 #include "data/loader.h"
@@ -57,9 +58,17 @@ struct TrainModel {
 TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
                            parallel::ProcessGrid& grid);
 
-// Writes the (whole: ZeRO-3 units gathered, TP shards gathered by the caller's model) model as
-// an HF directory from rank 0 of `grid`; collective over the grid. `tokenizer_dir` files are copied.
+// Calls its argument with each parameter's name and tensor (this rank's tensor-parallel slice,
+// else the whole tensor), in the same order on every rank; Trainer::VisitParams is one.
+using NamedTensorFn = std::function<void(const std::string&, const torch::Tensor&)>;
+using ParamVisit = std::function<void(const NamedTensorFn&)>;
+
+// Writes the model as an HF directory from rank 0 of `grid`; collective over the grid.
+// Parameters come from `visit` (under ZeRO-3 Trainer::VisitParams gathers one unit at a time),
+// tensor-parallel slices are gathered here, and only rank 0 keeps the whole tensors (fp32) to
+// write them. `tokenizer_dir` files are copied.
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
-                    const std::string& tokenizer_dir, const std::string& out_dir);
+                    const ParamVisit& visit, const std::string& tokenizer_dir,
+                    const std::string& out_dir);
 
 }  // namespace ftune::runtime

@@ -226,6 +226,23 @@ void Trainer::GatherAll() {
   for (int u = 0; u < dp_->num_units(); ++u) dp_->WaitUnit(u);
 }
 
+void Trainer::VisitParams(
+    const std::function<void(const std::string&, const torch::Tensor&)>& fn) {
+  const auto& params = dp_->params();
+  if (dp_->zero() != 3) {
+    for (const auto& p : params) fn(p.name, p.param);
+    return;
+  }
+  for (int u = 0; u < dp_->num_units(); ++u) {
+    dp_->GatherUnit(u);
+    dp_->WaitUnit(u);
+    for (size_t p = 0; p < params.size(); ++p) {
+      if (dp_->UnitOf(static_cast<int>(p)) == u) fn(params[p].name, params[p].param);
+    }
+    dp_->ReleaseUnit(u);
+  }
+}
+
 void Trainer::ReleaseAll() {
   if (dp_->zero() != 3) return;
   for (int u = 0; u < dp_->num_units(); ++u) dp_->ReleaseUnit(u);

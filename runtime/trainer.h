@@ -71,6 +71,10 @@ class Trainer {
   // call ReleaseAll afterwards. For export and evaluation.
   void GatherAll();
   void ReleaseAll();
+  // Calls fn(name, tensor) for every parameter, in the same order on every rank (collective).
+  // Under ZeRO-3 the units are gathered one at a time and released after their calls, so a
+  // rank holds one unit whole at a time, unless fn keeps references. For export.
+  void VisitParams(const std::function<void(const std::string&, const torch::Tensor&)>& fn);
   // FLOPs per trained token (PaLM: 6N + 12 L d T, N = parameters without the input embedding).
   double FlopsPerToken(int64_t seq_len) const;
 

@@ -2,7 +2,8 @@
 # e2e: `ftune export --checkpoint RUN_DIR|CKPT --out DIR`: the HF directory of a checkpoint is
 # byte-identical to the one `ftune train` exported from the live model at the same step, works
 # with `ftune generate`, follows model.dtype (bf16) and falls back past a damaged checkpoint;
-# under mpirun (collective read) it is byte-identical to the one-process export. `ftune generate
+# under mpirun (collective read) it is byte-identical to the one-process export, and so are the
+# live exports of ZeRO-3 and tensor-parallel runs. `ftune generate
 # --model CKPT|RUN_DIR` answers exactly as the checkpoint's exported HF directory does.
 # Usage: export_checkpoint_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
@@ -66,6 +67,15 @@ if [[ ${#MPIRUN[@]} -gt 0 ]]; then
   "${MPIRUN[@]}" -np 3 "$FTUNE" export --checkpoint run --out hf6c > export3c.log 2>&1 \
     || { cat export3c.log; fail "export under mpirun -np 3 failed"; }
   cmp hf/model.safetensors hf6c/model.safetensors || fail "mpirun -np 3 export differs from the 1-process export"
+  # The live export at the end of a ZeRO-3 run (units gathered one at a time) and of a
+  # tensor-parallel one equals the one-process export of their final checkpoints.
+  for layout in "parallel.zero=3" "parallel.tp=2"; do
+    out=live_${layout//[.=]/_}
+    "${MPIRUN[@]}" -np 2 "$FTUNE" train --config base.yaml --set train.steps=3 --set "$layout" \
+      --set run.output_dir="$SCRATCH/$out" > $out.log 2>&1 || { cat $out.log; fail "train with $layout failed"; }
+    "$FTUNE" export --checkpoint $out --out ${out}_hf > ${out}_export.log 2>&1 || { cat ${out}_export.log; fail "export of the $layout run failed"; }
+    cmp $out/final/model.safetensors ${out}_hf/model.safetensors || fail "$layout: the live export differs from its checkpoint's"
+  done
 fi
 
 # 3. A damaged newest checkpoint: warned about by name, the previous one is exported.
