@@ -34,14 +34,7 @@ shape() {
 }
 
 # Text data: enough packed rows for every step.
-python3 - "$WORK/text.jsonl" <<'PY'
-import json, random, sys
-random.seed(0)
-words = "the a model learns tokens from data and the loss goes down while we train it on text".split()
-with open(sys.argv[1], "w") as f:
-    for i in range(4000):
-        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(120))}) + "\n")
-PY
+python3 "$PWD/cluster/synthetic_text.py" "$WORK/text.jsonl" 4000
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 bench() {  # yaml np threads -> the JSON line of ftune bench train

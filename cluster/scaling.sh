@@ -53,14 +53,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 if [[ -z $CONFIG ]]; then
-  python3 - "$WORK/text.jsonl" <<'PY'
-import json, random, sys
-random.seed(0)
-words = "the a model learns tokens from data and the loss goes down while we train it on text".split()
-with open(sys.argv[1], "w") as f:
-    for i in range(3000):
-        f.write(json.dumps({"text": " ".join(random.choice(words) for _ in range(120))}) + "\n")
-PY
+  python3 "$ROOT/cluster/synthetic_text.py" "$WORK/text.jsonl" 3000
   CONFIG=$WORK/scaling.yaml
   cat > "$CONFIG" <<YAML
 run: {output_dir: $WORK/run}
