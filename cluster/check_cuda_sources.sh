@@ -3,9 +3,13 @@
 # it (FTUNE_WITH_NCCL, nccl.h and the CUDA runtime headers from the toolkit, libtorch's c10/cuda
 # and ATen/cuda headers), on a machine whose libtorch is a CPU build. It catches code that would
 # not compile against a CUDA libtorch (the NCCL backend, compat.h's CUDA branches) without one;
-# it cannot catch link errors or anything about libtorch 2.x's own API differences.
+# it cannot catch link errors. Against libtorch 2.x's headers it also checks the 2.x branches
+# (compat.h) without a 2.x build, e.g. with Debian trixie's libtorch-dev unpacked anywhere:
+#   curl -O http://deb.debian.org/debian/pool/main/p/pytorch/libtorch-dev_2.6.0+dfsg-7_amd64.deb
+#   dpkg -x libtorch-dev_2.6.0+dfsg-7_amd64.deb /tmp/torch26
+#   TORCH_INCLUDE=/tmp/torch26/usr/include cluster/check_cuda_sources.sh
 # Usage: cluster/check_cuda_sources.sh [CUDA_HOME (/usr/local/cuda)]
-#   env: JOBS (nproc), TORCH_INCLUDE (where to look for libtorch's headers)
+#   env: JOBS (nproc), TORCH_INCLUDE (where to look for libtorch's headers; default the system's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUDA=${1:-/usr/local/cuda}

@@ -64,8 +64,9 @@ inline int64_t PeakDeviceMemory(const torch::Device& device) {
 #ifdef FTUNE_HAS_C10_CUDA
   if (device.is_cuda()) {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)]
-        .peak;
+    // Entry 0 is StatType::AGGREGATE (all pools), first in every version; the enum itself moved
+    // from c10::cuda::CUDACachingAllocator to c10::CachingDeviceAllocator in libtorch 2.x.
+    return stats.allocated_bytes[0].peak;
   }
 #else
   (void)device;
