@@ -14,9 +14,6 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-}
 
 // HF rotate_half: (x1, x2) -> (-x2, x1) over the two halves of the last dim.
 torch::Tensor RotateHalf(const torch::Tensor& x) {
@@ -168,12 +165,14 @@ std::pair<torch::Tensor, torch::Tensor> Rotary::CosSin(const torch::Tensor& posi
 }
 
 // --- Attention --------------------------------------------------------------------------------
-LlamaAttention::LlamaAttention(const LlamaConfig& cfg) : head_dim(cfg.head_dim) {
-  const int64_t c = cfg.hidden_size;
-  q_proj = register_module("q_proj", MakeLinear(c, cfg.num_attention_heads * head_dim));
-  k_proj = register_module("k_proj", MakeLinear(c, cfg.num_key_value_heads * head_dim));
-  v_proj = register_module("v_proj", MakeLinear(c, cfg.num_key_value_heads * head_dim));
-  o_proj = register_module("o_proj", MakeLinear(cfg.num_attention_heads * head_dim, c));
+LlamaAttention::LlamaAttention(const LlamaConfig& cfg, bool materialize)
+    : head_dim(cfg.head_dim) {
+  const int64_t c = cfg.hidden_size, q = cfg.num_attention_heads * head_dim,
+                kv = cfg.num_key_value_heads * head_dim;
+  q_proj = register_module("q_proj", MakeLinear(c, q, materialize));
+  k_proj = register_module("k_proj", MakeLinear(c, kv, materialize));
+  v_proj = register_module("v_proj", MakeLinear(c, kv, materialize));
+  o_proj = register_module("o_proj", MakeLinear(q, c, materialize));
 }
 
 torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -202,10 +201,11 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
 }
 
 // --- MLP --------------------------------------------------------------------------------------
-LlamaMlp::LlamaMlp(const LlamaConfig& cfg) {
-  gate_proj = register_module("gate_proj", MakeLinear(cfg.hidden_size, cfg.intermediate_size));
-  up_proj = register_module("up_proj", MakeLinear(cfg.hidden_size, cfg.intermediate_size));
-  down_proj = register_module("down_proj", MakeLinear(cfg.intermediate_size, cfg.hidden_size));
+LlamaMlp::LlamaMlp(const LlamaConfig& cfg, bool materialize) {
+  const int64_t c = cfg.hidden_size, f = cfg.intermediate_size;
+  gate_proj = register_module("gate_proj", MakeLinear(c, f, materialize));
+  up_proj = register_module("up_proj", MakeLinear(c, f, materialize));
+  down_proj = register_module("down_proj", MakeLinear(f, c, materialize));
 }
 
 torch::Tensor LlamaMlp::forward(const torch::Tensor& x) {
@@ -214,9 +214,9 @@ torch::Tensor LlamaMlp::forward(const torch::Tensor& x) {
 }
 
 // --- Decoder layer ----------------------------------------------------------------------------
-LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& cfg) {
-  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(cfg));
-  mlp = register_module("mlp", std::make_shared<LlamaMlp>(cfg));
+LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& cfg, bool materialize) {
+  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(cfg, materialize));
+  mlp = register_module("mlp", std::make_shared<LlamaMlp>(cfg, materialize));
   input_layernorm = register_module("input_layernorm",
                                     std::make_shared<RmsNorm>(cfg.hidden_size, cfg.rms_norm_eps));
   post_attention_layernorm = register_module(
@@ -238,8 +238,8 @@ LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg, bool materialize) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embed));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    auto layer = std::make_shared<LlamaDecoderLayer>(cfg);
-    if (!materialize) Unmaterialize(*layer, torch::kFloat);  // one layer's init at a time
+    auto layer = std::make_shared<LlamaDecoderLayer>(cfg, materialize);
+    if (!materialize) Unmaterialize(*layer, torch::kFloat);
     layers->push_back(layer);
     layer_list.push_back(layer);
   }
@@ -251,9 +251,20 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, bool materialize) : cfg_(cfg), ro
   cfg_.Validate("LlamaModel config");
   model = register_module("model", std::make_shared<LlamaBackbone>(cfg, materialize));
   if (!cfg.tie_word_embeddings) {
-    lm_head = register_module("lm_head", MakeLinear(cfg.hidden_size, cfg.vocab_size));
+    lm_head = register_module("lm_head",
+                              MakeLinear(cfg.hidden_size, cfg.vocab_size, materialize));
     if (!materialize) Unmaterialize(*lm_head, torch::kFloat);
   }
+}
+
+torch::nn::Linear MakeLinear(int64_t in, int64_t out, bool materialize) {
+  if (materialize) return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  // Built at 1 x 1 (its default init then costs nothing), then given its real shape.
+  auto linear = torch::nn::Linear(torch::nn::LinearOptions(1, 1).bias(false));
+  linear->options.in_features(in).out_features(out);
+  torch::NoGradGuard no_grad;
+  linear->weight.set_data(torch::empty({out, in}));
+  return linear;
 }
 
 void Unmaterialize(torch::nn::Module& module, c10::ScalarType dtype) {

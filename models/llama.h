@@ -89,7 +89,8 @@ class Rotary {
 
 class LlamaAttention : public torch::nn::Module {
  public:
-  explicit LlamaAttention(const LlamaConfig& cfg);
+  // materialize: as LlamaModel's.
+  explicit LlamaAttention(const LlamaConfig& cfg, bool materialize = true);
   // x (B, T, C); cos/sin (B, 1, T, D); mask undefined (causal) or bool (B, 1, T, S), true =
   // attend. Returns (B, T, C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -101,7 +102,7 @@ class LlamaAttention : public torch::nn::Module {
 
 class LlamaMlp : public torch::nn::Module {
  public:
-  explicit LlamaMlp(const LlamaConfig& cfg);
+  explicit LlamaMlp(const LlamaConfig& cfg, bool materialize = true);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   TensorHook enter_region, exit_region;
@@ -109,7 +110,7 @@ class LlamaMlp : public torch::nn::Module {
 
 class LlamaDecoderLayer : public torch::nn::Module {
  public:
-  explicit LlamaDecoderLayer(const LlamaConfig& cfg);
+  explicit LlamaDecoderLayer(const LlamaConfig& cfg, bool materialize = true);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache, int64_t layer);
   std::shared_ptr<RmsNorm> input_layernorm, post_attention_layernorm;
@@ -129,9 +130,9 @@ class LlamaBackbone : public torch::nn::Module {
 
 // HF's `LlamaForCausalLM`. Construction allocates fp32 parameters with libtorch's default init;
 // call InitWeights (or BuildLlama) for the HF-style init, or load weights (LoadHf).
-// With materialize = false the parameters get uninitialised storage instead (see Unmaterialize),
-// module by module, so that building even a 70B-shaped model costs address space, not memory,
-// until its weights (or this rank's shards of them) are written.
+// With materialize = false the parameters get uninitialised storage instead (see Unmaterialize)
+// and no init runs, so that building even a 70B-shaped model costs address space, not memory or
+// time, until its weights (or this rank's shards of them) are written.
 class LlamaModel : public torch::nn::Module {
  public:
   explicit LlamaModel(const LlamaConfig& cfg, bool materialize = true);
@@ -172,6 +173,11 @@ class LlamaModel : public torch::nn::Module {
 // shape and `dtype`, dropping the old storage. Pages that are never written are never resident,
 // so an unmaterialised model holds no memory until its weights are loaded into it.
 void Unmaterialize(torch::nn::Module& module, c10::ScalarType dtype);
+
+// A bias-free Linear of `in` -> `out` features. materialize = false: its weight is allocated but
+// neither initialised nor written (libtorch's Linear always runs its default init over the whole
+// weight, which for a 70B model took longer than loading it); Unmaterialize it next.
+torch::nn::Linear MakeLinear(int64_t in, int64_t out, bool materialize = true);
 
 // A randomly initialised model (InitWeights(seed)) cast to `dtype`.
 std::shared_ptr<LlamaModel> BuildLlama(const LlamaConfig& cfg, c10::ScalarType dtype, int64_t seed);

@@ -10,10 +10,6 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
-}
-
 // The full config, after checking that it can be split `tp` ways (runs before the base class
 // allocates anything).
 const models::LlamaConfig& Checked(const models::LlamaConfig& cfg, int64_t tp) {
@@ -127,15 +123,15 @@ TensorParallelLlama::TensorParallelLlama(const models::LlamaConfig& full_cfg,
   auto exit = [comm](const torch::Tensor& x) { return parallel::ReduceFromRegion(x, *comm); };
   for (auto& layer : model->layer_list) {
     auto& a = *layer->self_attn;
-    a.q_proj = a.replace_module("q_proj", MakeLinear(c, q));
-    a.k_proj = a.replace_module("k_proj", MakeLinear(c, kv));
-    a.v_proj = a.replace_module("v_proj", MakeLinear(c, kv));
-    a.o_proj = a.replace_module("o_proj", MakeLinear(q, c));
+    a.q_proj = a.replace_module("q_proj", models::MakeLinear(c, q, false));
+    a.k_proj = a.replace_module("k_proj", models::MakeLinear(c, kv, false));
+    a.v_proj = a.replace_module("v_proj", models::MakeLinear(c, kv, false));
+    a.o_proj = a.replace_module("o_proj", models::MakeLinear(q, c, false));
     auto& m = *layer->mlp;
-    m.gate_proj = m.replace_module("gate_proj", MakeLinear(c, inter));
-    m.up_proj = m.replace_module("up_proj", MakeLinear(c, inter));
-    m.down_proj = m.replace_module("down_proj", MakeLinear(inter, c));
-    models::Unmaterialize(*layer, torch::kFloat);  // one layer's default init at a time
+    m.gate_proj = m.replace_module("gate_proj", models::MakeLinear(c, inter, false));
+    m.up_proj = m.replace_module("up_proj", models::MakeLinear(c, inter, false));
+    m.down_proj = m.replace_module("down_proj", models::MakeLinear(inter, c, false));
+    models::Unmaterialize(*layer, torch::kFloat);
     if (tp > 1) {
       a.enter_region = m.enter_region = enter;
       a.exit_region = m.exit_region = exit;
@@ -145,7 +141,7 @@ TensorParallelLlama::TensorParallelLlama(const models::LlamaConfig& full_cfg,
       "embed_tokens",
       torch::nn::Embedding(torch::nn::EmbeddingOptions(vocab, c)._weight(torch::empty({vocab, c}))));
   if (lm_head) {
-    lm_head = replace_module("lm_head", MakeLinear(c, vocab));
+    lm_head = replace_module("lm_head", models::MakeLinear(c, vocab, false));
     models::Unmaterialize(*lm_head, torch::kFloat);
   }
   const auto params = named_parameters(/*recurse=*/true);
