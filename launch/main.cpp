@@ -38,7 +38,7 @@ int HandleError(ftune::runtime::World& world, const ftune::Error& e) {
 // (libgomp with OMP_WAIT_POLICY unset). libtorch runs its element-wise ops on OpenMP threads and
 // its GEMMs on OpenBLAS's own threads, so with run.threads > 1 the spinning OpenMP threads take
 // the cores OpenBLAS's threads need: on the 2-core VM, 2 threads trained the ~100M shape at
-// 187-195 tokens/s spinning and 250-276 with OMP_WAIT_POLICY=PASSIVE (PERFORMANCE.md).
+// 187-197 tokens/s spinning and 250-276 with OMP_WAIT_POLICY=PASSIVE (PERFORMANCE.md).
 // libgomp reads its environment once, while it is loaded, before main, so the commands that
 // compute re-execute ftune (same process, same arguments) with OMP_WAIT_POLICY=PASSIVE when the
 // user has not set it. This happens before MPI_Init and costs one more start (~0.7 s on the VM);
@@ -56,7 +56,6 @@ void DefaultThreadEnvironment(int argc, char** argv) {
     return;
   }
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  setenv("FTUNE_DEFAULT_OMP_WAIT_POLICY", "1", 1);  // for `ftune env` and the logs
   execv("/proc/self/exe", argv);
 }
 
