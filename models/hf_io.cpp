@@ -1,5 +1,6 @@
 #include "models/hf_io.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -129,19 +130,33 @@ LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
 
 LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors,
                              c10::ScalarType dtype, const std::string& source) {
+  // Every user-facing problem (wrong shape, missing, unexpected) is found before any copy.
   std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
   std::vector<std::string> missing;
+  size_t found = 0;
   for (const auto& [name, shape] : HfTensorShapes(cfg)) {
     auto it = by_name.find(name);
     if (it == by_name.end()) {
       missing.push_back(name);
-    } else if (it->second.sizes().vec() != shape) {
+      continue;
+    }
+    ++found;
+    if (it->second.sizes().vec() != shape) {
       FT_THROW(ModelError, "{}: tensor '{}' has shape {}, its config says {}", source, name,
                ShapeStr(it->second.sizes().vec()), ShapeStr(shape));
     }
   }
   if (!missing.empty()) {
     FT_THROW(ModelError, "{}: missing tensors ({}): {}", source, missing.size(), NameList(missing));
+  }
+  if (found != by_name.size()) {
+    const auto shapes = HfTensorShapes(cfg);
+    std::vector<std::string> extra;
+    for (const auto& [name, t] : by_name) {
+      const auto same = [&](const auto& shape) { return shape.first == name; };
+      if (std::none_of(shapes.begin(), shapes.end(), same)) extra.push_back(name);
+    }
+    FT_THROW(ModelError, "{}: unexpected tensors ({}): {}", source, extra.size(), NameList(extra));
   }
   LoadedModel out;
   out.config = cfg;
@@ -150,16 +165,8 @@ LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors
   torch::NoGradGuard no_grad;
   for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
     auto it = by_name.find(p.key());
-    if (it == by_name.end()) {
-      FT_THROW(ModelError, "{}: the model's parameter '{}' has no tensor", source, p.key());
-    }
+    FT_CHECK(it != by_name.end(), "parameter {} is not among the config's HF tensors", p.key());
     p.value().copy_(it->second);
-    by_name.erase(it);
-  }
-  if (!by_name.empty()) {
-    std::vector<std::string> extra;
-    for (const auto& [name, t] : by_name) extra.push_back(name);
-    FT_THROW(ModelError, "{}: unexpected tensors ({}): {}", source, extra.size(), NameList(extra));
   }
   return out;
 }

@@ -88,7 +88,8 @@ TEST(DirectWriter, UsesODirectWhereTheFileSystemAllows) {
 }
 
 TEST(DirectWriter, ErrorsNameThePath) {
-  const std::string missing = (fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "no_such_dir" / "x").string();
+  const std::string missing =
+      (fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "no_such_dir" / "x").string();
   try {
     DirectWriter w(missing, true);
     FAIL() << "opened a file in a missing directory";

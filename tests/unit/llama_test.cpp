@@ -553,6 +553,30 @@ TEST(HfIo, MissingAndUnexpectedReportedTogether) {
   EXPECT_EQ(msg.find("inv_freq"), std::string::npos) << msg;
 }
 
+// ModelFromTensors (export, generate and eval from a checkpoint): every problem is reported
+// before anything is copied, naming the source and the tensors; the happy path is exact.
+TEST(HfIo, ModelFromTensorsChecksBeforeCopying) {
+  auto m = TinyModel(false);
+  ftune::models::NamedTensors all;
+  for (const auto& p : m->named_parameters()) all.push_back({p.key(), p.value()});
+  auto loaded = ftune::models::ModelFromTensors(m->config(), all, torch::kFloat, "ckpt X");
+  for (const auto& p : loaded.model->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), m->named_parameters()[p.key()])) << p.key();
+  }
+  auto extra = all;
+  extra.push_back({"model.extra.weight", torch::ones({3})});
+  const auto load = [&](const ftune::models::NamedTensors& ts) {
+    return ErrorOf(
+        [&] { ftune::models::ModelFromTensors(m->config(), ts, torch::kFloat, "ckpt X"); });
+  };
+  auto msg = load(extra);
+  EXPECT_CONTAINS(msg, "ckpt X: unexpected tensors (1): model.extra.weight");
+  auto fewer = all;
+  fewer.pop_back();
+  msg = load(fewer);
+  EXPECT_CONTAINS(msg, "ckpt X: missing tensors (1)");
+}
+
 // --- reference values from HF transformers (tests/fixtures/make_hf_reference.py) ---------------
 TEST(HfReference, LogitsAndLossMatchTransformers) {
   int found = 0;
