@@ -98,7 +98,13 @@ void AddTrainCommand(CLI::App& app, runtime::World& world) {
     TrainingEval training_eval(cfg, tok, grid);
     auto on_step = [&](const StepStats& s) {
       if (training_eval.Due(s.step, total_steps)) {
-        trainer.GatherAll();
+        // ZeRO-3: the loss pass gathers one layer at a time, as training does; generation
+        // (eval.generate) runs the model once per new token, so it gets the whole model.
+        if (cfg.eval.generate) {
+          trainer.GatherAll();
+        } else {
+          trainer.BeginForward();
+        }
         training_eval.Run(*model, s.step);
         trainer.ReleaseAll();
       }

@@ -121,9 +121,12 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
   auto acc = local.accessor<double, 2>();
   for (int64_t k = 0; k < steps; ++k) {
     data::Batch b = loader.Next();
-    if (b.num_targets == 0) continue;  // filler rows only
-    // Columns after the batch's last target change no earlier logit (causal): drop them.
-    const int64_t t = (b.loss_mask.sum(0) > 0).nonzero().max().item<int64_t>() + 1;
+    // Columns after the batch's last target change no earlier logit (causal): drop them. A batch
+    // of filler rows only still runs (one column, nothing counted): the forward may hold
+    // collectives (ZeRO-3 layers gathered as in training, tensor parallelism) that every rank
+    // must make.
+    const int64_t t =
+        b.num_targets == 0 ? 1 : (b.loss_mask.sum(0) > 0).nonzero().max().item<int64_t>() + 1;
     models::ForwardOptions fo;
     fo.positions = b.positions.slice(1, 0, t).to(dev);
     auto mask = b.loss_mask.slice(1, 0, t);

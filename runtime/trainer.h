@@ -71,6 +71,10 @@ class Trainer {
   // call ReleaseAll afterwards. For export and evaluation.
   void GatherAll();
   void ReleaseAll();
+  // A forward pass outside TrainStep (evaluation) under ZeRO-3 without the whole model: Begin
+  // gathers the embedding and the head, the layers come and go through the layer hooks as in
+  // training; ReleaseAll after. No-ops below ZeRO-3.
+  void BeginForward() { GatherEnds(); }
   // Calls fn(name, tensor) for every parameter, in the same order on every rank (collective).
   // Under ZeRO-3 the units are gathered one at a time and released after their calls, so a
   // rank holds one unit whole at a time, unless fn keeps references. For export.

@@ -68,14 +68,25 @@ if [[ ${#MPIRUN[@]} -gt 0 ]]; then
     || { cat export3c.log; fail "export under mpirun -np 3 failed"; }
   cmp hf/model.safetensors hf6c/model.safetensors || fail "mpirun -np 3 export differs from the 1-process export"
   # The live export at the end of a ZeRO-3 run (units gathered one at a time) and of a
-  # tensor-parallel one equals the one-process export of their final checkpoints.
-  for layout in "parallel.zero=3" "parallel.tp=2"; do
+  # tensor-parallel one equals the one-process export of their final checkpoints; the ZeRO-3 run's
+  # end-of-run eval loss (computed layer by layer) equals the plain dp=2 run's within fp32 noise.
+  for layout in "parallel.zero=3" "parallel.tp=2" "parallel.zero=0"; do
     out=live_${layout//[.=]/_}
     "${MPIRUN[@]}" -np 2 "$FTUNE" train --config base.yaml --set train.steps=3 --set "$layout" \
       --set run.output_dir="$SCRATCH/$out" > $out.log 2>&1 || { cat $out.log; fail "train with $layout failed"; }
     "$FTUNE" export --checkpoint $out --out ${out}_hf > ${out}_export.log 2>&1 || { cat ${out}_export.log; fail "export of the $layout run failed"; }
     cmp $out/final/model.safetensors ${out}_hf/model.safetensors || fail "$layout: the live export differs from its checkpoint's"
   done
+  python3 - live_parallel_zero_0/metrics.jsonl live_parallel_zero_3/metrics.jsonl <<'PY' || fail "ZeRO-3's end-of-run eval loss differs from ZeRO-0's"
+import json, sys
+losses = []
+for path in sys.argv[1:]:
+    evals = [json.loads(l)["eval_loss"] for l in open(path) if '"eval_loss"' in l]
+    assert evals, f"{path}: no eval_loss"
+    losses.append(evals[-1])
+print("end-of-run eval_loss (zero 0, zero 3):", losses)
+assert all(abs(x - losses[0]) <= 1e-4 * abs(losses[0]) for x in losses), losses
+PY
 fi
 
 # 3. A damaged newest checkpoint: warned about by name, the previous one is exported.
