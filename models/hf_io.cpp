@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -102,6 +103,23 @@ void CheckHfTensors(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg,
   }
 }
 
+namespace {
+
+// A model of `cfg` in `dtype` whose parameters are copied from get(name) (checked by the caller).
+// Built unmaterialised: the only resident copy is the one the weights are copied into.
+LoadedModel FilledModel(const LlamaConfig& cfg, c10::ScalarType dtype,
+                        const std::function<torch::Tensor(const std::string&)>& get) {
+  LoadedModel out;
+  out.config = cfg;
+  out.model = std::make_shared<LlamaModel>(cfg, /*materialize=*/false);
+  Unmaterialize(*out.model, dtype);
+  torch::NoGradGuard no_grad;
+  for (auto& p : out.model->named_parameters(/*recurse=*/true)) p.value().copy_(get(p.key()));
+  return out;
+}
+
+}  // namespace
+
 HfWeights OpenHf(const std::string& dir) {
   HfWeights out;
   out.config_path = (fs::path(dir) / "config.json").string();
@@ -116,16 +134,8 @@ HfWeights OpenHf(const std::string& dir) {
 
 LoadedModel LoadHf(const std::string& dir, c10::ScalarType dtype) {
   HfWeights hf = OpenHf(dir);
-  LoadedModel out;
-  out.config = hf.config;
-  // Unmaterialised first: the only resident copy is the one the weights are read into.
-  out.model = std::make_shared<LlamaModel>(out.config, /*materialize=*/false);
-  Unmaterialize(*out.model, dtype);
-  torch::NoGradGuard no_grad;
-  for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
-    p.value().copy_(hf.tensors->Get(p.key()));
-  }
-  return out;
+  return FilledModel(hf.config, dtype,
+                     [&](const std::string& name) { return hf.tensors->Get(name); });
 }
 
 LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors,
@@ -158,17 +168,11 @@ LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors
     }
     FT_THROW(ModelError, "{}: unexpected tensors ({}): {}", source, extra.size(), NameList(extra));
   }
-  LoadedModel out;
-  out.config = cfg;
-  out.model = std::make_shared<LlamaModel>(cfg, /*materialize=*/false);  // as LoadHf
-  Unmaterialize(*out.model, dtype);
-  torch::NoGradGuard no_grad;
-  for (auto& p : out.model->named_parameters(/*recurse=*/true)) {
-    auto it = by_name.find(p.key());
-    FT_CHECK(it != by_name.end(), "parameter {} is not among the config's HF tensors", p.key());
-    p.value().copy_(it->second);
-  }
-  return out;
+  return FilledModel(cfg, dtype, [&](const std::string& name) {
+    auto it = by_name.find(name);
+    FT_CHECK(it != by_name.end(), "parameter {} is not among the config's HF tensors", name);
+    return it->second;
+  });
 }
 
 void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const std::string& dir,

@@ -14,7 +14,6 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-
 // HF rotate_half: (x1, x2) -> (-x2, x1) over the two halves of the last dim.
 torch::Tensor RotateHalf(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;

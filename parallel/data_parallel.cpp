@@ -267,7 +267,8 @@ at::Tensor DataParallel::ShardGradSquaredNorms() const {
       const int k = params_[b->params[i]].model_parallel_shard ? 1 : 0;
       // One read pass (the norm), squared in fp64; a cast to fp64 first cost three passes over
       // twice the bytes.
-      total[k] += at::linalg_vector_norm(g.narrow(0, p0 - b->lo, p1 - p0), 2).to(at::kDouble).pow(2);
+      const auto part = g.narrow(0, p0 - b->lo, p1 - p0);
+      total[k] += at::linalg_vector_norm(part, 2).to(at::kDouble).pow(2);
     }
   }
   return total;

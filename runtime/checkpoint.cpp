@@ -946,6 +946,25 @@ void CheckpointManager::RunJob(WriteJob& job) {
   }
 }
 
+namespace {
+
+// Opens checkpoint `path` read-only over MPI-IO (collective over `comm`; call inside a Phase,
+// holding H5Lock) and reads its /state into `meta`. A missing file is CorruptCheckpointError.
+H5Id OpenForCollectiveRead(parallel::Communicator& comm, const std::string& path,
+                           CheckpointMeta& meta) {
+  if (!fs::is_regular_file(path)) {
+    FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
+  }
+  H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
+  H5Id file(H5_CHECK_AS(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
+                        "opening checkpoint " + path),
+            H5Fclose);
+  meta = ReadMetaFrom(file.get(), path);
+  return file;
+}
+
+}  // namespace
+
 CheckpointMeta CheckpointManager::Load(const std::string& path) {
   Wait();
   auto& comm = *comm_;
@@ -955,16 +974,8 @@ CheckpointMeta CheckpointManager::Load(const std::string& path) {
   H5Id file, dxpl;
   Phase(comm, "opening " + path, [&]() {
     H5Lock lock;
-    if (!fs::is_regular_file(path)) {
-      FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
-    }
-    H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
-    file = H5Id(H5_CHECK_AS(CorruptCheckpointError,
-                            H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
-                            "opening checkpoint " + path),
-                H5Fclose);
+    file = OpenForCollectiveRead(comm, path, meta);
     dxpl = H5Id(parallel::MakeCollectiveTransfer(), H5Pclose);
-    meta = ReadMetaFrom(file.get(), path);
   });
   // One agreement for all datasets (see RunJob); each rank reads the elements of its views, by
   // an independent transfer where every rank's range is contiguous.
@@ -1210,15 +1221,7 @@ models::NamedTensors ReadModelCollective(parallel::Communicator& comm, const std
   Phase(comm, "opening " + path, [&]() {
     H5Lock lock;
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    if (!fs::is_regular_file(path)) {
-      FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
-    }
-    H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
-    file = H5Id(H5_CHECK_AS(CorruptCheckpointError,
-                            H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
-                            "opening checkpoint " + path),
-                H5Fclose);
-    meta = ReadMetaFrom(file.get(), path);
+    file = OpenForCollectiveRead(comm, path, meta);
     shapes = models::HfTensorShapes(models::LlamaConfig::FromJson(
         nlohmann::json::parse(meta.model_config_json), path + " /state model_config"));
   });

@@ -114,7 +114,7 @@ std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data:
   }
   CheckVocab(model->config(), tok);
   if (grid.tp() > 1) model = MakeTensorParallel(*model, grid);
-  if (cfg.model.dtype == "bf16") model->to(torch::kBFloat16);
+  model->to(RunDtype(cfg));
   return model;
 }
 

@@ -233,12 +233,14 @@ void Trainer::VisitParams(
     for (const auto& p : params) fn(p.name, p.param);
     return;
   }
+  std::vector<std::vector<int>> by_unit(dp_->num_units());
+  for (size_t p = 0; p < params.size(); ++p) {
+    by_unit[dp_->UnitOf(static_cast<int>(p))].push_back(static_cast<int>(p));
+  }
   for (int u = 0; u < dp_->num_units(); ++u) {
     dp_->GatherUnit(u);
     dp_->WaitUnit(u);
-    for (size_t p = 0; p < params.size(); ++p) {
-      if (dp_->UnitOf(static_cast<int>(p)) == u) fn(params[p].name, params[p].param);
-    }
+    for (int p : by_unit[u]) fn(params[p].name, params[p].param);
     dp_->ReleaseUnit(u);
   }
 }

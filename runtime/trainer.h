@@ -68,7 +68,7 @@ class Trainer {
   parallel::DataParallel& data_parallel() { return *dp_; }
   models::LlamaModel& model() { return *model_; }
   // Makes every parameter whole on every rank (ZeRO-3 gathers all units);
-  // call ReleaseAll afterwards. For export and evaluation.
+  // call ReleaseAll afterwards. For generation during training and for tests.
   void GatherAll();
   void ReleaseAll();
   // A forward pass outside TrainStep (evaluation) under ZeRO-3 without the whole model: Begin
