@@ -39,7 +39,8 @@ double GemmFlops(const torch::Device& device, c10::ScalarType dtype, int64_t n, 
     const auto t0 = std::chrono::steady_clock::now();
     at::matmul_out(c, a, b);
     ftune::compat::SynchronizeDevice(device);
-    if (i >= 2) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    const auto dt = std::chrono::steady_clock::now() - t0;
+    if (i >= 2) t.push_back(std::chrono::duration<double>(dt).count());
   }
   return 2.0 * double(n) * n * n / Percentile(t, 0.5);
 }
