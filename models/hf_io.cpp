@@ -1,5 +1,6 @@
 #include "models/hf_io.h"
 
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <algorithm>
 #include <filesystem>
 #include <fstream>

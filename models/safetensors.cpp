@@ -1,5 +1,6 @@
 #include "models/safetensors.h"
 
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>

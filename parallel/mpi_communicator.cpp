@@ -1,4 +1,5 @@
 // MPI backend of Communicator: non-blocking MPI collectives on CPU tensors.
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <unistd.h>
 
 #include <atomic>

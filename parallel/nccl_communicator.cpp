@@ -16,6 +16,7 @@
 // Uneven variants: ReduceScatterV is one ncclReduce per rank, AllGatherV one ncclBroadcast per
 // rank, each set inside one ncclGroupStart/End. Split makes the new communicator over an MPI
 // split of this one's bootstrap communicator (a fresh ncclUniqueId per communicator).
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>

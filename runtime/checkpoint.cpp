@@ -1,5 +1,6 @@
 #include "runtime/checkpoint.h"
 
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <ATen/CPUGeneratorImpl.h>
 #include <fcntl.h>
 #include <hdf5.h>
