@@ -681,6 +681,7 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
     }
   }
   PrepareSummary summary;
+  summary.tokenizer_notes = tok.notes();
   for (const auto& f : files) summary.files.push_back(f.path);
   summary.input_bytes = total_bytes;
   for (auto n : file_records) summary.records_read += n;

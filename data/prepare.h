@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "data/config.h"
+#include "parallel/load_notes.h"
 
 namespace ftune::parallel {
 class Communicator;
@@ -65,6 +66,7 @@ struct RejectStats {
 };
 
 struct PrepareSummary {
+  LoadNotes tokenizer_notes;  // what the tokenizer's config files left to assumption
   std::vector<std::string> files;
   int64_t input_bytes = 0;
   int64_t records_read = 0;  // non-blank lines

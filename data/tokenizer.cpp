@@ -7,6 +7,7 @@
 #include "data/sha256.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -1032,6 +1034,7 @@ struct Tokenizer::Impl {
   int32_t bos_id = -1, pad_id = -1;
   std::vector<int32_t> eos_ids;
   int64_t vocab_size = 0;
+  LoadNotes notes;  // what the config files beside tokenizer.json left to assumption
 
   int32_t Lookup(std::string_view token) const {
     const std::string key(token);
@@ -1050,8 +1053,27 @@ struct Tokenizer::Impl {
   void LoadPostProcessor(const json& p, std::vector<int32_t>* prefix,
                          std::vector<int32_t>* suffix) const;
   void LoadAddedTokens(const json& tokens);
+  // tokenizer_config.json and generation_config.json beside tokenizer.json (as transformers
+  // 4.x and 5.x write them): special tokens, BOS/EOS/pad, add_bos/eos_token. A value ftune
+  // cannot honour that changes tokenization is a DataError naming the file and key; what it
+  // assumes or leaves to HF's runtime goes to `notes`.
   void LoadConfigs(const std::string& dir, const std::vector<int32_t>& template_prefix,
                    const std::vector<int32_t>& template_suffix);
+  void LoadTokenizerConfig(const std::string& file);
+  void LoadGenerationConfig(const std::string& file);
+  // The id of a token given as text or {"content": text} at `key` of `file`; DataError if it is
+  // neither or names no token.
+  int32_t ConfigToken(const std::string& file, const json& cfg, const std::string& key,
+                      const json& v) const;
+  void AddEos(int32_t id) {
+    if (id >= 0 && std::find(eos_ids.begin(), eos_ids.end(), id) == eos_ids.end()) {
+      eos_ids.push_back(id);
+    }
+  }
+  bool IsId(int64_t id) const {
+    return id >= 0 && ((id < static_cast<int64_t>(has_token.size()) && has_token[id]) ||
+                       added_by_id.count(static_cast<int32_t>(id)) != 0);
+  }
 
   void Encode(std::string_view text, bool add_special, std::vector<int32_t>* out) const;
   void EncodeSection(std::string_view section, bool at_start, std::vector<int32_t>* out) const;
@@ -1337,16 +1359,238 @@ void Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
 
 namespace {
 
-// A token field of tokenizer_config.json: "text", {"content": "text", ...} or null.
-std::string ConfigToken(const json& cfg, const char* key) {
-  if (!cfg.contains(key)) return "";
-  const json& v = cfg[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"];
-  return "";
+// Keys of tokenizer_config.json (transformers 4.x and 5.x) that do not change how text becomes
+// ids or ids become text: accepted at any value.
+const std::unordered_set<std::string> kTokenizerConfigMetadata = {
+    "tokenizer_class", "model_max_length", "padding_side", "truncation_side", "name_or_path",
+    "model_input_names", "processor_class", "special_tokens_map_file", "backend", "is_local",
+    "model_specific_special_tokens", "auto_map", "sp_model_kwargs", "use_default_system_prompt",
+    "mask_token", "sep_token", "cls_token", "unk_token", "errors", "clean_up_tokenization_spaces",
+    "legacy", "spaces_between_special_tokens", "chat_template", "add_prefix_space",
+    "split_special_tokens", "do_lower_case", "fast_tokenizer_class", "use_fast"};
+
+// Keys of generation_config.json that describe the file or HF's runtime only.
+const std::unordered_set<std::string> kGenerationMetadata = {
+    "_from_model_config", "transformers_version", "use_cache", "output_attentions",
+    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+    "cache_implementation", "max_length", "max_new_tokens", "num_return_sequences",
+    "return_legacy_cache", "compile_config", "trust_remote_code"};
+
+// Sampling settings of generation_config.json: defaults of HF's generate() that ftune does not
+// take (ftune's generation settings are its own: eval.temperature/top_k/top_p, --temperature).
+const std::unordered_set<std::string> kGenerationSampling = {"do_sample", "temperature", "top_k",
+                                                             "top_p"};
+
+// Decoding features of HF's generate() that ftune does not implement, with the value at which
+// they do nothing.
+const std::vector<std::pair<const char*, json>>& GenerationNoOps() {
+  static const std::vector<std::pair<const char*, json>> keys = {
+      {"num_beams", 1},          {"num_beam_groups", 1},        {"repetition_penalty", 1.0},
+      {"length_penalty", 1.0},   {"no_repeat_ngram_size", 0},   {"min_length", 0},
+      {"min_new_tokens", 0},     {"typical_p", 1.0},            {"epsilon_cutoff", 0.0},
+      {"eta_cutoff", 0.0},       {"min_p", nullptr},            {"diversity_penalty", 0.0},
+      {"penalty_alpha", nullptr}, {"bad_words_ids", nullptr},    {"forced_bos_token_id", nullptr},
+      {"forced_eos_token_id", nullptr}, {"suppress_tokens", nullptr},
+      {"begin_suppress_tokens", nullptr}, {"sequence_bias", nullptr},
+      {"guidance_scale", nullptr}, {"encoder_repetition_penalty", 1.0},
+      {"encoder_no_repeat_ngram_size", 0}, {"exponential_decay_length_penalty", nullptr},
+      {"renormalize_logits", false}, {"remove_invalid_values", false},
+      {"watermarking_config", nullptr}, {"early_stopping", false}, {"stop_strings", nullptr},
+      {"assistant_model", nullptr}, {"prompt_lookup_num_tokens", nullptr}};
+  return keys;
+}
+
+bool IsNoOp(const json& v, const json& noop) {
+  if (v.is_null()) return true;
+  if (v.is_number() && noop.is_number()) return v.get<double>() == noop.get<double>();
+  return v == noop;
 }
 
 }  // namespace
+
+int32_t Tokenizer::Impl::ConfigToken(const std::string& file, const json& cfg,
+                                     const std::string& key, const json& v) const {
+  std::string text;
+  if (v.is_string()) {
+    text = v.get<std::string>();
+  } else if (v.is_object() && v.contains("content") && v["content"].is_string()) {
+    text = v["content"].get<std::string>();
+  } else {
+    FT_THROW(DataError, "{}: {} is {}, neither a token string nor {{\"content\": ...}}", file, key,
+             v.dump());
+  }
+  const int32_t id = Lookup(text);
+  if (id < 0) {
+    FT_THROW(DataError, "{}: {} {} is not a token of {}", file, key, json(text).dump(), path);
+  }
+  return id;
+}
+
+void Tokenizer::Impl::LoadTokenizerConfig(const std::string& file) {
+  const json cfg = ParseJsonFile(file);
+  if (!cfg.is_object()) FT_THROW(IoError, "{}: not a JSON object", file);
+  auto token = [&](const char* key) {
+    return cfg.contains(key) && !cfg[key].is_null() ? ConfigToken(file, cfg, key, cfg[key]) : -1;
+  };
+  auto flag = [&](const char* key) -> std::optional<bool> {
+    if (!cfg.contains(key) || cfg[key].is_null()) return std::nullopt;
+    if (!cfg[key].is_boolean()) {
+      FT_THROW(DataError, "{}: {} is {}, not true/false", file, key, cfg[key].dump());
+    }
+    return cfg[key].get<bool>();
+  };
+  if (const int32_t id = token("bos_token"); id >= 0) bos_id = id;
+  if (const int32_t id = token("eos_token"); id >= 0) AddEos(id);
+  if (const int32_t id = token("pad_token"); id >= 0) pad_id = id;
+  token("unk_token");  // must name a token when present; byte fallback makes it unused
+  // transformers' LlamaTokenizerFast rebuilds the template from these flags.
+  if (const auto add_bos = flag("add_bos_token")) {
+    prefix_ids.clear();
+    if (*add_bos) {
+      if (bos_id < 0) FT_THROW(DataError, "{}: add_bos_token without bos_token", file);
+      prefix_ids.push_back(bos_id);
+    }
+  } else {
+    notes.info.push_back(fmt::format(
+        "{}: 'add_bos_token' is absent: the post-processor of tokenizer.json decides", file));
+  }
+  if (const auto add_eos = flag("add_eos_token")) {
+    suffix_ids.clear();
+    if (*add_eos) {
+      if (eos_ids.empty()) FT_THROW(DataError, "{}: add_eos_token without eos_token", file);
+      suffix_ids.push_back(eos_ids.front());
+    }
+  }
+  // Special tokens: transformers 5 writes `extra_special_tokens` (a list, or a dict of name ->
+  // token), 4.x `additional_special_tokens`; both mark tokens that decoding may skip.
+  for (const char* key : {"extra_special_tokens", "additional_special_tokens"}) {
+    if (!cfg.contains(key) || cfg[key].is_null()) continue;
+    const json& v = cfg[key];
+    if (!v.is_array() && !v.is_object()) {
+      FT_THROW(DataError, "{}: {} is {}, neither a list nor an object of tokens", file, key,
+               v.dump());
+    }
+    for (const auto& [name, t] : v.items()) {
+      const std::string where = v.is_array() ? fmt::format("{}[{}]", key, name)
+                                             : fmt::format("{}.{}", key, name);
+      if (t.is_array()) {
+        for (const auto& x : t) special_ids.insert(ConfigToken(file, cfg, where, x));
+      } else {
+        special_ids.insert(ConfigToken(file, cfg, where, t));
+      }
+    }
+  }
+  // transformers 4.x mirrors tokenizer.json's added tokens here: they must agree.
+  if (cfg.contains("added_tokens_decoder") && cfg["added_tokens_decoder"].is_object()) {
+    for (const auto& [id_text, t] : cfg["added_tokens_decoder"].items()) {
+      const std::string where = "added_tokens_decoder." + id_text;
+      const int32_t id = ConfigToken(file, cfg, where, t);
+      if (std::to_string(id) != id_text) {
+        FT_THROW(DataError, "{}: {} names {} but {} gives that token id {}; the two files are "
+                 "from different tokenizers", file, where, t.value("content", ""), path, id);
+      }
+      if (t.value("special", false)) special_ids.insert(id);
+    }
+  }
+  if (flag("split_special_tokens").value_or(false)) {
+    FT_THROW(DataError, "{}: split_special_tokens true is not supported: ftune always encodes "
+             "special-token text as the special token", file);
+  }
+  if (flag("do_lower_case").value_or(false)) {
+    FT_THROW(DataError, "{}: do_lower_case true is not supported: ftune encodes text as "
+             "tokenizer.json's normalizer leaves it", file);
+  }
+  if (flag("clean_up_tokenization_spaces").value_or(false)) {
+    notes.warn.push_back(fmt::format(
+        "{}: clean_up_tokenization_spaces is true: transformers' decode() removes the space "
+        "before punctuation (\" .\" -> \".\"), ftune's decoded text keeps tokenizer.json's "
+        "decoder output",
+        file));
+  }
+  if (cfg.contains("add_prefix_space") && !cfg["add_prefix_space"].is_null()) {
+    notes.warn.push_back(fmt::format(
+        "{}: add_prefix_space {} is not applied: ftune pre-tokenizes as tokenizer.json says",
+        file, cfg["add_prefix_space"].dump()));
+  }
+  if (cfg.contains("chat_template")) {
+    notes.info.push_back(fmt::format(
+        "{}: chat_template is not used: ftune formats records with data.template", file));
+  }
+  static const std::unordered_set<std::string> kRead = {
+      "bos_token", "eos_token", "pad_token", "add_bos_token", "add_eos_token",
+      "extra_special_tokens", "additional_special_tokens", "added_tokens_decoder"};
+  std::vector<std::string> unknown;
+  for (const auto& [key, value] : cfg.items()) {
+    if (!kRead.count(key) && !kTokenizerConfigMetadata.count(key)) unknown.push_back(key);
+  }
+  if (!unknown.empty()) {
+    notes.warn.push_back(fmt::format("{}: ftune does not know the key(s) {}; it assumes they do "
+                                     "not change tokenization",
+                                     file, fmt::join(unknown, ", ")));
+  }
+}
+
+void Tokenizer::Impl::LoadGenerationConfig(const std::string& file) {
+  const json gen = ParseJsonFile(file);
+  if (!gen.is_object()) FT_THROW(IoError, "{}: not a JSON object", file);
+  auto id_of = [&](const char* key, const json& v) {
+    if (!v.is_number_integer() || !IsId(v.get<int64_t>())) {
+      FT_THROW(DataError, "{}: {} {} is not a token id of {}", file, key, v.dump(), path);
+    }
+    return v.get<int32_t>();
+  };
+  if (gen.contains("eos_token_id") && !gen["eos_token_id"].is_null()) {
+    const json& e = gen["eos_token_id"];
+    if (e.is_array()) {
+      for (const auto& x : e) AddEos(id_of("eos_token_id", x));
+    } else {
+      AddEos(id_of("eos_token_id", e));
+    }
+  }
+  if (gen.contains("bos_token_id") && !gen["bos_token_id"].is_null()) {
+    const int32_t id = id_of("bos_token_id", gen["bos_token_id"]);
+    if (bos_id < 0) bos_id = id;
+  }
+  if (gen.contains("pad_token_id") && !gen["pad_token_id"].is_null()) {
+    const int32_t id = id_of("pad_token_id", gen["pad_token_id"]);
+    if (pad_id < 0) pad_id = id;
+  }
+  std::vector<std::string> sampling, unsupported, unknown;
+  for (const auto& [key, value] : gen.items()) {
+    if (key == "eos_token_id" || key == "bos_token_id" || key == "pad_token_id" ||
+        kGenerationMetadata.count(key)) {
+      continue;
+    }
+    if (kGenerationSampling.count(key)) {
+      sampling.push_back(fmt::format("{}={}", key, value.dump()));
+      continue;
+    }
+    const auto& noops = GenerationNoOps();
+    const auto it = std::find_if(noops.begin(), noops.end(),
+                                 [&](const auto& k) { return key == k.first; });
+    if (it == noops.end()) {
+      unknown.push_back(key);
+    } else if (!IsNoOp(value, it->second)) {
+      unsupported.push_back(fmt::format("{}={}", key, value.dump()));
+    }
+  }
+  if (!sampling.empty()) {
+    notes.info.push_back(fmt::format(
+        "{}: {} are HF generate()'s defaults; ftune generates with its own settings (greedy "
+        "unless eval.temperature / --temperature)",
+        file, fmt::join(sampling, " ")));
+  }
+  if (!unsupported.empty()) {
+    notes.warn.push_back(fmt::format(
+        "{}: {}: HF generate() would apply these, ftune's generation does not (its answers "
+        "can differ from transformers' with this file)",
+        file, fmt::join(unsupported, " ")));
+  }
+  if (!unknown.empty()) {
+    notes.warn.push_back(fmt::format("{}: ftune does not know the key(s) {}", file,
+                                     fmt::join(unknown, ", ")));
+  }
+}
 
 void Tokenizer::Impl::LoadConfigs(const std::string& dir, const std::vector<int32_t>& tpl_prefix,
                                   const std::vector<int32_t>& tpl_suffix) {
@@ -1354,62 +1598,15 @@ void Tokenizer::Impl::LoadConfigs(const std::string& dir, const std::vector<int3
   suffix_ids = tpl_suffix;
   const std::string config_path = dir + "/tokenizer_config.json";
   const std::string gen_path = dir + "/generation_config.json";
-  auto add_eos = [&](int32_t id) {
-    if (id >= 0 && std::find(eos_ids.begin(), eos_ids.end(), id) == eos_ids.end()) {
-      eos_ids.push_back(id);
-    }
-  };
-  auto resolve = [&](const std::string& file, const char* key, const std::string& token) {
-    const int32_t id = Lookup(token);
-    if (id < 0) {
-      FT_THROW(DataError, "{}: {} {} is not a token of {}", file, key, json(token).dump(), path);
-    }
-    return id;
-  };
   if (IsFile(config_path)) {
-    const json cfg = ParseJsonFile(config_path);
-    if (!cfg.is_object()) FT_THROW(IoError, "{}: not a JSON object", config_path);
-    const std::string bos = ConfigToken(cfg, "bos_token");
-    const std::string eos = ConfigToken(cfg, "eos_token");
-    const std::string pad = ConfigToken(cfg, "pad_token");
-    if (!bos.empty()) bos_id = resolve(config_path, "bos_token", bos);
-    if (!eos.empty()) add_eos(resolve(config_path, "eos_token", eos));
-    if (!pad.empty()) pad_id = resolve(config_path, "pad_token", pad);
-    // transformers' LlamaTokenizerFast rebuilds the template from these flags.
-    if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) {
-      prefix_ids.clear();
-      if (cfg["add_bos_token"].get<bool>()) {
-        if (bos_id < 0) FT_THROW(DataError, "{}: add_bos_token without bos_token", config_path);
-        prefix_ids.push_back(bos_id);
-      }
-    }
-    if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) {
-      suffix_ids.clear();
-      if (cfg["add_eos_token"].get<bool>()) {
-        if (eos_ids.empty())
-          FT_THROW(DataError, "{}: add_eos_token without eos_token", config_path);
-        suffix_ids.push_back(eos_ids.front());
-      }
-    }
+    LoadTokenizerConfig(config_path);
   } else {
+    notes.info.push_back(fmt::format(
+        "{}: no tokenizer_config.json beside it: BOS/EOS from its post-processor", path));
     if (tpl_prefix.size() == 1) bos_id = tpl_prefix[0];
-    if (tpl_suffix.size() == 1) add_eos(tpl_suffix[0]);
+    if (tpl_suffix.size() == 1) AddEos(tpl_suffix[0]);
   }
-  if (IsFile(gen_path)) {
-    const json gen = ParseJsonFile(gen_path);
-    if (gen.contains("eos_token_id")) {
-      const json& e = gen["eos_token_id"];
-      if (e.is_number_integer()) add_eos(e.get<int32_t>());
-      if (e.is_array()) {
-        for (const auto& x : e) {
-          if (x.is_number_integer()) add_eos(x.get<int32_t>());
-        }
-      }
-    }
-    if (bos_id < 0 && gen.contains("bos_token_id") && gen["bos_token_id"].is_number_integer()) {
-      bos_id = gen["bos_token_id"].get<int32_t>();
-    }
-  }
+  if (IsFile(gen_path)) LoadGenerationConfig(gen_path);
 }
 
 Tokenizer Tokenizer::FromPath(const std::string& path) {
@@ -1688,5 +1885,6 @@ std::string Tokenizer::kind() const { return impl_->kind; }
 const std::vector<int32_t>& Tokenizer::special_prefix_ids() const { return impl_->prefix_ids; }
 const std::vector<int32_t>& Tokenizer::special_suffix_ids() const { return impl_->suffix_ids; }
 bool Tokenizer::IsSpecial(int32_t id) const { return impl_->special_ids.count(id) != 0; }
+const LoadNotes& Tokenizer::notes() const { return impl_->notes; }
 
 }  // namespace ftune::data

@@ -40,6 +40,8 @@
 #include <string_view>
 #include <vector>
 
+#include "parallel/load_notes.h"
+
 namespace ftune::data {
 
 class Tokenizer {
@@ -83,8 +85,12 @@ class Tokenizer {
   // What Encode(text, true) puts around the text's ids (often just {bos} and {}).
   const std::vector<int32_t>& special_prefix_ids() const;
   const std::vector<int32_t>& special_suffix_ids() const;
-  // True for added tokens marked "special" (those Decode(..., true) drops).
+  // True for added tokens marked "special" and for the special tokens tokenizer_config.json
+  // lists (those Decode(..., true) drops).
   bool IsSpecial(int32_t id) const;
+  // What FromPath assumed for absent keys of tokenizer_config.json / generation_config.json and
+  // what in them it leaves to HF's runtime, for the caller to log.
+  const LoadNotes& notes() const;
 
  private:
   struct Impl;

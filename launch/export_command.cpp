@@ -81,6 +81,7 @@ void RunExport(const ExportArgs& a, runtime::World& world) {
     const auto src_cfg = models::LlamaConfig::FromFile(model_dir + "/config.json");
     dtype = models::ParseDtype(a.dtype == "keep" ? src_cfg.torch_dtype : a.dtype);
     loaded = models::LoadHf(model_dir, dtype);
+    runtime::LogNotesOnce(loaded.config.notes);
   } else {
     loaded.config = models::LlamaConfig::FromInline(inline_cfg);
     dtype = models::ParseDtype(a.dtype == "keep" ? inline_cfg.dtype : a.dtype);

@@ -21,6 +21,7 @@
 #include "models/hf_io.h"
 #include "parallel/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/log.h"
 #include "runtime/model_setup.h"
 
 namespace ftune::launch {
@@ -59,7 +60,10 @@ std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const Gene
   std::error_code ec;
   if (fs::is_directory(a.model, ec) && fs::exists(fs::path(a.model) / "config.json", ec)) {
     auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
-    return {models::LoadHf(a.model, dtype), std::move(tok)};
+    auto loaded = models::LoadHf(a.model, dtype);
+    runtime::LogNotesOnce(tok.notes(), /*info=*/false);  // stdout is the answers
+    runtime::LogNotesOnce(loaded.config.notes, /*info=*/false);
+    return {std::move(loaded), std::move(tok)};
   }
   if (!fs::exists(a.model, ec)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
   if (fs::is_directory(a.model, ec) &&
@@ -82,7 +86,9 @@ std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const Gene
   }
   auto loaded = models::ModelFromTensors(cfg, ck.tensors, dtype, "checkpoint " + ck.meta.path);
   fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", ck.meta.path, ck.meta.state.step);
-  return {std::move(loaded), data::Tokenizer::FromPath(tok_path)};
+  auto tok = data::Tokenizer::FromPath(tok_path);
+  runtime::LogNotesOnce(tok.notes(), /*info=*/false);
+  return {std::move(loaded), std::move(tok)};
 }
 
 void RunGenerate(const GenerateArgs& a, runtime::World& world) {

@@ -7,6 +7,7 @@
 #include "launch/commands.h"
 #include "models/llama_config.h"
 #include "runtime/config.h"
+#include "runtime/log.h"
 #include "runtime/plan.h"
 
 namespace ftune::launch {
@@ -37,6 +38,7 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
                    ? models::LlamaConfig::FromInline(cfg.model)
                    : models::LlamaConfig::FromFile(
                          (std::filesystem::path(cfg.model.path) / "config.json").string());
+    runtime::LogNotesOnce(in.model.notes);
     in.elem_bytes = cfg.model.dtype == "bf16" ? 2 : 4;
     in.seq_len = cfg.data.max_seq_len;
     in.micro_batch = cfg.train.micro_batch;

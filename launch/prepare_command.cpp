@@ -36,6 +36,7 @@ void AddPrepareCommand(CLI::App& app, runtime::World& world) {
     opts.preview = preview;
     const data::PrepareSummary s = data::Prepare(opts, &world.comm());
     if (world.rank() != 0 || preview > 0) return;
+    runtime::LogNotesOnce(s.tokenizer_notes);
     fmt::print("{}", s.ToText());
     const int64_t tokens = s.train.tokens + s.test.tokens;
     fmt::print("prepared {} in {:.2f} s on {} rank(s): {:.1f} MB/s input, {:.0f} tokens/s\n",

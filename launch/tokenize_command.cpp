@@ -16,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "launch/commands.h"
 #include "parallel/error.h"
+#include "runtime/log.h"
 
 namespace ftune::launch {
 namespace {
@@ -118,6 +119,7 @@ void RunTokenize(const TokenizeArgs& a) {
     FT_THROW(ConfigError, "tokenize: give exactly one of --text or --jsonl");
   }
   const auto tok = data::Tokenizer::FromPath(a.tokenizer);
+  runtime::LogNotesOnce(tok.notes(), /*info=*/false);  // stdout is the ids
   std::string out;
   if (!a.text.empty()) {
     for (int32_t id : tok.Encode(a.text, a.add_special_tokens)) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "models/config.h"
+#include "parallel/load_notes.h"
 
 namespace ftune::models {
 
@@ -38,11 +39,20 @@ struct LlamaConfig {
   std::vector<int64_t> eos_token_ids;   // config.json's eos_token_id (int or list)
   std::string torch_dtype = "float32";  // dtype the weights were saved in
   double initializer_range = 0.02;      // std of the normal init of linears and embeddings
+  // What FromJson assumed for absent keys (info) and the keys it did not know (warn), for the
+  // caller to log. Not part of the model.
+  LoadNotes notes;
 
-  // Parses HF config.json. Throws ModelError naming `source` (the file) and the key for a missing
-  // required key (vocab_size, hidden_size, intermediate_size, num_hidden_layers,
-  // num_attention_heads), a wrong type, an architecture other than LlamaForCausalLM, an
-  // unsupported rope_scaling type, biases, or a hidden_act other than silu.
+  // Parses HF config.json as transformers 4.x and 5.x write it: RoPE from `rope_parameters`
+  // (transformers >= 5) or else `rope_theta` + `rope_scaling` (`rope_type` or the legacy
+  // `type`), the dtype from `dtype` or else `torch_dtype`. Nothing that changes the math is
+  // ignored: throws ModelError naming `source` (the file) and the key for a missing required key
+  // (vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads), a wrong
+  // type, an architecture other than LlamaForCausalLM, a rope type other than default/llama3,
+  // per-layer-type rope_parameters, rope_parameters that contradict the legacy keys, and any key
+  // ftune does not implement at a value that changes the model (biases, dropout, a sliding
+  // window, an activation other than silu, partial_rotary_factor != 1, quantisation, ...).
+  // Defaults assumed for absent keys and keys it does not know go to `notes`.
   static LlamaConfig FromJson(const nlohmann::json& j, const std::string& source);
   // Reads and parses `path` (IoError if unreadable or not JSON).
   static LlamaConfig FromFile(const std::string& path);

@@ -350,7 +350,9 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
                  path, sha, tokenizer_sha256);
       }
     }
-    return models::LoadHf(path, dtype).model;
+    auto loaded = models::LoadHf(path, dtype);
+    LogNotesOnce(loaded.config.notes);
+    return loaded.model;
   }
   // An ftune training checkpoint: a step_N.h5 file, a checkpoint directory or a run directory.
   bool complete = false, any = false;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 
 namespace ftune::runtime {
 namespace {
@@ -14,6 +15,7 @@ struct LogState {
   int rank = 0;
   int world_size = 1;
   std::ofstream file;
+  std::set<std::string> noted;  // LogNotesOnce's lines already logged
 };
 
 LogState& State() {
@@ -53,6 +55,20 @@ void LogLine(LogLevel level, const std::string& msg, bool all_ranks) {
     std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
     s.file << ts << " [rank " << s.rank << "] " << tag << msg << '\n';
     s.file.flush();
+  }
+}
+
+void LogNotesOnce(const LoadNotes& notes, bool info) {
+  auto& s = State();
+  auto first = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(s.mu);
+    return s.noted.insert(line).second;
+  };
+  for (const auto& line : notes.info) {
+    if (info && first(line)) LogLine(LogLevel::kInfo, line);
+  }
+  for (const auto& line : notes.warn) {
+    if (first(line)) LogLine(LogLevel::kWarn, line);
   }
 }
 

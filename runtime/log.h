@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "parallel/load_notes.h"
+
 namespace ftune::runtime {
 
 enum class LogLevel { kInfo, kWarn, kError };
@@ -31,5 +33,11 @@ template <class... A>
 void LogError(fmt::format_string<A...> f, A&&... a) {
   LogLine(LogLevel::kError, fmt::format(f, std::forward<A>(a)...), /*all_ranks=*/true);
 }
+
+// Logs each line of `notes` (info lines as info, warn lines as warnings) the first time this
+// process sees it: a model or tokenizer loaded twice (base and finetuned, eval and generate)
+// says what it assumed once. Without `info`, only the warnings (which go to stderr): for
+// commands whose stdout is their result.
+void LogNotesOnce(const LoadNotes& notes, bool info = true);
 
 }  // namespace ftune::runtime

@@ -22,7 +22,9 @@ std::string TokenizerDir(const Config& cfg) {
 }
 
 data::Tokenizer LoadRunTokenizer(const Config& cfg) {
-  return data::Tokenizer::FromPath(TokenizerDir(cfg));
+  auto tok = data::Tokenizer::FromPath(TokenizerDir(cfg));
+  LogNotesOnce(tok.notes());
+  return tok;
 }
 
 namespace {
@@ -107,7 +109,9 @@ std::shared_ptr<models::LlamaModel> BuildRunModel(const Config& cfg, const data:
                                                   parallel::ProcessGrid& grid) {
   std::shared_ptr<models::LlamaModel> model;
   if (!cfg.model.path.empty()) {
-    model = models::LoadHf(cfg.model.path, torch::kFloat).model;
+    auto loaded = models::LoadHf(cfg.model.path, torch::kFloat);
+    LogNotesOnce(loaded.config.notes);
+    model = loaded.model;
   } else {
     model = models::BuildLlama(models::LlamaConfig::FromInline(cfg.model), torch::kFloat,
                                cfg.model.init_seed);
@@ -122,6 +126,7 @@ TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
                            parallel::ProcessGrid& grid) {
   if (cfg.model.path.empty()) return {BuildRunModel(cfg, tok, grid), {}};
   models::HfWeights hf = models::OpenHf(cfg.model.path);  // checks names and shapes, reads none
+  LogNotesOnce(hf.config.notes);
   CheckVocab(hf.config, tok);
   TrainModel out;
   std::map<std::string, ShardInfo> layout;

@@ -8,6 +8,7 @@
 #include "models/generate.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "runtime/log.h"
 #include "runtime/model_setup.h"
 
 namespace ftune {
@@ -33,6 +34,8 @@ Runner::Runner(const std::string& model_dir, const RunnerOptions& options)
     : impl_(std::make_unique<Impl>(Impl{
           data::Tokenizer::FromPath(options.tokenizer.empty() ? model_dir : options.tokenizer),
           models::LoadHf(model_dir, models::ParseDtype(options.dtype)), options, model_dir})) {
+  runtime::LogNotesOnce(impl_->tok.notes());
+  runtime::LogNotesOnce(impl_->loaded.config.notes);
   if (options.template_name != "qa" && options.template_name != "alpaca" &&
       options.template_name != "none") {
     FT_THROW(ConfigError, "Runner: unknown template '{}' (qa | alpaca | none)",

@@ -143,6 +143,130 @@ TEST(LlamaConfig, ErrorsNameKeyAndFile) {
   EXPECT_CONTAINS(msg, "not divisible");
 }
 
+// transformers >= 5 writes rope_parameters (with rope_theta inside) and dtype; older versions
+// rope_theta + rope_scaling (rope_type, or the key `type` before 4.43) and torch_dtype. The same
+// weights under both formats give identical models.
+json LegacyTwin(json j) {
+  json rope = j["rope_parameters"];
+  j.erase("rope_parameters");
+  j["rope_theta"] = rope["rope_theta"];
+  rope.erase("rope_theta");
+  rope["type"] = rope["rope_type"];
+  rope.erase("rope_type");
+  j["rope_scaling"] = rope;
+  j["torch_dtype"] = j["dtype"];
+  j.erase("dtype");
+  return j;
+}
+
+TEST(LlamaConfig, TransformersFiveAndLegacyFormatsGiveIdenticalLogits) {
+  for (const char* name : {"hf_tiny_untied", "hf_tiny_tied"}) {
+    const fs::path src = fs::path(FTUNE_SOURCE_DIR) / "tests" / "fixtures" / name;
+    std::ifstream in(src / "config.json");
+    const json v5 = json::parse(in);
+    ASSERT_TRUE(v5.contains("rope_parameters")) << name << " is not a transformers-5 config";
+    ASSERT_FALSE(v5.contains("rope_scaling") || v5.contains("rope_theta")) << name;
+    const fs::path dir = TempDir(std::string("legacy_") + name);
+    fs::create_directories(dir);
+    fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
+    std::ofstream(dir / "config.json") << LegacyTwin(v5).dump(2);
+
+    auto a = ftune::models::LoadHf(src.string());
+    auto b = ftune::models::LoadHf(dir.string());
+    EXPECT_EQ(a.config.rope_scaling.rope_type, "llama3") << name;
+    EXPECT_EQ(a.config.ToJson(), b.config.ToJson()) << name;
+    EXPECT_TRUE(a.config.notes.warn.empty()) << name << ": " << a.config.notes.warn.front();
+    EXPECT_TRUE(torch::equal(a.model->rotary().inv_freq(), b.model->rotary().inv_freq())) << name;
+    torch::NoGradGuard ng;
+    const auto tokens = RandomTokens(2, 24, 5);
+    EXPECT_TRUE(torch::equal(a.model->Logits(a.model->ForwardHidden(tokens)),
+                             b.model->Logits(b.model->ForwardHidden(tokens))))
+        << name;
+  }
+}
+
+// Nothing that changes the math is ignored: every key ftune does not implement, at a value that
+// would change the model, is an error naming the file and the key.
+TEST(LlamaConfig, KeysThatChangeTheMathAreErrors) {
+  auto v5 = [] {
+    auto j = TinyJson(false);
+    j.erase("rope_scaling");
+    j.erase("rope_theta");
+    j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
+                            {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 128}};
+    return j;
+  };
+  EXPECT_DOUBLE_EQ(LlamaConfig::FromJson(v5(), "x").rope_theta, 500000.0);
+  const std::vector<std::pair<std::function<void(json&)>, std::string>> cases = {
+      {[](json& j) { j["attention_bias"] = true; }, "'attention_bias'"},
+      {[](json& j) { j["mlp_bias"] = true; }, "'mlp_bias'"},
+      {[](json& j) { j["hidden_act"] = "gelu"; }, "'hidden_act'"},
+      {[](json& j) { j["attention_dropout"] = 0.1; }, "'attention_dropout'"},
+      {[](json& j) { j["sliding_window"] = 4096; }, "'sliding_window'"},
+      {[](json& j) { j["partial_rotary_factor"] = 0.5; }, "'partial_rotary_factor'"},
+      {[](json& j) { j["rope_parameters"]["partial_rotary_factor"] = 0.5; },
+       "'partial_rotary_factor'"},
+      {[](json& j) { j["quantization_config"] = {{"quant_method", "bitsandbytes"}}; },
+       "'quantization_config'"},
+      {[](json& j) { j["layer_types"] = {"full_attention", "sliding_attention"}; },
+       "'layer_types'"},
+      {[](json& j) { j["rope_parameters"]["rope_type"] = "yarn"; }, "rope_type 'yarn'"},
+      {[](json& j) { j["rope_parameters"]["rope_type"] = "linear"; }, "rope_type 'linear'"},
+      {[](json& j) { j["rope_parameters"].erase("factor"); }, "'factor'"},
+      {[](json& j) { j["rope_parameters"]["mscale"] = 1.0; }, "'mscale'"},
+      {[](json& j) {
+         j["rope_parameters"] = {{"full_attention", j["rope_parameters"]},
+                                 {"sliding_attention", {{"rope_type", "default"}}}};
+       },
+       "per-layer-type"},
+      {[](json& j) { j["rope_theta"] = 10000.0; }, "disagree"},
+      {[](json& j) {
+         j["rope_scaling"] = j["rope_parameters"];
+         j["rope_scaling"]["factor"] = 32.0;
+       },
+       "disagree"},
+  };
+  for (const auto& [edit, want] : cases) {
+    auto j = v5();
+    edit(j);
+    const auto msg = ErrorOf([&] { LlamaConfig::FromJson(j, "/m/config.json"); });
+    EXPECT_CONTAINS(msg, want);
+    EXPECT_CONTAINS(msg, "/m/config.json");
+  }
+  // The values that do nothing are accepted, and both forms may stand together when they agree.
+  auto j = v5();
+  j["attention_bias"] = false;
+  j["attention_dropout"] = 0;
+  j["sliding_window"] = nullptr;
+  j["layer_types"] = {"full_attention", "full_attention"};
+  j["rope_theta"] = 500000.0;
+  j["rope_scaling"] = j["rope_parameters"];
+  EXPECT_EQ(LlamaConfig::FromJson(j, "x").rope_scaling.factor, 8.0);
+}
+
+// Every default assumed for an absent key is reported (the caller logs it once); a key ftune
+// does not know is a warning.
+TEST(LlamaConfig, AssumedDefaultsAndUnknownKeysAreReported) {
+  auto j = TinyJson(false);
+  j.erase("rms_norm_eps");
+  j.erase("num_key_value_heads");
+  j["my_custom_scale"] = 2.0;
+  const auto c = LlamaConfig::FromJson(j, "/m/config.json");
+  std::string info;
+  for (const auto& line : c.notes.info) info += line + "\n";
+  EXPECT_CONTAINS(info, "/m/config.json: 'rms_norm_eps' is absent: assuming 1e-06");
+  EXPECT_CONTAINS(info, "'num_key_value_heads' is absent: assuming 4");
+  ASSERT_EQ(c.notes.warn.size(), 1u);
+  EXPECT_CONTAINS(c.notes.warn[0], "my_custom_scale");
+  // A complete file (what ftune itself writes) needs no assumption about the math.
+  const auto full = LlamaConfig::FromJson(TinyConfig().ToJson(), "x");
+  EXPECT_TRUE(full.notes.warn.empty());
+  for (const auto& line : full.notes.info) {
+    EXPECT_EQ(line.find("rms_norm_eps"), std::string::npos) << line;
+  }
+}
+
 TEST(LlamaConfig, FromInline) {
   ftune::models::ModelConfig mc;
   mc.arch.vocab_size = 100;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -397,6 +398,99 @@ TEST(TokenizerLlama3, ConfigAndGenerationConfig) {
   ASSERT_EQ(fread(buf, 1, 64, p), 64u);
   pclose(p);
   EXPECT_EQ(tok.sha256(), std::string(buf));
+}
+
+std::string ErrorOfLoad(const std::string& dir) {
+  try {
+    Tokenizer::FromPath(dir);
+  } catch (const ftune::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string Joined(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
+// tokenizer_config.json / generation_config.json as transformers 5 writes them: special tokens
+// listed in extra_special_tokens (a list; a dict in 4.5x), no special_tokens_map.json.
+TEST(TokenizerConfigs, TransformersFiveFiles) {
+  json llama3 = Llama3Json(true);
+  llama3["added_tokens"][1]["special"] = false;  // <|eot_id|> special only by the config's word
+  const json config = {{"backend", "tokenizers"},
+                       {"bos_token", "<|begin_of_text|>"},
+                       {"eos_token", "<|eot_id|>"},
+                       {"extra_special_tokens", {"<|eot_id|>"}},
+                       {"is_local", true},
+                       {"model_max_length", 131072},
+                       {"tokenizer_class", "TokenizersBackend"}};
+  const std::string dir = WriteTokenizer(llama3, config);
+  WriteFile(dir + "/generation_config.json",
+            R"({"bos_token_id": 300, "eos_token_id": [301], "do_sample": true,
+                "temperature": 0.6, "top_p": 0.9, "transformers_version": "5.17.0"})");
+  const auto tok = Tokenizer::FromPath(dir);
+  EXPECT_EQ(tok.bos_id(), 300);
+  EXPECT_EQ(tok.eos_ids(), (Ids{301}));
+  EXPECT_TRUE(tok.IsSpecial(301));
+  EXPECT_EQ(tok.Decode({tok.TokenToId("a"), 301}, /*skip_special_tokens=*/true), "a");
+  EXPECT_TRUE(tok.notes().warn.empty()) << Joined(tok.notes().warn);
+  EXPECT_NE(Joined(tok.notes().info).find("do_sample=true temperature=0.6 top_p=0.9"),
+            std::string::npos)
+      << Joined(tok.notes().info);
+
+  // The dict form of transformers 4.5x: name -> token.
+  json dict_config = config;
+  dict_config["extra_special_tokens"] = {{"eot", "<|eot_id|>"}};
+  EXPECT_TRUE(Tokenizer::FromPath(WriteTokenizer(llama3, dict_config)).IsSpecial(301));
+}
+
+// A value in the files beside tokenizer.json that ftune cannot honour and that changes
+// tokenization is an error naming the file and the key; one that changes only HF's generate()
+// or decode() is a warning.
+TEST(TokenizerConfigs, WhatCannotBeHonouredIsReported) {
+  const json base = {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}};
+  const std::vector<std::pair<std::function<void(json&)>, std::string>> errors = {
+      {[](json& c) { c["extra_special_tokens"] = {"<|nope|>"}; }, "extra_special_tokens[0]"},
+      {[](json& c) { c["eos_token"] = 301; }, "eos_token is 301"},
+      {[](json& c) { c["split_special_tokens"] = true; }, "split_special_tokens"},
+      {[](json& c) { c["do_lower_case"] = true; }, "do_lower_case"},
+      {[](json& c) { c["add_bos_token"] = "yes"; }, "add_bos_token"},
+      {[](json& c) {
+         c["added_tokens_decoder"] = {{"300", {{"content", "<|eot_id|>"}, {"special", true}}}};
+       },
+       "added_tokens_decoder.300"},
+  };
+  for (const auto& [edit, want] : errors) {
+    json c = base;
+    edit(c);
+    const std::string msg = ErrorOfLoad(WriteTokenizer(Llama3Json(true), c));
+    EXPECT_NE(msg.find(want), std::string::npos) << want << " not in: " << msg;
+    EXPECT_NE(msg.find("tokenizer_config.json"), std::string::npos) << msg;
+  }
+  const std::string dir = WriteTokenizer(Llama3Json(true), base);
+  WriteFile(dir + "/generation_config.json", R"({"eos_token_id": "301"})");
+  std::string msg = ErrorOfLoad(dir);
+  EXPECT_NE(msg.find("generation_config.json: eos_token_id \"301\""), std::string::npos) << msg;
+  WriteFile(dir + "/generation_config.json", R"({"eos_token_id": 99999})");
+  msg = ErrorOfLoad(dir);
+  EXPECT_NE(msg.find("eos_token_id 99999 is not a token id"), std::string::npos) << msg;
+
+  WriteFile(dir + "/generation_config.json",
+            R"({"eos_token_id": 301, "repetition_penalty": 1.1, "num_beams": 1, "foo": 2})");
+  json c = base;
+  c["clean_up_tokenization_spaces"] = true;
+  c["my_key"] = 1;
+  WriteFile(dir + "/tokenizer_config.json", c.dump());
+  const auto tok = Tokenizer::FromPath(dir);
+  const std::string warn = Joined(tok.notes().warn);
+  EXPECT_NE(warn.find("repetition_penalty=1.1"), std::string::npos) << warn;
+  EXPECT_EQ(warn.find("num_beams"), std::string::npos) << warn;  // 1 does nothing
+  EXPECT_NE(warn.find("the key(s) foo"), std::string::npos) << warn;
+  EXPECT_NE(warn.find("clean_up_tokenization_spaces"), std::string::npos) << warn;
+  EXPECT_NE(warn.find("the key(s) my_key"), std::string::npos) << warn;
 }
 
 TEST(TokenizerLlama3, ConcurrentEncodeMatchesSerial) {
