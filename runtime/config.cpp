@@ -2,6 +2,7 @@
 // and writes the typed Config by walking each section's VisitFields.
 #include "runtime/config.h"
 
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -52,6 +53,72 @@ size_t EditDistance(const std::string& a, const std::string& b) {
     std::swap(prev, cur);
   }
   return prev[b.size()];
+}
+
+// The names users bring from HF Trainer, axolotl and torchtune (and TRL, DeepSpeed), with
+// ftune's key for each: an unknown key with one of these names gets this suggestion.
+struct ForeignKey {
+  const char* name;
+  const char* key;  // ftune's key
+  const char* from;
+};
+const std::vector<ForeignKey>& ForeignKeys() {
+  static const std::vector<ForeignKey> keys = {
+      {"learning_rate", "optim.lr", "HF Trainer, axolotl"},
+      {"num_train_epochs", "train.epochs", "HF Trainer"},
+      {"num_epochs", "train.epochs", "axolotl, torchtune"},
+      {"max_steps", "train.steps", "HF Trainer, axolotl"},
+      {"max_steps_per_epoch", "train.steps", "torchtune"},
+      {"per_device_train_batch_size", "train.micro_batch", "HF Trainer"},
+      {"micro_batch_size", "train.micro_batch", "axolotl"},
+      {"batch_size", "train.micro_batch", "torchtune"},
+      {"gradient_accumulation_steps", "train.grad_accum", "HF Trainer, axolotl, torchtune"},
+      {"max_grad_norm", "train.clip", "HF Trainer, axolotl"},
+      {"clip_grad_norm", "train.clip", "torchtune"},
+      {"gradient_checkpointing", "train.activation_checkpointing", "HF Trainer, axolotl"},
+      {"enable_activation_checkpointing", "train.activation_checkpointing", "torchtune"},
+      {"num_warmup_steps", "optim.warmup_steps", "torchtune"},
+      {"warmup_ratio", "optim.warmup_steps (in steps: ratio x total steps)", "HF Trainer, axolotl"},
+      {"adam_beta1", "optim.beta1", "HF Trainer"},
+      {"adam_beta2", "optim.beta2", "HF Trainer"},
+      {"adam_epsilon", "optim.eps", "HF Trainer"},
+      {"lr_scheduler_type", "optim.schedule", "HF Trainer"},
+      {"lr_scheduler", "optim.schedule", "axolotl, torchtune"},
+      {"optimizer", "optim (ftune's optimizer is AdamW)", "axolotl, torchtune"},
+      {"optim", "optim (a section: lr, beta1, ...)", "HF Trainer"},
+      {"bf16", "model.dtype: bf16", "HF Trainer, axolotl"},
+      {"fp16", "model.dtype: bf16 (ftune computes in fp32 or bf16)", "HF Trainer, axolotl"},
+      {"torch_dtype", "model.dtype", "HF"},
+      {"save_steps", "checkpoint.every", "HF Trainer, axolotl"},
+      {"save_total_limit", "checkpoint.keep", "HF Trainer, axolotl"},
+      {"resume_from_checkpoint", "checkpoint.resume", "HF Trainer, axolotl"},
+      {"eval_steps", "eval.every", "HF Trainer, axolotl"},
+      {"per_device_eval_batch_size", "eval.batch_size", "HF Trainer"},
+      {"eval_batch_size", "eval.batch_size", "axolotl"},
+      {"logging_steps", "log.every", "HF Trainer, axolotl"},
+      {"log_every_n_steps", "log.every", "torchtune"},
+      {"output_dir", "run.output_dir", "HF Trainer, axolotl, torchtune"},
+      {"run_name", "run.name", "HF Trainer"},
+      {"base_model", "model.path", "axolotl"},
+      {"model_name_or_path", "model.path", "HF Trainer scripts"},
+      {"tokenizer_config", "tokenizer.path", "axolotl"},
+      {"datasets", "data.inputs", "axolotl"},
+      {"dataset", "data.inputs", "torchtune"},
+      {"sequence_len", "data.max_seq_len", "axolotl"},
+      {"max_seq_length", "data.max_seq_len", "TRL"},
+      {"sample_packing", "data.packing", "axolotl"},
+      {"packed", "data.packing", "torchtune"},
+      {"train_on_inputs", "data.train_on_prompt", "axolotl"},
+      {"val_set_size", "data.split.test_ratio (or test_count)", "axolotl"},
+      {"chat_template", "data.template", "axolotl"},
+      {"deepspeed", "parallel.zero (ZeRO stage 0-3)", "HF Trainer, axolotl"},
+      {"zero_stage", "parallel.zero", "DeepSpeed"},
+      {"fsdp", "parallel.zero: 3 (parameters sharded over data-parallel ranks)", "HF, axolotl"},
+      {"tensor_parallel_size", "parallel.tp", "torchtune, vLLM"},
+      {"tensor_parallel_dim", "parallel.tp", "torchtune"},
+      {"data_parallel_shard_dim", "parallel.dp", "torchtitan"},
+  };
+  return keys;
 }
 
 // Where a key's value came from, for messages: "file:line" or "--set key=value".
@@ -137,12 +204,18 @@ class Reader {
         size_t d = EditDistance(k, n);
         if (d < best_d) best_d = d, best = prefix_.empty() ? n : prefix_ + "." + n;
       }
-      // A key that exists in another section is a likelier intent.
+      // A key that exists in another section is a likelier intent; a name from another
+      // framework likelier still.
       for (const auto& full : all_keys_) {
         auto dot = full.rfind('.');
         if (full.substr(dot + 1) == k) best = full, best_d = 0;
       }
       std::string hint = best.empty() ? "" : fmt::format("; did you mean '{}'?", best);
+      for (const auto& f : ForeignKeys()) {
+        if (k == f.name && best_d != 0) {
+          hint = fmt::format("; did you mean '{}'? ('{}' is the name in {})", f.key, k, f.from);
+        }
+      }
       std::string origin = origins_.where.count(key) ? origins_.where.at(key)
                                                      : MarkOf(origins_, kv.first);
       KeyError(origin, key, "unknown key" + hint);
@@ -265,6 +338,28 @@ class Emitter {
   YAML::Emitter& out_;
 };
 
+// yaml-cpp keeps both entries of a key written twice in one mapping, and lookups see the first
+// one: every duplicate key or section is an error naming both lines.
+void CheckDuplicateKeys(const YAML::Node& node, const std::string& prefix, const Origins& o) {
+  if (node.IsSequence()) {
+    for (const auto& e : node) CheckDuplicateKeys(e, prefix, o);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, YAML::Node> seen;
+  for (const auto& kv : node) {
+    const std::string k = kv.first.IsScalar() ? kv.first.Scalar() : "?";
+    const std::string key = prefix.empty() ? k : prefix + "." + k;
+    const auto [it, fresh] = seen.emplace(k, kv.first);
+    if (!fresh) {
+      KeyError(MarkOf(o, kv.first), key,
+               fmt::format("written twice (first at {}); only one can hold, keep one",
+                           MarkOf(o, it->second)));
+    }
+    CheckDuplicateKeys(kv.second, key, o);
+  }
+}
+
 // Sets root[a][b]... = value for "a.b=value", creating maps as needed.
 void ApplyOverride(YAML::Node& root, const std::string& ov, Origins& origins) {
   auto eq = ov.find('=');
@@ -329,6 +424,7 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
       FT_THROW(ConfigError, "{}: the top level must be a mapping of sections (run:, model:, ...)",
                yaml_path);
     }
+    CheckDuplicateKeys(root, "", origins);
   }
   for (const auto& ov : overrides) ApplyOverride(root, ov, origins);
 

@@ -1,5 +1,6 @@
 #include "runtime/run_setup.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -9,6 +10,16 @@ namespace ftune::runtime {
 
 Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
                 const std::string& command) {
+  if (args.config_path.empty() && command != "env") {
+    std::string name = command;  // "bench_train" -> "bench train"
+    std::replace(name.begin(), name.end(), '_', ' ');
+    FT_THROW(ConfigError,
+             "ftune {} needs a config: --config FILE (a YAML file with the sections run, model, "
+             "data, train, ...). configs/tiny.yaml is a small complete one that runs in seconds, "
+             "configs/demo_finetune.yaml finetunes the demo model, and configs/llama3_8b.yaml / "
+             "llama3_70b.yaml are real models; change any key with --set key=value",
+             name);
+  }
   Config cfg = LoadConfig(args.config_path, args.overrides, check);
   world.SetThreads(cfg.run.threads);
   const std::filesystem::path dir(cfg.run.output_dir);

@@ -33,6 +33,14 @@ check "resolved config table printed" "grep -qE 'train.micro_batch +\| 3' good.o
 check "resolved YAML written to the run dir" "grep -q 'micro_batch: 3' run/env_config.yaml"
 check "per-rank log files" "[ -f run/logs/rank_0.log ] && [ -f run/logs/rank_1.log ]"
 
+# A newcomer's first try: a config-driven command without --config says a config is needed and
+# where examples are (it used to answer "set exactly one of train.steps (-1) and ...").
+for cmd in train prepare eval "bench train"; do
+  timeout 120 "$FTUNE" $cmd > noconfig.out 2>&1; rc=$?
+  check "ftune $cmd without --config points to configs/" "[ $rc -ne 0 ] && [ $rc -ne 124 ] && \
+    grep -q 'ftune .* needs a config: --config FILE' noconfig.out && grep -q 'configs/tiny.yaml' noconfig.out"
+done
+
 "$FTUNE" plan > plan.out 2>&1; rc=$?
 check "plan without --config refuses with non-zero exit, naming the option" "[ $rc -ne 0 ] && grep -q -- '--config' plan.out"
 exit $fail

@@ -83,6 +83,60 @@ TEST_F(ConfigTest, UnknownKeyInWrongSectionSuggestsTheRightOne) {
   EXPECT_NE(e.find("did you mean 'optim.lr'"), std::string::npos) << e;
 }
 
+// A key or section written twice is an error naming both lines (yaml-cpp itself keeps both and
+// lookups see the first: `steps: 4, steps: 6` used to train 4 steps, a second optim: was ignored).
+TEST_F(ConfigTest, DuplicateKeysAndSectionsNameBothLines) {
+  auto p = Write("train:\n  steps: 4\n  steps: 6\n");
+  auto e = ErrorOf(p, {}, {1, true});
+  EXPECT_NE(e.find(p + ":3: train.steps: written twice (first at " + p + ":2)"), std::string::npos)
+      << e;
+  p = Write("optim:\n  lr: 0.1\ntrain:\n  steps: 4\noptim:\n  lr: 0.2\n");
+  e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":5: optim: written twice (first at " + p + ":1)"), std::string::npos) << e;
+  p = Write("train: {steps: 4, steps: 6}\n");
+  e = ErrorOf(p);
+  EXPECT_NE(e.find("train.steps: written twice"), std::string::npos) << e;
+  p = Write("data:\n  split:\n    seed: 1\n    seed: 2\n");
+  e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":4: data.split.seed: written twice"), std::string::npos) << e;
+  // The same leaf name in two sections is not a duplicate.
+  EXPECT_EQ(ErrorOf(Write("eval:\n  every: 5\nlog:\n  every: 5\n")), "");
+}
+
+// Users arrive with HF Trainer / axolotl / torchtune names: each gets ftune's key.
+TEST_F(ConfigTest, NamesFromOtherFrameworksGetFtunesKey) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train:\n  learning_rate: 0.1\n", "did you mean 'optim.lr'? ('learning_rate' is the name "
+                                          "in HF Trainer, axolotl)"},
+      {"num_train_epochs: 3\n", "did you mean 'train.epochs'?"},
+      {"train:\n  max_steps: 3\n", "did you mean 'train.steps'?"},
+      {"train:\n  per_device_train_batch_size: 3\n", "did you mean 'train.micro_batch'?"},
+      {"train:\n  gradient_accumulation_steps: 3\n", "did you mean 'train.grad_accum'?"},
+      {"optim:\n  warmup_ratio: 0.1\n", "did you mean 'optim.warmup_steps (in steps"},
+      {"optim:\n  lr_scheduler_type: cosine\n", "did you mean 'optim.schedule'?"},
+      {"bf16: true\n", "did you mean 'model.dtype: bf16'?"},
+      {"train:\n  gradient_checkpointing: true\n",
+       "did you mean 'train.activation_checkpointing'?"},
+      {"save_steps: 10\n", "did you mean 'checkpoint.every'?"},
+      {"eval_steps: 10\n", "did you mean 'eval.every'?"},
+      {"output_dir: out\n", "did you mean 'run.output_dir'?"},
+      {"sequence_len: 512\n", "did you mean 'data.max_seq_len'?"},
+      {"micro_batch_size: 2\n", "did you mean 'train.micro_batch'?"},
+  };
+  for (const auto& [yaml, want] : cases) {
+    auto e = ErrorOf(Write(yaml));
+    EXPECT_NE(e.find(want), std::string::npos) << yaml << " -> " << e;
+  }
+  // A name ftune has in another section still gets that section's key.
+  auto e = ErrorOf(Write("train:\n  weight_decay: 0.1\n"));
+  EXPECT_NE(e.find("did you mean 'optim.weight_decay'?"), std::string::npos) << e;
+  e = ErrorOf("", {"train.learning_rate=0.1"});
+  EXPECT_NE(e.find("--set train.learning_rate=0.1: train.learning_rate: unknown key; did you "
+                   "mean 'optim.lr'?"),
+            std::string::npos)
+      << e;
+}
+
 TEST_F(ConfigTest, UnknownSection) {
   auto p = Write("trian:\n  steps: 3\n");
   auto e = ErrorOf(p);
