@@ -77,7 +77,9 @@ class Reader {
   const std::string& source() const { return source_; }
 
  private:
+  // A key written as null states "none" on purpose: only a missing key is an assumption.
   void Assume(const char* key, const std::string& value, const char* why) const {
+    if (j_.contains(key)) return;
     Note(fmt::format("'{}' is absent: assuming {}{}{}", key, value, *why ? " " : "", why));
   }
 
@@ -204,7 +206,9 @@ Rope ReadRope(const json& j, const Reader& top, LoadNotes* notes) {
   }
   if (!top.Has("rope_parameters")) {
     if (!top.Has("rope_theta")) top.Float("rope_theta", 10000.0, "(HF LlamaConfig's default)");
-    if (!has_scaling) top.Note("neither 'rope_parameters' nor 'rope_scaling': plain RoPE");
+    if (!j.contains("rope_scaling")) {
+      top.Note("neither 'rope_parameters' nor 'rope_scaling': plain RoPE");
+    }
     return legacy;
   }
   // transformers >= 5 (rope_parameters) takes precedence over the legacy keys.
@@ -304,7 +308,7 @@ LlamaConfig LlamaConfig::FromJson(const json& j, const std::string& source) {
     } else {
       c.eos_token_ids.push_back(r.AsInt(e, "eos_token_id"));
     }
-  } else {
+  } else if (!j.contains("eos_token_id")) {
     r.Note("'eos_token_id' is absent: the tokenizer's EOS ids apply");
   }
   const Rope rope = ReadRope(j, r, &c.notes);

@@ -34,8 +34,9 @@ Runner::Runner(const std::string& model_dir, const RunnerOptions& options)
     : impl_(std::make_unique<Impl>(Impl{
           data::Tokenizer::FromPath(options.tokenizer.empty() ? model_dir : options.tokenizer),
           models::LoadHf(model_dir, models::ParseDtype(options.dtype)), options, model_dir})) {
-  runtime::LogNotesOnce(impl_->tok.notes());
-  runtime::LogNotesOnce(impl_->loaded.config.notes);
+  // Warnings only: a program using Runner owns its stdout.
+  runtime::LogNotesOnce(impl_->tok.notes(), /*info=*/false);
+  runtime::LogNotesOnce(impl_->loaded.config.notes, /*info=*/false);
   if (options.template_name != "qa" && options.template_name != "alpaca" &&
       options.template_name != "none") {
     FT_THROW(ConfigError, "Runner: unknown template '{}' (qa | alpaca | none)",
