@@ -91,14 +91,13 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     targs.overrides.push_back(fmt::format("train.steps={}", bench_warmup + bench_steps));
     targs.overrides.push_back("log.every=1000000000");
     Config cfg = SetUpRun(world, targs, {world.world_size(), /*need_train=*/true}, "bench_train");
-    parallel::ProcessGrid grid(world.comm(), cfg.parallel.dp, cfg.parallel.tp);
-    data::Tokenizer tok = LoadRunTokenizer(cfg);
-    TrainData td = OpenTrainData(cfg, grid, tok);
-    TrainModel built = BuildTrainModel(cfg, tok, grid);
-    Trainer trainer(world, cfg, built.model, grid, std::move(built.source));
+    TrainingSetup run = SetUpTraining(world, cfg);
+    Trainer& trainer = *run.trainer;
+    const parallel::ProcessGrid& grid = *run.grid;
     std::vector<StepStats> stats;
-    trainer.Train([&td]() { return td.loader->Next(); }, bench_warmup + bench_steps,
-                  [&stats](const StepStats& s) { stats.push_back(s); });
+    Trainer::Loop loop;
+    loop.on_step = [&stats](const StepStats& s) { stats.push_back(s); };
+    trainer.Train(*run.data.loader, bench_warmup + bench_steps, loop);
     stats.erase(stats.begin(), stats.begin() + bench_warmup);
 
     std::vector<double> step_s;
@@ -113,11 +112,11 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     const double median = Percentile(step_s, 0.5);
     const double tokens_per_step = tokens / double(stats.size());
     const double tokens_per_s = tokens_per_step / median;
-    const double flops_per_token = trainer.FlopsPerToken(cfg.data.max_seq_len);
+    const double flops_per_token = trainer.parallel().FlopsPerToken(cfg.data.max_seq_len);
     // Per device: the tokens of this rank's tp group run on tp devices.
     const double model_flops = flops_per_token * tokens_per_s / double(grid.dp());
-    const auto dtype = built.model->dtype();
-    const torch::Device device = built.model->device();
+    const auto dtype = trainer.model().dtype();
+    const torch::Device device = grid.device();
     const int64_t n = gemm_n > 0 ? gemm_n : (device.is_cuda() ? 8192 : 2048);
     const double gemm = GemmFlops(device, dtype, n, device.is_cuda() ? 20 : 5);
     if (world.rank() != 0) return;

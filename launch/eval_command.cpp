@@ -35,9 +35,8 @@ void RunEval(EvalArgs a, runtime::World& world) {
   a.common.overrides.push_back("parallel.tp=1");
   a.common.overrides.push_back("parallel.dp=-1");
   Config cfg = SetUpRun(world, a.common, {world.world_size(), /*need_train=*/false}, "eval");
-  parallel::ProcessGrid grid(world.comm(), world.world_size(), 1);
-  grid.world().set_timeout(cfg.parallel.timeout_s);
-  grid.dp_comm().set_timeout(cfg.parallel.timeout_s);
+  const auto grid_ptr = MakeGrid(world, cfg);
+  parallel::ProcessGrid& grid = *grid_ptr;
 
   // Inputs first, compute later.
   const data::Tokenizer tok = LoadRunTokenizer(cfg);
@@ -58,10 +57,10 @@ void RunEval(EvalArgs a, runtime::World& world) {
                "on the same prompts", a.compare, base->config().vocab_size, model_path,
                model->config().vocab_size);
     }
-    base->to(world.device());
+    base->to(grid.device());
     base->eval();
   }
-  model->to(world.device());
+  model->to(grid.device());
   model->eval();
   LogInfo("evaluating {} on {} test examples ({} tokens) of {}{}; {} rank(s)", model_path,
           evaluator.num_test_examples(), evaluator.num_test_tokens(), data_dir,

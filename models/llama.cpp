@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <cmath>
+#include <set>
 
 #include "parallel/compat.h"
 #include "parallel/error.h"
@@ -254,6 +255,32 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, bool materialize) : cfg_(cfg), ro
                               MakeLinear(cfg.hidden_size, cfg.vocab_size, materialize));
     if (!materialize) Unmaterialize(*lm_head, torch::kFloat);
   }
+}
+
+std::vector<ParamUnit> LlamaModel::Units() {
+  const bool tied = cfg_.tie_word_embeddings;
+  std::vector<ParamUnit> units;
+  units.push_back({"embed", {{"model.embed_tokens.weight", model->embed_tokens->weight,
+                              /*decay=*/false, /*late=*/tied}}});
+  for (size_t i = 0; i < model->layer_list.size(); ++i) {
+    auto& layer = *model->layer_list[i];
+    // Norm weights are not decayed: found by module type, not by name.
+    std::set<const void*> norms;
+    for (const auto* n : {layer.input_layernorm.get(), layer.post_attention_layernorm.get()}) {
+      for (const auto& p : n->parameters()) norms.insert(p.unsafeGetTensorImpl());
+    }
+    ParamUnit u{fmt::format("layer.{}", i), {}};
+    const std::string prefix = fmt::format("model.layers.{}.", i);
+    for (const auto& p : layer.named_parameters(/*recurse=*/true)) {
+      u.params.push_back({prefix + p.key(), p.value(),
+                          norms.count(p.value().unsafeGetTensorImpl()) == 0, false});
+    }
+    units.push_back(std::move(u));
+  }
+  ParamUnit head{"head", {{"model.norm.weight", model->norm->weight, /*decay=*/false, false}}};
+  if (!tied) head.params.push_back({"lm_head.weight", lm_head->weight, true, /*late=*/true});
+  units.push_back(std::move(head));
+  return units;
 }
 
 torch::nn::Linear MakeLinear(int64_t in, int64_t out, bool materialize) {

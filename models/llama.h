@@ -128,6 +128,22 @@ class LlamaBackbone : public torch::nn::Module {
   std::shared_ptr<RmsNorm> norm;
 };
 
+// One parameter as training needs to know it.
+struct UnitParam {
+  std::string name;     // HF name ("model.layers.3.mlp.up_proj.weight")
+  torch::Tensor param;
+  bool decay = true;    // AdamW weight decay applies (not to norms and embeddings)
+  bool late = false;    // its gradient arrives in several pieces per backward: the lm_head behind
+                        // the chunked loss, an embedding tied to it
+};
+// Parameters used together, in forward order: "embed" (the input embedding), "layer.<i>" (one
+// decoder layer), "head" (the final norm and an untied lm_head). Data parallelism reduces and,
+// under ZeRO-3, gathers them as one unit.
+struct ParamUnit {
+  std::string name;
+  std::vector<UnitParam> params;
+};
+
 // HF's `LlamaForCausalLM`. Construction allocates fp32 parameters with libtorch's default init;
 // call InitWeights (or BuildLlama) for the HF-style init, or load weights (LoadHf).
 // With materialize = false the parameters get uninitialised storage instead (see Unmaterialize)
@@ -152,6 +168,9 @@ class LlamaModel : public torch::nn::Module {
   // Sum over N rows of the fp32 cross-entropy of Logits(hidden) against targets.
   // hidden (N, C), targets (N) int64 -> fp32 scalar.
   virtual torch::Tensor CrossEntropySum(const torch::Tensor& hidden, const torch::Tensor& targets);
+
+  // Every parameter once, grouped into units (see ParamUnit), in registration order.
+  std::vector<ParamUnit> Units();
 
   const torch::Tensor& lm_head_weight() const;  // (V, C): lm_head's, or embed_tokens' when tied
   const LlamaConfig& config() const { return cfg_; }

@@ -1,5 +1,6 @@
-// Collective communication on at::Tensor, with an MPI backend (CPU tensors) and
-// an NCCL backend (CUDA tensors, compiled only when libtorch has CUDA).
+// Collective communication on at::Tensor, with an MPI backend (host memory: CPU tensors, and
+// device tensors staged through host buffers) and an NCCL backend (CUDA tensors, compiled only
+// when libtorch has CUDA).
 //
 // Ordering rule: every rank of a communicator must call its collectives in the
 // same order with matching sizes and dtypes; a mismatch hangs or corrupts, as

@@ -3,6 +3,8 @@
 // parallel/, the bottom layer, so that every layer (models too) can use it.
 #pragma once
 
+#include <cstdlib>
+
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -57,6 +59,14 @@ inline void SynchronizeDevice(const torch::Device& device) {
 #else
   (void)device;
 #endif
+}
+
+// libtorch's deterministic algorithms on or off (run.deterministic). cuBLAS needs a fixed
+// workspace for deterministic GEMMs: CUBLAS_WORKSPACE_CONFIG is set unless the user set it
+// (before the first cuBLAS call; SetUpRun runs before any compute).
+inline void SetDeterministic(bool on) {
+  if (on) ::setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  at::globalContext().setDeterministicAlgorithms(on, /*warn_only=*/false);
 }
 
 // Peak bytes the caching allocator has handed out on a CUDA device (0 on the CPU).

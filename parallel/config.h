@@ -13,7 +13,7 @@ struct ParallelConfig {
   int64_t tp = 1;           // tensor-parallel ranks (Megatron style) per model replica
   int64_t zero = 0;         // ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters
   double bucket_mb = 25.0;  // gradient all-reduce bucket size; larger = fewer, bigger messages
-  std::string backend = "auto";  // auto (nccl for CUDA tensors, mpi for CPU), mpi, nccl
+  std::string backend = "auto";  // data communicators: auto (nccl on an unshared GPU), mpi, nccl
   double timeout_s = 300;   // a collective waiting longer than this aborts the job (lost rank)
 
   template <class V>

@@ -90,8 +90,21 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
     if (!late.empty()) groups.push_back(late);
   }
 
-  // Hooks first: autograd records each parameter's shape in its accumulator
-  // now, and ZeRO-3 is about to release the parameters to size 0.
+  // Hooks first: autograd records each parameter's shape, dtype and device in its accumulator
+  // now, and ZeRO-3 is about to release the parameters to size 0. So the parameters get their
+  // final device before, without being allocated there (one element expanded to the shape: a
+  // 70B model under ZeRO-3 must never be whole on one GPU); their initial values stay readable
+  // through `initial`.
+  auto on_device = [this](const at::Tensor& t) { return t.options().device(opt_.device); };
+  std::vector<at::Tensor> initial(params_.size());
+  for (size_t p = 0; p < params_.size(); ++p) {
+    at::Tensor& t = params_[p].param;
+    initial[p] = t.detach();
+    if (t.device() != opt_.device) {
+      at::NoGradGuard ng;
+      t.set_data(at::empty({1}, on_device(t).requires_grad(false)).expand(t.sizes()));
+    }
+  }
   for (size_t p = 0; p < params_.size(); ++p) {
     hooks_.push_back(compat::AddPostAccumulateHook(
         params_[p].param, [this, p]() { OnGradAccumulated(static_cast<int>(p)); }));
@@ -121,18 +134,18 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
       b->hi = b->lo + b->counts[r];
     }
     // Initial values: elements [begin, begin + out.numel()) of parameter p, flattened.
-    auto read = [this](int p, int64_t begin, at::Tensor out) {
+    auto read = [this, &initial](int p, int64_t begin, at::Tensor out) {
       if (opt_.source) {
         opt_.source(params_[p], begin, out);
       } else {
-        out.copy_(params_[p].param.detach().reshape(-1).narrow(0, begin, out.numel()));
+        out.copy_(initial[p].reshape(-1).narrow(0, begin, out.numel()));
       }
     };
     const int64_t own = b->hi - b->lo;
     at::NoGradGuard ng;
     if (opt_.zero == 3) {
       // Only this rank's slice is ever materialised.
-      b->shard_param = at::empty({own}, params_[g[0]].param.options().requires_grad(false));
+      b->shard_param = at::empty({own}, on_device(params_[g[0]].param).requires_grad(false));
       for (size_t i = 0; i < g.size(); ++i) {
         const int64_t first = std::max(b->lo, b->offsets[i]);
         const int64_t last = std::min(b->hi, b->offsets[i] + params_[g[i]].param.numel());
@@ -141,10 +154,10 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
         }
       }
       b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
-      for (int p : g) params_[p].param.set_data(at::empty({0}, params_[p].param.options()));
+      for (int p : g) params_[p].param.set_data(at::empty({0}, on_device(params_[p].param)));
     } else {
       // The parameters become views of one flat buffer (identical on all ranks).
-      b->flat = at::empty({b->numel}, params_[g[0]].param.options().requires_grad(false));
+      b->flat = at::empty({b->numel}, on_device(params_[g[0]].param).requires_grad(false));
       for (size_t i = 0; i < g.size(); ++i) {
         auto& t = params_[g[i]].param;
         read(g[i], 0, b->flat.narrow(0, b->offsets[i], t.numel()));
@@ -153,9 +166,11 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
       auto mine = b->flat.narrow(0, b->lo, own);
       b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
     }
-    b->exp_avg = at::zeros({own}, at::kFloat);
-    b->exp_avg_sq = at::zeros({own}, at::kFloat);
-    if (opt_.zero >= 2) b->grad_shard = at::zeros({own}, at::kFloat);
+    // Optimizer state lives where the parameters do (the GPU in GPU runs), in fp32.
+    const auto fp32 = on_device(params_[g[0]].param).dtype(at::kFloat).requires_grad(false);
+    b->exp_avg = at::zeros({own}, fp32);
+    b->exp_avg_sq = at::zeros({own}, fp32);
+    if (opt_.zero >= 2) b->grad_shard = at::zeros({own}, fp32);
     buckets_.push_back(std::move(b));
   }
 
@@ -213,7 +228,7 @@ void DataParallel::StartReduce(Bucket& b) {
   b.started = true;
   if (opt_.zero >= 2) {
     // Gradients arrived in fresh full-size tensors: flatten, then release them.
-    b.grad = at::zeros({b.numel}, at::TensorOptions().dtype(b.dtype));
+    b.grad = at::zeros({b.numel}, b.master.options().dtype(b.dtype));
     for (size_t i = 0; i < b.params.size(); ++i) {
       auto& t = params_[b.params[i]].param;
       if (t.grad().defined()) b.grad.narrow(0, b.offsets[i], t.grad().numel()).copy_(t.grad().reshape(-1));
@@ -257,7 +272,9 @@ void DataParallel::FinishGradSync() {
 }
 
 at::Tensor DataParallel::ShardGradSquaredNorms() const {
-  auto total = at::zeros({2}, at::kDouble);
+  // On the parameters' device: the caller reduces it there and reads it once per step.
+  auto total = at::zeros({2}, buckets_.empty() ? at::TensorOptions(at::kDouble)
+                                               : buckets_[0]->master.options().dtype(at::kDouble));
   for (const auto& b : buckets_) {
     at::Tensor g = opt_.zero >= 2 ? b->grad_shard : b->grad.narrow(0, b->lo, b->hi - b->lo);
     for (size_t i = 0; i < b->params.size(); ++i) {

@@ -58,6 +58,9 @@ using ParamSource = std::function<void(const ParamSpec& spec, int64_t begin, at:
 
 struct DataParallelOptions {
   int zero = 0;
+  // Where parameters, gradients and optimizer state live (the parameters are moved there: their
+  // initial values are copied from wherever they or `source` are).
+  at::Device device = at::kCPU;
   double bucket_mb = 25.0;
   // Empty: the parameters' current values. Set: the parameters' storage is never read; under
   // ZeRO-3 only this rank's slices are requested, so no rank ever holds the whole model.

@@ -56,10 +56,6 @@ bool IsHalf(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
 void CheckTensor(const at::Tensor& t, const char* what) {
   if (!t.defined()) FT_THROW(CommError, "{}: tensor is undefined", what);
-  if (!t.device().is_cpu()) {
-    FT_THROW(CommError, "{}: the MPI backend takes CPU tensors, got one on {}", what,
-             t.device().str());
-  }
   if (!t.is_contiguous()) {
     FT_THROW(CommError, "{}: tensor of shape {} is not contiguous; call .contiguous() first", what,
              fmt::join(t.sizes(), "x"));
@@ -199,9 +195,21 @@ class MpiWork : public Work {
   bool done_ = false;
 };
 
-// Buffer the MPI call reads/writes: fp32 for 16-bit floats (exact reduction), else `t` itself.
+// Buffer an MPI reduction reads/writes: fp32 for 16-bit floats (exact reduction), in host
+// memory. A CPU tensor of a wire dtype is its own buffer; a device tensor is staged (the copy to
+// the host waits for the device work that produced it; Work::Wait copies results back), which
+// lets ranks that share one GPU, or a build without NCCL, train on the device over MPI.
 at::Tensor WireBuffer(const at::Tensor& t) {
-  return IsHalf(t.scalar_type()) ? t.to(at::kFloat) : t;
+  const auto wire = IsHalf(t.scalar_type()) ? at::kFloat : t.scalar_type();
+  if (t.is_cpu() && t.scalar_type() == wire) return t;
+  return t.to(t.options().device(at::kCPU).dtype(wire), /*non_blocking=*/false, /*copy=*/true);
+}
+// Host buffer of a collective that moves raw elements (no arithmetic): `t` itself on the CPU,
+// else a host copy (`copy_in`: of its values; else uninitialised, for outputs).
+at::Tensor HostBuffer(const at::Tensor& t, bool copy_in) {
+  if (t.is_cpu()) return t;
+  return copy_in ? t.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true)
+                 : at::empty(t.sizes(), t.options().device(at::kCPU));
 }
 
 class MpiCommunicator : public Communicator {
@@ -282,10 +290,16 @@ class MpiCommunicator : public Communicator {
     // 16-bit floats travel as raw 2-byte words: no arithmetic, so no rounding.
     MPI_Datatype type =
         IsHalf(input.scalar_type()) ? MPI_UINT16_T : ToMpi(input.scalar_type());
-    MPI_CHECK(MPI_Iallgatherv(input.data_ptr(), CountOf(input.numel(), "AllGather"), type,
-                              output.data_ptr(), w->counts_.data(), w->displs_.data(), type,
+    at::Tensor in = HostBuffer(input, /*copy_in=*/true);
+    at::Tensor out = HostBuffer(output, /*copy_in=*/false);
+    MPI_CHECK(MPI_Iallgatherv(in.data_ptr(), CountOf(input.numel(), "AllGather"), type,
+                              out.data_ptr(), w->counts_.data(), w->displs_.data(), type,
                               comm_, &w->req_));
-    w->keep_ = {input, output};
+    w->keep_ = {input, output, in, out};
+    if (!out.is_same(output)) {
+      at::Tensor dst = output;
+      w->finish_ = [dst, out]() mutable { dst.copy_(out); };
+    }
     return w;
   }
 
@@ -294,9 +308,14 @@ class MpiCommunicator : public Communicator {
     if (root < 0 || root >= size_) FT_THROW(CommError, "Broadcast: root {} out of range", root);
     auto w = NewWork("Broadcast");
     MPI_Datatype type = IsHalf(t.scalar_type()) ? MPI_UINT16_T : ToMpi(t.scalar_type());
-    MPI_CHECK(MPI_Ibcast(t.data_ptr(), CountOf(t.numel(), "Broadcast"), type, root, comm_,
+    at::Tensor buf = HostBuffer(t, /*copy_in=*/true);
+    MPI_CHECK(MPI_Ibcast(buf.data_ptr(), CountOf(t.numel(), "Broadcast"), type, root, comm_,
                          &w->req_));
-    w->keep_ = {t};
+    w->keep_ = {t, buf};
+    if (!buf.is_same(t)) {
+      at::Tensor dst = t;
+      w->finish_ = [dst, buf]() mutable { dst.copy_(buf); };
+    }
     return w;
   }
 

@@ -23,6 +23,9 @@ struct RunConfig {
   std::string output_dir = "runs/ftune";  // run directory: resolved config, logs, checkpoints, reports
   int64_t seed = 1234;                  // seeds dropout-free init, sampling and shuffles
   int64_t threads = 0;                  // torch intra-op threads per rank; 0 = cores per node / ranks per node
+  // libtorch's deterministic algorithms: a GPU run repeats bit for bit (a resumed run equals an
+  // uninterrupted one) at some cost in speed; CPU runs are deterministic anyway.
+  bool deterministic = false;
 
   template <class V>
   void VisitFields(V& v) {
@@ -30,6 +33,7 @@ struct RunConfig {
     v("output_dir", output_dir, "run directory (resolved config, logs, checkpoints, reports)");
     v("seed", seed, "global seed");
     v("threads", threads, "torch threads per rank; 0 = cores per node / ranks per node");
+    v("deterministic", deterministic, "deterministic GPU kernels (bit-exact reruns; slower)");
   }
   void Validate() const { CheckRange<int64_t>("threads", threads, 0, 4096); }
 };

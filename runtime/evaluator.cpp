@@ -138,7 +138,7 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
   }
   // Chunk c = k * dp + r is row block c of the split whatever dp is: add in chunk order.
   auto all = torch::zeros({dp, local.size(0), 3}, torch::kDouble);
-  grid_.dp_comm().AllGather(local, all)->Wait();
+  grid_.dp_control().AllGather(local, all)->Wait();  // host sums: control traffic
   auto a = all.accessor<double, 3>();
   LossTotals tot;
   for (int64_t k = 0; k < steps; ++k) {
@@ -233,7 +233,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
   }
 
   GenerationResult res;
-  for (const auto& s : AllGatherStrings(grid_.dp_comm(), local.dump())) {
+  for (const auto& s : AllGatherStrings(grid_.dp_control(), local.dump())) {
     for (const auto& j : nlohmann::json::parse(s)) {
       ExampleAnswer a;
       a.index = j["index"].get<int64_t>();

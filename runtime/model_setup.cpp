@@ -156,7 +156,7 @@ void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
     torch::Tensor t = param.detach();
     if (tp) t = GatherFull(t.contiguous(), tp->layout().at(name), grid.tp_comm());
     // A reference keeps a released ZeRO-3 unit's storage alive: only rank 0 holds any.
-    if (root) full.emplace_back(name, t.to(torch::kFloat).contiguous());
+    if (root) full.emplace_back(name, t.to(torch::kCPU, torch::kFloat).contiguous());
   });
   if (root) {
     models::SaveHfOptions opt;

@@ -4,6 +4,7 @@
 
 #include "parallel/error.h"
 #include "parallel/tensor_parallel.h"
+#include "runtime/model_setup.h"
 
 namespace ftune::runtime {
 namespace {
@@ -205,6 +206,150 @@ torch::Tensor TensorParallelLlama::CrossEntropySum(const torch::Tensor& hidden,
 std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel& full,
                                                         parallel::ProcessGrid& grid) {
   return std::make_shared<TensorParallelLlama>(full, grid);
+}
+
+// --- ParallelModel ------------------------------------------------------------------------------
+
+ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
+                             parallel::ProcessGrid& grid, const Config& cfg,
+                             parallel::ParamSource source)
+    : model_(std::move(model)), grid_(grid) {
+  const auto* tp = dynamic_cast<const TensorParallelLlama*>(model_.get());
+  std::vector<parallel::ParamSpec> specs;
+  std::vector<std::vector<int>> units;
+  std::vector<std::string> unit_names;
+  for (auto& u : model_->Units()) {
+    units.emplace_back();
+    unit_names.push_back(u.name);
+    for (auto& p : u.params) {
+      parallel::ParamSpec s;
+      s.name = p.name;
+      s.param = p.param;
+      s.decay = p.decay;
+      s.late = p.late;
+      s.model_parallel_shard = tp != nullptr && tp->layout().at(p.name).sharded();
+      units.back().push_back(static_cast<int>(specs.size()));
+      specs.push_back(std::move(s));
+    }
+  }
+  parallel::DataParallelOptions opt;
+  opt.zero = static_cast<int>(cfg.parallel.zero);
+  opt.bucket_mb = cfg.parallel.bucket_mb;
+  opt.device = grid.device();
+  opt.source = std::move(source);
+  // Units whose first parameter is known, before DataParallel takes the specs.
+  std::vector<int> first_param;
+  for (const auto& u : units) first_param.push_back(u.empty() ? -1 : u.front());
+  dp_ = std::make_unique<parallel::DataParallel>(std::move(specs), std::move(units),
+                                                 grid_.dp_comm(), opt);
+  layer_units_.assign(model_->config().num_hidden_layers, -1);
+  for (size_t u = 0; u < unit_names.size(); ++u) {
+    const int unit = first_param[u] < 0 ? -1 : dp_->UnitOf(first_param[u]);
+    const std::string& name = unit_names[u];
+    if (name == "embed") {
+      embed_unit_ = unit;
+    } else if (name == "head") {
+      head_unit_ = unit;
+    } else {
+      layer_units_.at(std::stoi(name.substr(name.find('.') + 1))) = unit;  // "layer.<i>"
+    }
+  }
+  if (dp_->zero() == 3 || cfg.train.activation_checkpointing) {
+    model_->layer_runner = [this](int64_t layer, const torch::Tensor& x,
+                                  const models::TensorHook& run) {
+      return CheckpointedLayer(x, run, HooksFor(layer));
+    };
+  }
+}
+
+ParallelModel::~ParallelModel() {
+  if (model_) model_->layer_runner = nullptr;  // it points into this object
+}
+
+// ZeRO-3: a layer is gathered just before it computes (the next one is prefetched meanwhile)
+// and released right after, in forward and in backward.
+LayerHooks ParallelModel::HooksFor(int64_t layer) {
+  if (dp_->zero() != 3) return {};
+  const int u = layer_units_[layer];
+  const int64_t n = static_cast<int64_t>(layer_units_.size());
+  const int next = layer + 1 < n ? layer_units_[layer + 1] : -1;
+  const int prev = layer > 0 ? layer_units_[layer - 1] : -1;
+  auto* dp = dp_.get();
+  LayerHooks h;
+  h.before_forward = [dp, u, next]() {
+    dp->WaitUnit(u);
+    if (next >= 0) dp->GatherUnit(next);
+  };
+  h.after_forward = [dp, u]() { dp->ReleaseUnit(u); };
+  h.before_backward = [dp, u, prev]() {
+    dp->WaitUnit(u);
+    if (prev >= 0) dp->GatherUnit(prev);
+  };
+  h.after_backward = [dp, u]() { dp->ReleaseUnit(u); };
+  return h;
+}
+
+void ParallelModel::BeginMicroBatch() {
+  if (dp_->zero() != 3) return;
+  dp_->GatherUnit(embed_unit_);
+  if (head_unit_ >= 0) dp_->GatherUnit(head_unit_);
+  if (!layer_units_.empty()) dp_->GatherUnit(layer_units_[0]);
+  dp_->WaitUnit(embed_unit_);
+  if (head_unit_ >= 0) dp_->WaitUnit(head_unit_);
+}
+
+void ParallelModel::EndMicroBatch() {
+  if (dp_->zero() != 3) return;
+  dp_->ReleaseUnit(embed_unit_);
+  if (head_unit_ >= 0) dp_->ReleaseUnit(head_unit_);
+}
+
+void ParallelModel::GatherAll() {
+  if (dp_->zero() != 3) return;
+  for (int u = 0; u < dp_->num_units(); ++u) dp_->GatherUnit(u);  // all in flight at once
+  for (int u = 0; u < dp_->num_units(); ++u) dp_->WaitUnit(u);
+}
+
+void ParallelModel::ReleaseAll() {
+  if (dp_->zero() != 3) return;
+  for (int u = 0; u < dp_->num_units(); ++u) dp_->ReleaseUnit(u);
+}
+
+void ParallelModel::VisitParams(
+    const std::function<void(const std::string&, const torch::Tensor&)>& fn) {
+  const auto& params = dp_->params();
+  if (dp_->zero() != 3) {
+    for (const auto& p : params) fn(p.name, p.param);
+    return;
+  }
+  std::vector<std::vector<int>> by_unit(dp_->num_units());
+  for (size_t p = 0; p < params.size(); ++p) {
+    by_unit[dp_->UnitOf(static_cast<int>(p))].push_back(static_cast<int>(p));
+  }
+  for (int u = 0; u < dp_->num_units(); ++u) {
+    dp_->GatherUnit(u);
+    dp_->WaitUnit(u);
+    for (int p : by_unit[u]) fn(params[p].name, params[p].param);
+    dp_->ReleaseUnit(u);
+  }
+}
+
+double ParallelModel::FlopsPerToken(int64_t seq_len) const {
+  const auto& c = model_->config();
+  int64_t n = 0;
+  for (size_t p = 0; p < dp_->params().size(); ++p) {
+    if (dp_->params()[p].name == "model.embed_tokens.weight" && !c.tie_word_embeddings) continue;
+    int64_t k = 1;
+    for (int64_t d : dp_->ShapeOf(static_cast<int>(p))) k *= d;
+    n += k;
+  }
+  return 6.0 * n + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len;
+}
+
+std::unique_ptr<ParallelModel> Parallelize(const Config& cfg, const data::Tokenizer& tok,
+                                           parallel::ProcessGrid& grid) {
+  TrainModel built = BuildTrainModel(cfg, tok, grid);
+  return std::make_unique<ParallelModel>(built.model, grid, cfg, std::move(built.source));
 }
 
 }  // namespace ftune::runtime

@@ -28,8 +28,12 @@
 #include <string>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "models/llama.h"
+#include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
+#include "runtime/config.h"
+#include "runtime/layer_checkpoint.h"
 
 namespace ftune::runtime {
 
@@ -101,5 +105,63 @@ class TensorParallelLlama : public models::LlamaModel {
 // Validates the layout first (CheckTensorParallel). With grid.tp() == 1 it is an unsharded copy.
 std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel& full,
                                                         parallel::ProcessGrid& grid);
+
+// A model parallelized for training, from outside its math (STYLE.md 4, torchtitan's
+// parallelize): the model (its tensor-parallel shard when grid.tp() > 1) with DataParallel/ZeRO
+// over grid.dp_comm(), the model's units (models::ParamUnit: embedding, each decoder layer, head)
+// as the buckets that are reduced together and, under ZeRO-3, gathered together; and around each
+// decoder layer the ZeRO-3 gather/release hooks (the next layer prefetched) and activation
+// checkpointing (train.activation_checkpointing). Parameters, gradients and optimizer state live
+// on grid.device().
+//
+// Collective: every rank of the grid builds it and calls its gathers in the same order.
+class ParallelModel {
+ public:
+  // `source`: where the parameters' initial values come from when the model is unmaterialised
+  // (BuildTrainModel); empty = the model's current values.
+  ParallelModel(std::shared_ptr<models::LlamaModel> model, parallel::ProcessGrid& grid,
+                const Config& cfg, parallel::ParamSource source = {});
+  ~ParallelModel();
+
+  models::LlamaModel& model() { return *model_; }
+  const std::shared_ptr<models::LlamaModel>& shared_model() const { return model_; }
+  parallel::DataParallel& data_parallel() { return *dp_; }
+  parallel::ProcessGrid& grid() { return grid_; }
+
+  // Around each micro-batch's forward and backward: under ZeRO-3 the embedding and the head stay
+  // whole for the whole micro-batch (the head computes last in forward and first in backward; a
+  // tied embedding is used at both ends); the layers come and go through the layer hooks.
+  // No-ops below ZeRO-3.
+  void BeginMicroBatch();
+  void EndMicroBatch();
+  // A forward pass outside training (evaluation) under ZeRO-3 without the whole model:
+  // BeginMicroBatch's gathers; ReleaseAll after.
+  void BeginForward() { BeginMicroBatch(); }
+  // Makes every parameter whole on every rank (ZeRO-3 gathers all units; generation, tests);
+  // ReleaseAll afterwards.
+  void GatherAll();
+  void ReleaseAll();
+  // Calls fn(name, tensor) for every parameter, in the same order on every rank (collective).
+  // Under ZeRO-3 the units are gathered one at a time and released after their calls, so a rank
+  // holds one unit whole at a time, unless fn keeps references. For export.
+  void VisitParams(const std::function<void(const std::string&, const torch::Tensor&)>& fn);
+  // FLOPs per trained token (PaLM: 6N + 12 L d T, N = parameters without the input embedding).
+  double FlopsPerToken(int64_t seq_len) const;
+
+ private:
+  LayerHooks HooksFor(int64_t layer);
+
+  std::shared_ptr<models::LlamaModel> model_;
+  parallel::ProcessGrid& grid_;
+  std::unique_ptr<parallel::DataParallel> dp_;
+  int embed_unit_ = -1, head_unit_ = -1;
+  std::vector<int> layer_units_;  // DataParallel unit of each decoder layer
+};
+
+// The training model of `cfg`, built and parallelized in one step: loaded shard by shard
+// (BuildTrainModel: each rank reads only the weights it keeps; the tensor-parallel shard when
+// parallel.tp > 1), then a ParallelModel on grid.device().
+std::unique_ptr<ParallelModel> Parallelize(const Config& cfg, const data::Tokenizer& tok,
+                                           parallel::ProcessGrid& grid);
 
 }  // namespace ftune::runtime

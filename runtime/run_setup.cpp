@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "parallel/compat.h"
 #include "runtime/log.h"
 
 namespace ftune::runtime {
@@ -22,6 +23,7 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
   }
   Config cfg = LoadConfig(args.config_path, args.overrides, check);
   world.SetThreads(cfg.run.threads);
+  compat::SetDeterministic(cfg.run.deterministic);
   const std::filesystem::path dir(cfg.run.output_dir);
   if (world.rank() == 0) {
     std::error_code ec;
@@ -45,6 +47,20 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
   world.comm().Barrier()->Wait();  // the run directory exists before any rank writes into it
   OpenLogFile((dir / "logs" / fmt::format("rank_{}.log", world.rank())).string());
   return cfg;
+}
+
+std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg) {
+  parallel::GridOptions opt;
+  opt.dp = cfg.parallel.dp;
+  opt.tp = cfg.parallel.tp;
+  opt.device = world.device();
+  opt.backend = cfg.parallel.backend;
+  opt.device_shared = world.device_shared();
+  opt.timeout_s = cfg.parallel.timeout_s;
+  auto grid = std::make_unique<parallel::ProcessGrid>(world.comm(), opt);
+  LogInfo("placement: dp {} x tp {} on {} (rank 0's device), data communicators {}, control MPI",
+          grid->dp(), grid->tp(), grid->device().str(), grid->backend());
+  return grid;
 }
 
 }  // namespace ftune::runtime

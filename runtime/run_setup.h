@@ -3,9 +3,11 @@
 // there and print it as a table on rank 0, and open this rank's log file.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/world.h"
 
@@ -18,5 +20,11 @@ struct CommonArgs {
 
 Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
                 const std::string& command);
+
+// The run's placement, decided here and nowhere else: parallel.dp x parallel.tp over the world,
+// this rank's device (World's), the data communicators' backend (parallel.backend; auto = NCCL on
+// a GPU no other rank of the node shares, else MPI) and parallel.timeout_s on every
+// communicator. Logs the placement on rank 0. Collective over the world.
+std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg);
 
 }  // namespace ftune::runtime

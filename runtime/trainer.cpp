@@ -1,14 +1,14 @@
 #include "runtime/trainer.h"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <map>
 
-#include "runtime/layer_checkpoint.h"
 #include "runtime/log.h"
-#include "runtime/parallelize.h"
 #include "runtime/lr_schedule.h"
 #include "runtime/metrics.h"
+#include "runtime/run_setup.h"
+#include "runtime/signals.h"
 
 namespace ftune::runtime {
 namespace {
@@ -16,111 +16,45 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Parameters in registration order, grouped into units: the embedding, each
-// decoder layer, and the head (final norm + lm_head). Norms and embeddings are
-// excluded from weight decay; parameters whose gradient arrives in pieces
-// (lm_head behind the chunked loss, a tied embedding) are marked late.
-std::pair<std::vector<parallel::ParamSpec>, std::vector<std::vector<int>>> Partition(
-    models::LlamaModel& model) {
-  std::vector<parallel::ParamSpec> specs;
-  std::map<std::string, std::vector<int>> by_unit;  // "0embed", "1layer.00007", "2head"
-  const bool tied = model.config().tie_word_embeddings;
-  const auto* tp = dynamic_cast<const TensorParallelLlama*>(&model);
-  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    parallel::ParamSpec s;
-    s.model_parallel_shard = tp != nullptr && tp->layout().at(name).sharded();
-    s.name = name;
-    s.param = item.value();
-    s.decay = name.find("norm") == std::string::npos && name.find("embed") == std::string::npos;
-    s.late = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
-    std::string unit = "2head";
-    if (name.rfind("model.embed_tokens", 0) == 0) {
-      unit = "0embed";
-    } else if (name.rfind("model.layers.", 0) == 0) {
-      const int layer = std::stoi(name.substr(13));
-      unit = fmt::format("1layer.{:06d}", layer);
-    }
-    by_unit[unit].push_back(static_cast<int>(specs.size()));
-    specs.push_back(s);
-  }
-  std::vector<std::vector<int>> units;
-  for (auto& kv : by_unit) units.push_back(kv.second);
-  return {specs, units};
+std::atomic<int64_t> host_reads{0};
+
+// The step's one device-to-host read: `t`'s values as host doubles (on a GPU this waits for the
+// step's queued work).
+std::vector<double> ReadToHost(const torch::Tensor& t) {
+  ++host_reads;
+  const auto host = t.to(torch::kCPU, torch::kDouble).contiguous();
+  const double* p = host.data_ptr<double>();
+  return std::vector<double>(p, p + host.numel());
+}
+
+// A micro-batch on `device`: copied from pinned host memory without blocking the host (the copy
+// is ordered before the compute on the same stream).
+data::Batch ToDevice(const data::Batch& b, const torch::Device& device) {
+  if (device.is_cpu()) return b;
+  auto move = [&](const torch::Tensor& t) {
+    if (!t.defined()) return t;
+    return (t.is_pinned() ? t : t.pin_memory()).to(device, /*non_blocking=*/true);
+  };
+  data::Batch d = b;
+  d.tokens = move(b.tokens);
+  d.targets = move(b.targets);
+  d.loss_mask = move(b.loss_mask);
+  d.positions = move(b.positions);
+  d.segment_ids = move(b.segment_ids);
+  return d;
 }
 
 }  // namespace
 
+int64_t Trainer::HostReads() { return host_reads.load(); }
+
+Trainer::Trainer(World& world, const Config& cfg, std::unique_ptr<ParallelModel> model)
+    : world_(world), cfg_(cfg), pm_(std::move(model)), grid_(pm_->grid()) {}
+
 Trainer::Trainer(World& world, const Config& cfg, std::shared_ptr<models::LlamaModel> model,
                  parallel::ProcessGrid& grid, parallel::ParamSource source)
-    : world_(world), cfg_(cfg), model_(std::move(model)), grid_(grid) {
-  auto [specs, units] = Partition(*model_);
-  parallel::DataParallelOptions opt;
-  opt.zero = static_cast<int>(cfg_.parallel.zero);
-  opt.bucket_mb = cfg_.parallel.bucket_mb;
-  opt.source = std::move(source);
-  dp_ = std::make_unique<parallel::DataParallel>(std::move(specs), std::move(units),
-                                                 grid_.dp_comm(), opt);
-  const auto& specs_ref = dp_->params();
-  layer_units_.assign(model_->config().num_hidden_layers, -1);
-  for (size_t p = 0; p < specs_ref.size(); ++p) {
-    const auto& name = specs_ref[p].name;
-    if (name == "model.embed_tokens.weight") {
-      embed_unit_ = dp_->UnitOf(static_cast<int>(p));
-    } else if (name.rfind("model.layers.", 0) == 0) {
-      layer_units_[std::stoi(name.substr(13))] = dp_->UnitOf(static_cast<int>(p));
-    } else if (name == "model.norm.weight") {
-      head_unit_ = dp_->UnitOf(static_cast<int>(p));
-    }
-  }
-  if (dp_->zero() == 3 || cfg_.train.activation_checkpointing) {
-    model_->layer_runner = [this](int64_t layer, const torch::Tensor& x,
-                                  const models::TensorHook& run) {
-      return CheckpointedLayer(x, run, HooksFor(layer));
-    };
-  }
-}
-
-// ZeRO-3: a layer is gathered just before it computes (the next one is
-// prefetched meanwhile) and released right after, in forward and in backward.
-LayerHooks Trainer::HooksFor(int64_t layer) {
-  if (dp_->zero() != 3) return {};
-  const int u = layer_units_[layer];
-  const int64_t n = static_cast<int64_t>(layer_units_.size());
-  const int next = layer + 1 < n ? layer_units_[layer + 1] : -1;
-  const int prev = layer > 0 ? layer_units_[layer - 1] : -1;
-  auto* dp = dp_.get();
-  LayerHooks h;
-  h.before_forward = [dp, u, next]() {
-    dp->WaitUnit(u);
-    if (next >= 0) dp->GatherUnit(next);
-  };
-  h.after_forward = [dp, u]() { dp->ReleaseUnit(u); };
-  h.before_backward = [dp, u, prev]() {
-    dp->WaitUnit(u);
-    if (prev >= 0) dp->GatherUnit(prev);
-  };
-  h.after_backward = [dp, u]() { dp->ReleaseUnit(u); };
-  return h;
-}
-
-// ZeRO-3: the embedding and the head stay whole for a whole micro-batch (the
-// head computes last in forward and first in backward; a tied embedding is
-// used at both ends); the layers come and go through HooksFor.
-void Trainer::GatherEnds() {
-  if (dp_->zero() != 3) return;
-  dp_->GatherUnit(embed_unit_);
-  if (head_unit_ >= 0) dp_->GatherUnit(head_unit_);
-  if (!layer_units_.empty()) dp_->GatherUnit(layer_units_[0]);
-  dp_->WaitUnit(embed_unit_);
-  if (head_unit_ >= 0) dp_->WaitUnit(head_unit_);
-}
-
-void Trainer::ReleaseEnds() {
-  if (dp_->zero() != 3) return;
-  dp_->ReleaseUnit(embed_unit_);
-  if (head_unit_ >= 0) dp_->ReleaseUnit(head_unit_);
-}
+    : Trainer(world, cfg,
+              std::make_unique<ParallelModel>(std::move(model), grid, cfg, std::move(source))) {}
 
 Trainer::~Trainer() = default;
 
@@ -131,9 +65,9 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
   // Chunk the cross-entropy (recomputing logits in backward) only when this
   // rank's fp32 logits would exceed 1 GiB: below that, recomputing the lm_head
   // costs more time than the memory it saves.
-  const int64_t local_vocab = model_->config().vocab_size / grid_.tp();
+  const int64_t local_vocab = pm_->model().config().vocab_size / grid_.tp();
   const int64_t chunk = std::max<int64_t>(1024, (int64_t(1) << 30) / (4 * local_vocab));
-  auto ls = models::CausalLmLoss(*model_, b.tokens, b.targets, b.loss_mask, opt, chunk);
+  auto ls = models::CausalLmLoss(pm_->model(), b.tokens, b.targets, b.loss_mask, opt, chunk);
   (ls.loss_sum * inv_targets).backward();
   return ls.loss_sum.detach().to(torch::kDouble);
 }
@@ -141,33 +75,36 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
 StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t total_steps) {
   const auto t0 = Clock::now();
   const double comm0 = parallel::CommWaitSeconds();
+  auto& dp = pm_->data_parallel();
   StepStats s;
   s.step = step_ + 1;
-  // The loss denominator: target tokens of all micro-batches on all dp ranks.
+  // The loss denominator: target tokens of all micro-batches on all dp ranks (host integers
+  // from the loader, over the control communicator: no device involved).
   int64_t local_targets = 0, local_tokens = 0;
   for (const auto& b : micro) local_targets += b.num_targets, local_tokens += b.tokens.numel();
   auto counts = torch::tensor({local_targets, local_tokens}, torch::kLong);
-  grid_.dp_comm().AllReduce(counts)->Wait();
+  grid_.dp_control().AllReduce(counts)->Wait();
   s.targets = counts[0].item<int64_t>();
   s.tokens = counts[1].item<int64_t>();
   if (s.targets == 0) {
     FT_THROW(DataError, "step {}: the global batch has no target tokens (every loss_mask is 0); "
              "check data.train_on_prompt and the template", s.step);
   }
-  auto loss_sum = torch::zeros({}, torch::kDouble);
+  auto loss_sum = torch::zeros({}, torch::dtype(torch::kDouble).device(grid_.device()));
   for (size_t i = 0; i < micro.size(); ++i) {
     const bool last = i + 1 == micro.size();
-    dp_->StartMicroBatch(last);
-    GatherEnds();
-    loss_sum += MicroBatchLoss(micro[i], 1.0 / static_cast<double>(s.targets));
-    ReleaseEnds();
-    if (last || dp_->zero() == 3) dp_->FinishGradSync();
+    dp.StartMicroBatch(last);
+    pm_->BeginMicroBatch();
+    loss_sum += MicroBatchLoss(ToDevice(micro[i], grid_.device()),
+                               1.0 / static_cast<double>(s.targets));
+    pm_->EndMicroBatch();
+    if (last || dp.zero() == 3) dp.FinishGradSync();
   }
   // Loss and gradient norm of the whole job: [loss, replicated sq, tp-sharded sq]
   // reduced over dp, the sharded part over tp too. Under ZeRO-0 every dp rank
   // holds the whole (identical) gradient: count it once.
-  auto sq = dp_->ShardGradSquaredNorms();
-  if (dp_->zero() == 0) sq = sq / grid_.dp();
+  auto sq = dp.ShardGradSquaredNorms();
+  if (dp.zero() == 0) sq = sq / grid_.dp();
   auto stats = torch::cat({loss_sum.reshape({1}), sq});
   grid_.dp_comm().AllReduce(stats)->Wait();
   if (grid_.tp() > 1) {
@@ -175,18 +112,19 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
     grid_.tp_comm().AllReduce(sharded)->Wait();
     stats[2] = sharded[0];
   }
-  s.loss = stats[0].item<double>() / static_cast<double>(s.targets);
-  s.grad_norm = std::sqrt(stats[1].item<double>() + stats[2].item<double>());
+  const std::vector<double> host = ReadToHost(stats);
+  s.loss = host[0] / static_cast<double>(s.targets);
+  s.grad_norm = std::sqrt(host[1] + host[2]);
   s.lr = LearningRate(cfg_.optim, s.step, total_steps);
   if (std::isfinite(s.loss) && std::isfinite(s.grad_norm)) {
     const double clip = cfg_.train.clip;
     const double scale = clip > 0 ? std::min(1.0, clip / (s.grad_norm + 1e-6)) : 1.0;
-    dp_->Step({s.lr, cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps, cfg_.optim.weight_decay,
-               scale, s.step - bad_total_});
+    dp.Step({s.lr, cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps, cfg_.optim.weight_decay,
+             scale, s.step - bad_total_});
     bad_steps_ = 0;
     last_finite_loss_ = s.loss;
   } else {
-    dp_->ZeroGrads();
+    dp.ZeroGrads();
     s.skipped = true;
     ++bad_total_;
     if (++bad_steps_ >= cfg_.train.max_bad_steps) {
@@ -202,64 +140,108 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
   return s;
 }
 
-void Trainer::Train(const std::function<data::Batch()>& next, int64_t total_steps,
-                    const std::function<void(const StepStats&)>& on_step) {
-  const int64_t seq = cfg_.data.max_seq_len;
+Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const Loop& loop) {
   StepLogger logger(cfg_.log,
                     world_.rank() == 0 && cfg_.log.jsonl ? RunPath(cfg_, "metrics.jsonl") : "",
-                    FlopsPerToken(seq), 0.0);
+                    pm_->FlopsPerToken(cfg_.data.max_seq_len), 0.0);
+  state_.total_steps = total_steps;
   while (step_ < total_steps) {
     const auto t0 = Clock::now();
     std::vector<data::Batch> micro;
-    for (int64_t i = 0; i < cfg_.train.grad_accum; ++i) micro.push_back(next());
+    for (int64_t i = 0; i < cfg_.train.grad_accum; ++i) micro.push_back(loader.Next());
     const double wait = Since(t0);
     StepStats s = TrainStep(micro, total_steps);
     s.data_wait = wait;
     if (world_.rank() == 0) logger.Log(s, total_steps);
-    if (on_step) on_step(s);
+    if (loop.on_step) loop.on_step(s);
+    MaybeEval(loop.eval, s, total_steps);
+    if (loop.checkpoints != nullptr) {
+      const int signal = MaybeCheckpoint(*loop.checkpoints, s, total_steps, loader);
+      if (signal != 0) {
+        loop.checkpoints->Wait();
+        LogInfo("preempted (signal {}) after step {}: checkpoint {} saved; exiting with status {} "
+                "(run the same command again to resume)", signal, s.step,
+                CheckpointFileName(s.step), kPreemptedExitCode);
+        return Outcome::kPreempted;
+      }
+    }
   }
+  return Outcome::kDone;
 }
 
-void Trainer::GatherAll() {
-  if (dp_->zero() != 3) return;
-  for (int u = 0; u < dp_->num_units(); ++u) dp_->GatherUnit(u);  // all in flight at once
-  for (int u = 0; u < dp_->num_units(); ++u) dp_->WaitUnit(u);
+void Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps) {
+  if (eval == nullptr || !eval->Due(s.step, total_steps)) return;
+  // ZeRO-3: the loss pass gathers one layer at a time, as training does; generation
+  // (eval.generate) runs the model once per new token, so it gets the whole model.
+  if (cfg_.eval.generate) {
+    pm_->GatherAll();
+  } else {
+    pm_->BeginForward();
+  }
+  eval->Run(pm_->model(), s.step);
+  pm_->ReleaseAll();
 }
 
-void Trainer::VisitParams(
-    const std::function<void(const std::string&, const torch::Tensor&)>& fn) {
-  const auto& params = dp_->params();
-  if (dp_->zero() != 3) {
-    for (const auto& p : params) fn(p.name, p.param);
+int Trainer::MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_t total_steps,
+                             data::Loader& loader) {
+  state_.step = s.step;
+  state_.tokens_seen += s.tokens;
+  state_.skipped_steps += s.skipped ? 1 : 0;
+  state_.lr = s.lr;
+  state_.loader = loader.state();
+  // A signal seen by any rank stops every rank after the same step.
+  auto flag = torch::tensor({PreemptionSignal()}, torch::kInt);
+  grid_.world().AllReduce(flag, parallel::ReduceOp::kMax)->Wait();
+  const int signal = flag.item<int>();
+  const bool every = cfg_.checkpoint.every > 0 && s.step % cfg_.checkpoint.every == 0;
+  if (signal != 0 || every || s.step >= total_steps) ckpt.Save(state_);
+  return signal;
+}
+
+void Trainer::ResumeOrStartOver(CheckpointManager& ckpt, data::Loader& loader) {
+  state_ = TrainState();
+  if (!cfg_.checkpoint.resume) {
+    ckpt.MoveAside();
     return;
   }
-  std::vector<std::vector<int>> by_unit(dp_->num_units());
-  for (size_t p = 0; p < params.size(); ++p) {
-    by_unit[dp_->UnitOf(static_cast<int>(p))].push_back(static_cast<int>(p));
+  auto meta = ckpt.LoadLatest();
+  if (!meta) {
+    LogInfo("no checkpoint in {}: starting from step 0", ckpt.dir());
+    return;
   }
-  for (int u = 0; u < dp_->num_units(); ++u) {
-    dp_->GatherUnit(u);
-    dp_->WaitUnit(u);
-    for (int p : by_unit[u]) fn(params[p].name, params[p].param);
-    dp_->ReleaseUnit(u);
-  }
+  state_ = meta->state;
+  set_step(state_.step, state_.skipped_steps);
+  loader.Restore(state_.loader);
+  LogInfo("resumed from {}: step {}, {} tokens seen, loader epoch {} cursor {} (written with dp {} "
+          "tp {} zero {} on {} rank(s))", meta->path, state_.step, state_.tokens_seen,
+          state_.loader.epoch, state_.loader.cursor, meta->dp, meta->tp, meta->zero,
+          meta->world_size);
 }
 
-void Trainer::ReleaseAll() {
-  if (dp_->zero() != 3) return;
-  for (int u = 0; u < dp_->num_units(); ++u) dp_->ReleaseUnit(u);
-}
-
-double Trainer::FlopsPerToken(int64_t seq_len) const {
-  const auto& c = model_->config();
-  int64_t n = 0;
-  for (size_t p = 0; p < dp_->params().size(); ++p) {
-    if (dp_->params()[p].name == "model.embed_tokens.weight" && !c.tie_word_embeddings) continue;
-    int64_t k = 1;
-    for (int64_t d : dp_->ShapeOf(static_cast<int>(p))) k *= d;
-    n += k;
+TrainingSetup SetUpTraining(World& world, const Config& cfg) {
+  TrainingSetup t;
+  t.grid = MakeGrid(world, cfg);
+  // Everything that can be wrong with the inputs is checked before any compute.
+  t.tok = std::make_unique<data::Tokenizer>(LoadRunTokenizer(cfg));
+  t.data = OpenTrainData(cfg, *t.grid, *t.tok);
+  // Sharded loading: each rank reads only the weights it keeps (runtime/model_setup.h).
+  const int64_t rss_before = PeakRssBytes();
+  t.trainer = std::make_unique<Trainer>(world, cfg, Parallelize(cfg, *t.tok, *t.grid));
+  int64_t params = 0;  // from the recorded shapes: ZeRO-3 has released the parameters by now
+  auto& dp = t.trainer->data_parallel();
+  for (size_t p = 0; p < dp.params().size(); ++p) {
+    int64_t n = 1;
+    for (int64_t d : dp.ShapeOf(static_cast<int>(p))) n *= d;
+    params += n;
   }
-  return 6.0 * n + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len;
+  LogInfo("training {} steps: {} samples per epoch, global batch {} ({} steps/epoch), dp {} tp {} "
+          "zero {}, {} parameters on this rank, model state {:.1f} MB on rank 0",
+          t.data.total_steps, t.data.loader->samples_per_epoch(), t.data.global_batch,
+          t.data.steps_per_epoch, t.grid->dp(), t.grid->tp(), cfg.parallel.zero, params,
+          t.trainer->data_parallel().ModelStateBytes() / 1e6);
+  LogInfo("model loaded: peak resident memory {:.1f} MB on this rank so far ({:.1f} MB before "
+          "the model and its optimizer state)", PeakRssBytes() / 1e6, rss_before / 1e6);
+  return t;
 }
 
 }  // namespace ftune::runtime

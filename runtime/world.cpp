@@ -43,6 +43,7 @@ World::World(int* argc, char*** argv) {
   if (compat::CudaAvailable()) {
     const int n = compat::CudaDeviceCount();
     device_ = torch::Device(torch::kCUDA, local_rank_ % n);
+    device_shared_ = local_size_ > n;
     compat::SetCudaDevice(device_.index());
   }
   SetThreads(0);

@@ -31,6 +31,8 @@ class World {
   const std::string& host() const { return host_; }
   // cuda:local_rank when this build has CUDA and a GPU is visible, else cpu.
   const torch::Device& device() const { return device_; }
+  // Whether other ranks of this node use the same GPU (more ranks than GPUs on the node).
+  bool device_shared() const { return device_shared_; }
   // Torch intra-op threads: `requested` > 0 sets it, 0 = cores per node / ranks per node.
   void SetThreads(int64_t requested);
   int threads() const { return threads_; }
@@ -50,6 +52,7 @@ class World {
   std::string host_;
   std::string thread_level_;
   torch::Device device_ = torch::kCPU;
+  bool device_shared_ = false;
   std::unique_ptr<parallel::Communicator> comm_;
 };
 

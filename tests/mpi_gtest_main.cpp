@@ -3,6 +3,8 @@
 // fails the whole test (every rank exits non-zero).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "runtime/log.h"
@@ -11,12 +13,37 @@
 namespace ftune::testing {
 runtime::World* g_world = nullptr;
 runtime::World& TestWorld() { return *g_world; }
+
+namespace {
+bool WantCuda() {
+  const char* d = std::getenv("FTUNE_TEST_DEVICE");
+  return d != nullptr && std::strcmp(d, "cuda") == 0;
+}
+}  // namespace
+
+at::Device TestDevice() { return WantCuda() ? g_world->device() : at::Device(at::kCPU); }
+
+parallel::GridOptions TestGrid(int64_t dp, int64_t tp) {
+  parallel::GridOptions o;
+  o.dp = dp;
+  o.tp = tp;
+  o.device = TestDevice();
+  o.backend = "mpi";
+  return o;
+}
 }  // namespace ftune::testing
 
 int main(int argc, char** argv) {
   ftune::runtime::World world(&argc, &argv);
   ftune::testing::g_world = &world;
   ftune::runtime::InitLogging(world.rank(), world.world_size());
+  if (ftune::testing::WantCuda() && !world.device().is_cuda()) {
+    if (world.rank() == 0) {
+      std::cout << "skipped: FTUNE_TEST_DEVICE=cuda but this machine (or build) has no CUDA "
+                   "device\n";
+    }
+    return ftune::testing::kSkipped;
+  }
   torch::set_num_threads(1);
   ::testing::InitGoogleTest(&argc, argv);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();

@@ -99,7 +99,7 @@ struct Job {
   }
   // Full (unsharded) parameters, on every rank.
   std::map<std::string, at::Tensor> FullParams() {
-    trainer->GatherAll();
+    trainer->parallel().GatherAll();
     std::map<std::string, at::Tensor> out;
     auto* tp = dynamic_cast<TensorParallelLlama*>(model.get());
     for (const auto& p : model->named_parameters()) {
@@ -107,7 +107,7 @@ struct Job {
       if (tp) t = GatherFull(t, tp->layout().at(p.key()), grid->tp_comm());
       out[p.key()] = t;
     }
-    trainer->ReleaseAll();
+    trainer->parallel().ReleaseAll();
     return out;
   }
 };

@@ -80,7 +80,7 @@ Loaded LoadWithLayout(const std::string& dir, int64_t tp, int64_t zero, const st
     inner(s, begin, dst);
   };
   Trainer trainer(TestWorld(), cfg, built.model, grid, counted);
-  trainer.GatherAll();
+  trainer.parallel().GatherAll();
   auto* tpm = dynamic_cast<TensorParallelLlama*>(built.model.get());
   EXPECT_EQ(tpm != nullptr, tp > 1);
   for (const auto& p : built.model->named_parameters()) {
@@ -88,7 +88,7 @@ Loaded LoadWithLayout(const std::string& dir, int64_t tp, int64_t zero, const st
     if (tpm) t = GatherFull(t.contiguous(), tpm->layout().at(p.key()), grid.tp_comm());
     out.params[p.key()] = t;
   }
-  trainer.ReleaseAll();
+  trainer.parallel().ReleaseAll();
   return out;
 }
 

@@ -59,7 +59,7 @@ struct RunResult {
 // Trains `steps` steps: this rank takes micro-batches of `mb` samples at
 // offset dp_rank * mb of each global micro-batch of mb * dp samples.
 RunResult Train(parallel::Communicator& comm, const Config& cfg, int steps) {
-  parallel::ProcessGrid grid(comm, -1, cfg.parallel.tp);
+  parallel::ProcessGrid grid(comm, ftune::testing::TestGrid(-1, cfg.parallel.tp));
   auto mcfg = models::LlamaConfig::FromInline(cfg.model);
   std::shared_ptr<models::LlamaModel> model =
       models::BuildLlama(mcfg, torch::kFloat, cfg.model.init_seed);
@@ -69,6 +69,7 @@ RunResult Train(parallel::Communicator& comm, const Config& cfg, int steps) {
   Trainer trainer(TestWorld(), cfg, model, grid);
   RunResult r;
   const int64_t mb = cfg.train.micro_batch, dp = grid.dp();
+  const int64_t reads = Trainer::HostReads();
   for (int s = 0; s < steps; ++s) {
     std::vector<data::Batch> micro;
     for (int64_t k = 0; k < cfg.train.grad_accum; ++k) {
@@ -76,18 +77,21 @@ RunResult Train(parallel::Communicator& comm, const Config& cfg, int steps) {
     }
     r.losses.push_back(trainer.TrainStep(micro, steps).loss);
   }
+  // Device residency: the step reads its loss and gradient norm to the host once (on a GPU every
+  // other read would stall the queue).
+  EXPECT_EQ(Trainer::HostReads() - reads, steps) << "device-to-host reads in " << steps << " steps";
   for (auto& v : trainer.data_parallel().ShardViews()) {
     r.master_dtype = v.master.scalar_type();
     r.master_not_bf16 += v.master.ne(v.master.to(at::kBFloat16).to(at::kFloat)).sum().item<int64_t>();
   }
-  trainer.GatherAll();
+  trainer.parallel().GatherAll();
   auto* tp = dynamic_cast<TensorParallelLlama*>(model.get());
   for (const auto& p : model->named_parameters()) {
     auto t = p.value().detach().clone();
     if (tp) t = GatherFull(t, tp->layout().at(p.key()), grid.tp_comm());
-    r.params[p.key()] = t;
+    r.params[p.key()] = t.to(torch::kCPU);
   }
-  trainer.ReleaseAll();
+  trainer.parallel().ReleaseAll();
   return r;
 }
 
