@@ -45,6 +45,20 @@ double GemmFlops(const torch::Device& device, c10::ScalarType dtype, int64_t n, 
   return 2.0 * double(n) * n * n / Percentile(t, 0.5);
 }
 
+// Dense bf16 (fp16) peak TFLOP/s of the GPUs MFU is usually quoted for, from NVIDIA's data
+// sheets (without sparsity); 0 when unknown or not a 16-bit run.
+double KnownPeakTflops(const std::string& name, c10::ScalarType dtype) {
+  if (dtype != c10::kBFloat16 && dtype != c10::kHalf) return 0;
+  const std::pair<const char*, double> table[] = {
+      {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H200", 989},
+      {"GH200", 989},     {"A100", 312},     {"L40S", 362}, {"B200", 2250},
+  };
+  for (const auto& [key, tflops] : table) {
+    if (name.find(key) != std::string::npos) return tflops;
+  }
+  return 0;
+}
+
 }  // namespace
 
 void AddBenchCommand(CLI::App& app, runtime::World& world) {
@@ -83,7 +97,8 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
   train->add_option("--steps", bench_steps, "timed steps")->capture_default_str()
       ->check(CLI::PositiveNumber);
   train->add_option("--peak-tflops", peak_tflops,
-                    "the device's dense peak (TFLOP/s, e.g. 989 for H100 bf16) for MFU; 0 = none")
+                    "the device's dense peak (TFLOP/s) for MFU; 0 = the known bf16 peak of an "
+                    "H100/H200/A100 (else no MFU)")
       ->capture_default_str();
   train->add_option("--gemm-n", gemm_n, "size of the GEMM-ceiling matmul (0: 2048 CPU, 8192 GPU)");
   train->callback([&world]() {
@@ -140,7 +155,13 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
         {"comm_wait_fraction", comm / wall},  // rank 0 blocked in Communicator waits: exposed comm
         {"peak_rss_bytes", PeakRssBytes()},
     };
-    if (peak_tflops > 0) j["mfu"] = model_flops / (peak_tflops * 1e12);
+    const std::string device_name = compat::DeviceName(device);
+    const double peak = peak_tflops > 0 ? peak_tflops : KnownPeakTflops(device_name, dtype);
+    j["device_name"] = device_name;
+    if (peak > 0) {
+      j["peak_tflops"] = peak;
+      j["mfu"] = model_flops / (peak * 1e12);
+    }
     if (device.is_cuda()) j["peak_gpu_bytes"] = compat::PeakDeviceMemory(device);
     fmt::print("{}\n", j.dump());
   });

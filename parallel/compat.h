@@ -13,6 +13,7 @@
 #ifdef FTUNE_WITH_NCCL  // defined exactly when libtorch has CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
 #include <torch/cuda.h>
 #define FTUNE_HAS_C10_CUDA 1
 #endif
@@ -59,6 +60,17 @@ inline void SynchronizeDevice(const torch::Device& device) {
 #else
   (void)device;
 #endif
+}
+
+// The device's marketing name ("NVIDIA H100 80GB HBM3"; "cpu" for the CPU).
+inline std::string DeviceName(const torch::Device& device) {
+#ifdef FTUNE_HAS_C10_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device.index()) == cudaSuccess) return prop.name;
+  }
+#endif
+  return device.str();
 }
 
 // libtorch's deterministic algorithms on or off (run.deterministic). cuBLAS needs a fixed
