@@ -5,16 +5,15 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
-#include <filesystem>
 #include <list>
 #include <mutex>
 #include <thread>
 
 #include "data/shards.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::data {
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -287,11 +286,14 @@ Loader::Loader(const LoaderOptions& o) : impl_(std::make_unique<Impl>()) {
                                                                           : 0);
   for (size_t s = 0; s < split.shards.size(); ++s) {
     const ShardEntry& e = split.shards[s];
-    const std::string path = (fs::path(o.dir) / e.file).string();
-    std::error_code ec;
-    const auto bytes = fs::file_size(path, ec);
-    if (ec) FT_THROW(DataError, "shard {} listed in the manifest is missing", path);
-    if (int64_t(bytes) != e.bytes) {
+    const std::string path = files::Join(o.dir, e.file);
+    int64_t bytes = 0;
+    try {
+      bytes = files::FileSize(path);
+    } catch (const IoError&) {
+      FT_THROW(DataError, "shard {} listed in the manifest is missing", path);
+    }
+    if (bytes != e.bytes) {
       FT_THROW(DataError, "shard {} has {} bytes, the manifest says {} (truncated or replaced)",
                path, bytes, e.bytes);
     }

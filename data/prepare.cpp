@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -20,9 +19,9 @@
 #include "data/tokenizer.h"
 #include "parallel/communicator.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::data {
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
@@ -176,7 +175,7 @@ class SpoolWriter {
   int64_t Close() {
     if (std::fclose(f_) != 0) FT_THROW(IoError, "cannot write {}", path_);
     f_ = nullptr;
-    return static_cast<int64_t>(fs::file_size(path_));
+    return files::FileSize(path_);
   }
 
  private:
@@ -280,16 +279,15 @@ class ShardAccumulator {
   void Flush() {
     if (tokens_.empty()) return;
     const std::string name = ShardFileName(split_, int64_t(entry_.shards.size()));
-    const std::string path = (fs::path(dir_) / name).string();
+    const std::string path = files::Join(dir_, name);
     try {
       WriteShard(path, meta_, split_, int64_t(entry_.shards.size()), tokens_, mask_, offsets_);
     } catch (...) {
-      std::error_code ec;
-      fs::remove(path + ".tmp", ec);
+      files::RemoveQuietly(path + ".tmp");
       throw;
     }
     ShardEntry e{name, int64_t(offsets_.size()) - 1, int64_t(tokens_.size()),
-                 int64_t(fs::file_size(path))};
+                 files::FileSize(path)};
     entry_.num_docs += e.num_docs;
     entry_.num_tokens += e.num_tokens;
     entry_.shards.push_back(e);
@@ -502,7 +500,7 @@ std::vector<std::string> ExpandInputs(const std::vector<std::string>& patterns) 
     }
     std::sort(found.begin(), found.end());
     for (auto& f : found) {
-      if (fs::is_directory(f)) FT_THROW(DataError, "data.inputs: '{}' is a directory", f);
+      if (files::IsDirectory(f)) FT_THROW(DataError, "data.inputs: '{}' is a directory", f);
       if (seen.insert(f).second) files.push_back(f);
     }
   }
@@ -527,7 +525,7 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
   for (const auto& path : ExpandInputs(cfg.inputs)) {
     FileRef f;
     f.path = path;
-    f.bytes = int64_t(fs::file_size(path));
+    f.bytes = files::FileSize(path);
     f.offset = total_bytes;
     f.kind = forced ? forced : DetectFileKind(path);
     if (f.kind) {
@@ -559,17 +557,18 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
   const std::string fingerprint = Fingerprint(opts, tok.sha256(), sources);
 
   // The output directory: refuse a different dataset, clear leftovers (rank 0).
-  const fs::path out(opts.out_dir);
+  const std::string& out = opts.out_dir;
   std::string dir_error;
   if (coll.rank() == 0) {
-    std::error_code ec;
-    fs::create_directories(out, ec);
-    if (ec) {
-      dir_error = fmt::format("cannot create data.dir {}: {}", out.string(), ec.message());
-    } else if (fs::exists(out / kManifestName)) {
+    try {
+      files::CreateDirectories(out);
+    } catch (const IoError& e) {
+      dir_error = fmt::format("data.dir {}: {}", out, e.what());
+    }
+    if (dir_error.empty() && files::Exists(files::Join(out, kManifestName))) {
       std::string old;
       try {
-        old = ReadManifest(out.string()).fingerprint;
+        old = ReadManifest(out).fingerprint;
       } catch (const Error&) {
         old = "(unreadable)";
       }
@@ -577,13 +576,14 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
         dir_error = fmt::format(
             "{} already holds a different prepared dataset (other inputs or settings); pass "
             "--overwrite to replace it, or set data.dir to another directory",
-            out.string());
+            out);
       }
     }
     if (dir_error.empty()) {
-      fs::remove(out / kManifestName, ec);  // first: the directory no longer looks complete
-      for (const auto& e : fs::directory_iterator(out)) {
-        if (IsOurFile(e.path().filename().string())) fs::remove_all(e.path(), ec);
+      // First the manifest: the directory no longer looks complete.
+      files::RemoveQuietly(files::Join(out, kManifestName));
+      for (const auto& name : files::ListDir(out)) {
+        if (IsOurFile(name)) files::RemoveAllQuietly(files::Join(out, name));
       }
     }
   }
@@ -591,15 +591,14 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
   if (!dir_error.empty()) throw DataError(dir_error);
 
   // Pass 1: this rank's byte range -> spool.
-  const fs::path tmp_dir = out / ".prepare-tmp";
-  fs::create_directories(tmp_dir);
-  const std::string spool_path = (tmp_dir / fmt::format("spool-{}.bin", coll.rank())).string();
+  const std::string tmp_dir = files::Join(out, ".prepare-tmp");
+  files::CreateDirectories(tmp_dir);
+  const std::string spool_path = files::Join(tmp_dir, fmt::format("spool-{}.bin", coll.rank()));
   struct Cleanup {
     std::string path;
     ~Cleanup() {
-      std::error_code ec;
-      fs::remove(path, ec);
-      fs::remove(fs::path(path).parent_path(), ec);  // only when empty
+      files::RemoveQuietly(path);
+      files::RemoveQuietly(files::Parent(path));  // only when empty
     }
   } cleanup{spool_path};
 
@@ -775,8 +774,8 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
 
   std::string final_error;
   if (coll.rank() == 0) {
-    ShardAccumulator train(out.string(), "train", meta, cfg.shard_tokens);
-    ShardAccumulator test(out.string(), "test", meta, cfg.shard_tokens);
+    ShardAccumulator train(out, "train", meta, cfg.shard_tokens);
+    ShardAccumulator test(out, "test", meta, cfg.shard_tokens);
     std::unordered_set<std::string> seen;
     std::vector<int32_t> tokens;
     std::vector<uint8_t> mask;
@@ -834,12 +833,12 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
       summary.train.shards = int64_t(train.entry().shards.size());
       summary.test.shards = int64_t(test.entry().shards.size());
       {
-        const std::string path = (out / kSummaryName).string();
+        const std::string path = files::Join(out, kSummaryName);
         std::ofstream o(path + ".tmp", std::ios::binary);
         o << summary.ToJson();
         o.close();
         if (!o) FT_THROW(IoError, "cannot write {}", path);
-        fs::rename(path + ".tmp", path);
+        files::Rename(path + ".tmp", path);
       }
       Manifest m;
       m.fingerprint = fingerprint;
@@ -848,9 +847,8 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
       m.train_on_prompt = cfg.train_on_prompt;
       m.train = train.entry();
       m.test = test.entry();
-      WriteManifest(out.string(), m);  // last: the dataset is complete
-      std::error_code ec;
-      fs::remove_all(tmp_dir, ec);
+      WriteManifest(out, m);  // last: the dataset is complete
+      files::RemoveAllQuietly(tmp_dir);
     }
   } else {
     for (int r = 1; r < coll.size(); ++r) SendSpool(coll, r, spool_path, at(r, 2 * nf));

@@ -4,14 +4,13 @@
 
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::data {
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::mutex& Hdf5Mutex() {
@@ -250,15 +249,13 @@ void WriteShard(const std::string& path, const DatasetMeta& meta, const std::str
     H5_CHECK(IoError, H5Fflush(file.get(), H5F_SCOPE_GLOBAL), tmp, "H5Fflush");
     file.reset();
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, path, ec.message());
+  files::Rename(tmp, path);
 }
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
   std::lock_guard<std::mutex> lock(Hdf5Mutex());
   QuietHdf5();
-  if (!fs::exists(path)) FT_THROW(DataError, "shard {} does not exist", path);
+  if (!files::Exists(path)) FT_THROW(DataError, "shard {} does not exist", path);
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     FT_THROW(DataError, "shard {} is not a readable HDF5 file (truncated or corrupt)", path);
@@ -382,7 +379,7 @@ void WriteManifest(const std::string& dir, const Manifest& m) {
             {"train_on_prompt", m.train_on_prompt},
             {"sources", json::parse(m.meta.sources_json)},
             {"splits", {{"train", SplitToJson(m.train)}, {"test", SplitToJson(m.test)}}}};
-  const std::string path = (fs::path(dir) / kManifestName).string();
+  const std::string path = files::Join(dir, kManifestName);
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary);
@@ -390,14 +387,12 @@ void WriteManifest(const std::string& dir, const Manifest& m) {
     out.flush();
     if (!out) FT_THROW(IoError, "cannot write {}", tmp);
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, path, ec.message());
+  files::Rename(tmp, path);
 }
 
 Manifest ReadManifest(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kManifestName).string();
-  if (!fs::exists(path)) {
+  const std::string path = files::Join(dir, kManifestName);
+  if (!files::Exists(path)) {
     FT_THROW(DataError,
              "{} has no {}: it is not a prepared dataset, or its `ftune prepare` did not "
              "finish; run ftune prepare",

@@ -14,7 +14,6 @@
 // on one process it is read whole. Otherwise rank 0 does the work.
 #include <fmt/format.h>
 
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -22,6 +21,7 @@
 #include "launch/commands.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/log.h"
@@ -53,7 +53,7 @@ void ExportCheckpoint(const ExportArgs& a, runtime::World& world) {
   models::SaveHfOptions opt;
   opt.max_shard_bytes = a.max_shard_mb * (int64_t(1) << 20);
   opt.overwrite = a.overwrite;
-  if (!meta.tokenizer_dir.empty() && std::filesystem::is_directory(meta.tokenizer_dir)) {
+  if (!meta.tokenizer_dir.empty() && files::IsDirectory(meta.tokenizer_dir)) {
     opt.tokenizer_src_dir = meta.tokenizer_dir;
   } else {
     runtime::LogWarn("the run's tokenizer directory '{}' is gone: exporting without tokenizer "

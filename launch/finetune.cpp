@@ -1,10 +1,10 @@
 #include "launch/finetune.h"
 
-#include <filesystem>
 #include <fstream>
 
 #include "launch/commands.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune {
 namespace {
@@ -45,7 +45,7 @@ std::string Finetune(const std::string& config_path, const std::vector<std::stri
 }
 
 std::string Finetune(const runtime::Config& cfg) {
-  std::filesystem::create_directories(cfg.run.output_dir);
+  files::CreateDirectories(cfg.run.output_dir);
   const std::string path = runtime::RunPath(cfg, "finetune_api.yaml");
   {
     std::ofstream out(path, std::ios::trunc);

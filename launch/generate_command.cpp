@@ -10,7 +10,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +19,7 @@
 #include "models/generate.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "runtime/checkpoint.h"
 #include "runtime/log.h"
 #include "runtime/model_setup.h"
@@ -55,20 +55,18 @@ std::string Trim(const std::string& s) {
 // The model of --model (an HF directory or a checkpoint) and the tokenizer that goes with it
 // (--tokenizer when given).
 std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const GenerateArgs& a) {
-  namespace fs = std::filesystem;
   const auto dtype = models::ParseDtype(a.dtype);
-  std::error_code ec;
-  if (fs::is_directory(a.model, ec) && fs::exists(fs::path(a.model) / "config.json", ec)) {
+  if (files::IsDirectory(a.model) && files::Exists(files::Join(a.model, "config.json"))) {
     auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
     auto loaded = models::LoadHf(a.model, dtype);
     runtime::LogNotesOnce(tok.notes(), /*info=*/false);  // stdout is the answers
     runtime::LogNotesOnce(loaded.config.notes, /*info=*/false);
     return {std::move(loaded), std::move(tok)};
   }
-  if (!fs::exists(a.model, ec)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
-  if (fs::is_directory(a.model, ec) &&
+  if (!files::Exists(a.model)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
+  if (files::IsDirectory(a.model) &&
       runtime::CheckpointCandidates(a.model).empty() &&
-      runtime::CheckpointCandidates((fs::path(a.model) / "checkpoints").string()).empty()) {
+      runtime::CheckpointCandidates(files::Join(a.model, "checkpoints")).empty()) {
     FT_THROW(ModelError, "--model {}: neither an HF model directory (no config.json) nor an ftune "
              "checkpoint or run directory (no step_N.h5 in it or in its checkpoints/): pass an HF "
              "directory (e.g. <run>/final) or a checkpoint", a.model);
@@ -79,7 +77,7 @@ std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const Gene
   std::string tok_path = a.tokenizer;
   if (tok_path.empty()) {
     tok_path = ck.meta.tokenizer_dir;
-    if (tok_path.empty() || !fs::exists(fs::path(tok_path) / "tokenizer.json", ec)) {
+    if (tok_path.empty() || !files::Exists(files::Join(tok_path, "tokenizer.json"))) {
       FT_THROW(IoError, "checkpoint {}: its run's tokenizer directory '{}' has no tokenizer.json "
                "(moved or deleted?): pass --tokenizer DIR", ck.meta.path, tok_path);
     }

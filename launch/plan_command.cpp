@@ -2,10 +2,9 @@
 // per-step communication of every layout (dp, tp, zero, activation checkpointing) for the
 // config's model, batch and sequence length, which fit, and the one to use (runtime/plan.h).
 // Needs no GPU and no data; under mpirun only rank 0 prints.
-#include <filesystem>
-
 #include "launch/commands.h"
 #include "models/llama_config.h"
+#include "parallel/files.h"
 #include "runtime/config.h"
 #include "runtime/log.h"
 #include "runtime/plan.h"
@@ -36,8 +35,7 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
     runtime::PlanInput in;
     in.model = cfg.model.path.empty()
                    ? models::LlamaConfig::FromInline(cfg.model)
-                   : models::LlamaConfig::FromFile(
-                         (std::filesystem::path(cfg.model.path) / "config.json").string());
+                   : models::LlamaConfig::FromFile(files::Join(cfg.model.path, "config.json"));
     runtime::LogNotesOnce(in.model.notes);
     in.elem_bytes = cfg.model.dtype == "bf16" ? 2 : 4;
     in.seq_len = cfg.data.max_seq_len;

@@ -2,18 +2,17 @@
 
 #include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <set>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::models {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::string ShapeStr(const std::vector<int64_t>& s) {
@@ -39,11 +38,11 @@ std::string NameList(const std::vector<std::string>& names) {
   return out;
 }
 
-void WriteText(const fs::path& p, const std::string& text) {
+void WriteText(const std::string& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary);
   out << text;
   out.close();
-  if (!out) FT_THROW(IoError, "{}: write failed", p.string());
+  if (!out) FT_THROW(IoError, "{}: write failed", p);
 }
 
 }  // namespace
@@ -123,8 +122,8 @@ LoadedModel FilledModel(const LlamaConfig& cfg, c10::ScalarType dtype,
 
 HfWeights OpenHf(const std::string& dir) {
   HfWeights out;
-  out.config_path = (fs::path(dir) / "config.json").string();
-  if (!fs::is_regular_file(out.config_path)) {
+  out.config_path = files::Join(dir, "config.json");
+  if (!files::IsFile(out.config_path)) {
     FT_THROW(ModelError, "{}: no config.json; is this a Hugging Face model directory?", dir);
   }
   out.config = LlamaConfig::FromFile(out.config_path);
@@ -196,34 +195,29 @@ void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const st
   LlamaConfig cfg = cfg_in;
   cfg.torch_dtype = HfDtypeName(tensors.front().second.scalar_type());
 
-  const fs::path out(dir);
-  const fs::path tmp(dir + ".tmp");
-  if (fs::exists(out)) {
-    if (!fs::is_directory(out)) FT_THROW(ModelError, "{} exists and is not a directory", dir);
-    if (!fs::is_empty(out) && !opt.overwrite) {
+  const std::string tmp = dir + ".tmp";
+  if (files::Exists(dir)) {
+    if (!files::IsDirectory(dir)) FT_THROW(ModelError, "{} exists and is not a directory", dir);
+    if (!files::IsEmpty(dir) && !opt.overwrite) {
       FT_THROW(ModelError,
                "{} exists and is not empty; refusing to overwrite it (choose another "
                "output directory, or pass --overwrite / SaveHfOptions::overwrite)",
                dir);
     }
   }
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) FT_THROW(IoError, "{}: cannot create directory: {}", tmp.string(), ec.message());
+  files::RemoveAllQuietly(tmp);
+  files::CreateDirectories(tmp);
 
-  WriteText(tmp / "config.json", cfg.ToJson().dump(2) + "\n");
-  WriteSafetensorsSharded(tmp.string(), tensors, opt.max_shard_bytes);
+  WriteText(files::Join(tmp, "config.json"), cfg.ToJson().dump(2) + "\n");
+  WriteSafetensorsSharded(tmp, tensors, opt.max_shard_bytes);
 
   bool have_generation_config = false;
   if (!opt.tokenizer_src_dir.empty()) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"}) {
-      const fs::path src = fs::path(opt.tokenizer_src_dir) / f;
-      if (!fs::is_regular_file(src)) continue;
-      fs::copy_file(src, tmp / f, fs::copy_options::overwrite_existing, ec);
-      if (ec)
-        FT_THROW(IoError, "cannot copy {} to {}: {}", src.string(), tmp.string(), ec.message());
+      const std::string src = files::Join(opt.tokenizer_src_dir, f);
+      if (!files::IsFile(src)) continue;
+      files::CopyFile(src, files::Join(tmp, f), /*overwrite=*/true);
       if (std::string(f) == "generation_config.json") have_generation_config = true;
     }
   }
@@ -232,13 +226,11 @@ void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const st
     const json c = cfg.ToJson();
     gen["bos_token_id"] = c["bos_token_id"];
     gen["eos_token_id"] = c["eos_token_id"];
-    WriteText(tmp / "generation_config.json", gen.dump(2) + "\n");
+    WriteText(files::Join(tmp, "generation_config.json"), gen.dump(2) + "\n");
   }
 
-  if (fs::exists(out)) fs::remove_all(out, ec);
-  if (ec) FT_THROW(IoError, "{}: cannot remove the old directory: {}", dir, ec.message());
-  fs::rename(tmp, out, ec);
-  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp.string(), dir, ec.message());
+  if (files::Exists(dir)) files::RemoveAll(dir);
+  files::Rename(tmp, dir);
 }
 
 void SaveHf(LlamaModel& model, const LlamaConfig& cfg, const std::string& dir,

@@ -10,16 +10,15 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::models {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr int64_t kMaxHeaderBytes = int64_t(100) << 20;
@@ -107,9 +106,7 @@ void WriteAtomically(const std::string& path, Fn&& body) {
     throw;
   }
   if (std::fclose(f) != 0) FT_THROW(IoError, "{}: close failed: {}", tmp, std::strerror(errno));
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, path, ec.message());
+  files::Rename(tmp, path);
 }
 
 }  // namespace
@@ -267,45 +264,45 @@ torch::Tensor SafetensorsFile::GetSlice(const std::string& name, int64_t dim, in
 // ---------------------------------------------------------------------------------------------
 SafetensorsCheckpoint SafetensorsCheckpoint::Open(const std::string& dir_or_file) {
   SafetensorsCheckpoint ck;
-  const fs::path p(dir_or_file);
-  if (fs::is_regular_file(p)) {
-    ck.files_.push_back(std::make_shared<SafetensorsFile>(p.string()));
+  const std::string& p = dir_or_file;
+  if (files::IsFile(p)) {
+    ck.files_.push_back(std::make_shared<SafetensorsFile>(p));
   } else {
-    const fs::path index = p / "model.safetensors.index.json";
-    const fs::path single = p / "model.safetensors";
-    if (fs::is_regular_file(index)) {
+    const std::string index = files::Join(p, "model.safetensors.index.json");
+    const std::string single = files::Join(p, "model.safetensors");
+    if (files::IsFile(index)) {
       std::ifstream in(index);
       json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
       if (j.is_discarded() || !j.is_object()) {
-        FT_THROW(IoError, "{}: not a valid JSON object", index.string());
+        FT_THROW(IoError, "{}: not a valid JSON object", index);
       }
       if (!j.contains("weight_map") || !j["weight_map"].is_object()) {
-        FT_THROW(IoError, "{}: has no 'weight_map' object", index.string());
+        FT_THROW(IoError, "{}: has no 'weight_map' object", index);
       }
       std::map<std::string, size_t> file_index;
       for (const auto& [name, file] : j["weight_map"].items()) {
         if (!file.is_string()) {
-          FT_THROW(IoError, "{}: weight_map entry '{}' is not a file name", index.string(), name);
+          FT_THROW(IoError, "{}: weight_map entry '{}' is not a file name", index, name);
         }
         const std::string fname = file.get<std::string>();
         if (fname.find('/') != std::string::npos) {
           FT_THROW(IoError, "{}: weight_map entry '{}' names a path outside the directory: {}",
-                   index.string(), name, fname);
+                   index, name, fname);
         }
         auto it = file_index.find(fname);
         if (it == file_index.end()) {
-          ck.files_.push_back(std::make_shared<SafetensorsFile>((p / fname).string()));
+          ck.files_.push_back(std::make_shared<SafetensorsFile>(files::Join(p, fname)));
           it = file_index.emplace(fname, ck.files_.size() - 1).first;
         }
         if (!ck.files_[it->second]->Has(name)) {
           FT_THROW(IoError, "{}: weight_map puts '{}' in {}, but that file has no such tensor",
-                   index.string(), name, ck.files_[it->second]->path());
+                   index, name, ck.files_[it->second]->path());
         }
         ck.where_[name] = it->second;
       }
       return ck;
-    } else if (fs::is_regular_file(single)) {
-      ck.files_.push_back(std::make_shared<SafetensorsFile>(single.string()));
+    } else if (files::IsFile(single)) {
+      ck.files_.push_back(std::make_shared<SafetensorsFile>(single));
     } else {
       FT_THROW(ModelError,
                "{}: no model.safetensors or model.safetensors.index.json (ftune reads "
@@ -393,26 +390,24 @@ std::vector<std::string> WriteSafetensorsSharded(const std::string& dir,
     current += nbytes;
     total += nbytes;
   }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) FT_THROW(IoError, "{}: cannot create directory: {}", dir, ec.message());
+  files::CreateDirectories(dir);
   std::vector<std::string> written;
   if (shards.size() == 1) {
-    WriteSafetensors((fs::path(dir) / "model.safetensors").string(), shards[0]);
+    WriteSafetensors(files::Join(dir, "model.safetensors"), shards[0]);
     return {"model.safetensors"};
   }
   json weight_map = json::object();
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string name =
         fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
-    WriteSafetensors((fs::path(dir) / name).string(), shards[i]);
+    WriteSafetensors(files::Join(dir, name), shards[i]);
     for (const auto& nt : shards[i]) weight_map[nt.first] = name;
     written.push_back(name);
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   const std::string index_name = "model.safetensors.index.json";
   const std::string text = index.dump(2) + "\n";
-  WriteAtomically((fs::path(dir) / index_name).string(), [&](std::FILE* f, const std::string& tmp) {
+  WriteAtomically(files::Join(dir, index_name), [&](std::FILE* f, const std::string& tmp) {
     WriteAll(f, text.data(), text.size(), tmp);
   });
   written.push_back(index_name);

@@ -102,7 +102,7 @@ void CreateDirectories(const std::string& p) {
 int64_t RemoveAll(const std::string& p) {
   struct stat st;
   if (::lstat(p.c_str(), &st) != 0) {
-    if (errno == ENOENT) return 0;
+    if (errno == ENOENT || errno == ENOTDIR) return 0;  // nothing there (ENOTDIR: a file above)
     Fail("cannot remove", p, errno);
   }
   if (!S_ISDIR(st.st_mode)) {
@@ -136,6 +136,15 @@ bool Remove(const std::string& p) {
   if (::remove(p.c_str()) == 0) return true;
   if (errno == ENOENT) return false;
   Fail("cannot remove", p, errno);
+}
+
+void RemoveQuietly(const std::string& p) noexcept { ::remove(p.c_str()); }
+
+void RemoveAllQuietly(const std::string& p) noexcept {
+  try {
+    RemoveAll(p);
+  } catch (...) {  // IoError, or no memory for its message: ignored by contract
+  }
 }
 
 void Rename(const std::string& from, const std::string& to) {

@@ -41,6 +41,10 @@ void CreateDirectories(const std::string& p);
 int64_t RemoveAll(const std::string& p);
 // Removes a file or an empty directory; false if nothing was there. IoError on failure.
 bool Remove(const std::string& p);
+// Remove and RemoveAll for clean-up whose failure must not fail the caller (left-overs of a
+// crashed run, a temporary on an error path): errors are ignored; what could not be removed stays.
+void RemoveQuietly(const std::string& p) noexcept;
+void RemoveAllQuietly(const std::string& p) noexcept;
 // rename(2): atomic within a file system, replacing a file at `to`. IoError on failure.
 void Rename(const std::string& from, const std::string& to);
 // Copies a regular file's bytes (mode 0644), replacing `to` when `overwrite`. IoError on

@@ -13,13 +13,13 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <regex>
 
 #include "data/shards.h"
 #include "models/hf_io.h"
+#include "parallel/files.h"
 #include "parallel/hdf5_mpio.h"
 #include "runtime/direct_write.h"
 #include "runtime/log.h"
@@ -27,7 +27,6 @@
 #include "runtime/parallelize.h"
 
 namespace ftune::runtime {
-namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -81,8 +80,8 @@ std::string H5Stack() {
 
 template <class E = IoError>
 [[noreturn]] void ThrowH5(const char* call, const std::string& ctx, const char* file, int line) {
-  throw E(fmt::format("{}: {} failed ({}:{}): {}", ctx, call, fs::path(file).filename().string(),
-                      line, H5Stack()));
+  throw E(
+      fmt::format("{}: {} failed ({}:{}): {}", ctx, call, files::BaseName(file), line, H5Stack()));
 }
 
 // H5_CHECK(call, context): the call's result, or IoError naming the call, the context (file,
@@ -499,12 +498,18 @@ int64_t StepOfFile(const std::string& name) {
 
 std::vector<std::pair<int64_t, std::string>> CompleteFiles(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> out;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return out;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (!e.is_regular_file(ec)) continue;
-    const int64_t s = StepOfFile(e.path().filename().string());
-    if (s >= 0) out.emplace_back(s, e.path().string());
+  if (!files::IsDirectory(dir)) return out;
+  std::vector<std::string> names;
+  try {
+    names = files::ListDir(dir);
+  } catch (const IoError&) {
+    return out;  // unreadable: no checkpoints
+  }
+  for (const auto& name : names) {
+    const std::string path = files::Join(dir, name);
+    if (!files::IsFile(path)) continue;
+    const int64_t s = StepOfFile(name);
+    if (s >= 0) out.emplace_back(s, path);
   }
   std::sort(out.rbegin(), out.rend());
   return out;
@@ -659,7 +664,7 @@ void CheckpointManager::Save(const TrainState& state) {
   job->state.skipped_steps = v[3];
   std::memcpy(&job->state.lr, v + 4, sizeof(double));
   job->state.loader = {v[5], v[6], v[7]};
-  job->path = (fs::path(dir_) / CheckpointFileName(job->state.step)).string();
+  job->path = files::Join(dir_, CheckpointFileName(job->state.step));
   job->tmp = job->path + ".tmp";
   const bool async = cfg_.checkpoint.async;
   job->data.resize(plan_->tensors.size());
@@ -716,13 +721,13 @@ void CheckpointManager::RunJob(WriteJob& job) {
   try {
     Phase(comm, "preparing " + dir_, [&]() {
       if (!root) return;
-      std::error_code ec;
-      fs::create_directories(dir_, ec);
-      if (ec || !fs::is_directory(dir_)) {
+      try {
+        files::CreateDirectories(dir_);
+      } catch (const IoError& e) {
         FT_THROW(IoError, "cannot create the checkpoint directory {}: {}", dir_,
-                 ec ? ec.message() : "a file of that name is in the way");
+                 files::Exists(dir_) ? "a file of that name is in the way" : e.what());
       }
-      fs::remove(tmp, ec);  // left over from a crashed save of the same step
+      files::RemoveQuietly(tmp);  // left over from a crashed save of the same step
     });
 
     // Checksums first (from memory), so they are written as the datasets' attributes.
@@ -846,7 +851,7 @@ void CheckpointManager::RunJob(WriteJob& job) {
       WriteAttrString(g.get(), "model_config", model_cfg_.ToJson().dump(2), ctx);
       std::string tok_dir;
       try {
-        tok_dir = fs::absolute(TokenizerDir(cfg_)).string();
+        tok_dir = files::Absolute(TokenizerDir(cfg_));
       } catch (const ConfigError&) {
       }
       WriteAttrString(g.get(), "tokenizer_dir", tok_dir, ctx);
@@ -894,46 +899,46 @@ void CheckpointManager::RunJob(WriteJob& job) {
       const auto t_fsync = Clock::now();
       FsyncPath(tmp, false);
       job.stats.fsync_s = Since(t_fsync);
-      std::error_code ec;
-      fs::rename(tmp, job.path, ec);
-      if (ec) FT_THROW(IoError, "cannot rename {} to {}: {}", tmp, job.path, ec.message());
+      files::Rename(tmp, job.path);
       FsyncPath(dir_, true);
-      const std::string latest = (fs::path(dir_) / "latest").string();
+      const std::string latest = files::Join(dir_, "latest");
       {
         std::ofstream out(latest + ".tmp", std::ios::trunc);
-        out << fs::path(job.path).filename().string() << "\n";
+        out << files::BaseName(job.path) << "\n";
         out.flush();
         if (!out) FT_THROW(IoError, "cannot write {}.tmp", latest);
       }
       FsyncPath(latest + ".tmp", false);
-      fs::rename(latest + ".tmp", latest, ec);
-      if (ec) FT_THROW(IoError, "cannot rename {}.tmp to {}: {}", latest, latest, ec.message());
+      files::Rename(latest + ".tmp", latest);
       FsyncPath(dir_, true);
-      job.stats.file_bytes = static_cast<int64_t>(fs::file_size(job.path, ec));
+      try {
+        job.stats.file_bytes = files::FileSize(job.path);
+      } catch (const IoError&) {
+        job.stats.file_bytes = -1;  // only reported
+      }
       // Only now, with a newer complete checkpoint in place: drop the oldest beyond `keep`, on a
       // thread (freeing a large file's blocks takes a while; Wait() joins it).
-      const auto files = CompleteFiles(dir_);
+      const auto complete = CompleteFiles(dir_);
       std::vector<std::string> old;
-      for (size_t i = static_cast<size_t>(cfg_.checkpoint.keep); i < files.size(); ++i) {
-        if (files[i].second != job.path) old.push_back(files[i].second);
+      for (size_t i = static_cast<size_t>(cfg_.checkpoint.keep); i < complete.size(); ++i) {
+        if (complete[i].second != job.path) old.push_back(complete[i].second);
       }
       if (pruner_.joinable()) pruner_.join();
       if (!old.empty()) {
         pruner_ = std::thread([old]() {
           for (const auto& f : old) {
-            std::error_code e;
-            fs::remove(f, e);
-            if (e) LogWarn("could not delete old checkpoint {}: {}", f, e.message());
+            try {
+              files::Remove(f);
+            } catch (const IoError& e) {
+              LogWarn("could not delete old checkpoint {}: {}", f, e.what());
+            }
           }
         });
       }
     });
     job.stats.publish_s = Since(t_publish);
   } catch (const Error& e) {
-    if (root) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-    }
+    if (root) files::RemoveQuietly(tmp);
     FT_THROW(IoError, "checkpoint of step {} could not be saved to {} (earlier checkpoints in {} "
              "are intact): {}", job.state.step, job.path, dir_, e.what());
   }
@@ -953,7 +958,7 @@ namespace {
 // holding H5Lock) and reads its /state into `meta`. A missing file is CorruptCheckpointError.
 H5Id OpenForCollectiveRead(parallel::Communicator& comm, const std::string& path,
                            CheckpointMeta& meta) {
-  if (!fs::is_regular_file(path)) {
+  if (!files::IsFile(path)) {
     FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
   }
   H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
@@ -1095,7 +1100,7 @@ std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
   std::vector<int64_t> steps;
   if (comm_->rank() == 0) {
     for (const auto& p : CheckpointCandidates(dir_)) {
-      steps.push_back(StepOfFile(fs::path(p).filename().string()));
+      steps.push_back(StepOfFile(files::BaseName(p)));
     }
   }
   auto n = torch::tensor({static_cast<int64_t>(steps.size())}, torch::kLong);
@@ -1108,7 +1113,7 @@ std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
   if (st.numel() == 0) return std::nullopt;
   std::vector<std::string> bad;
   for (int64_t i = 0; i < st.numel(); ++i) {
-    const std::string path = (fs::path(dir_) / CheckpointFileName(st[i].item<int64_t>())).string();
+    const std::string path = files::Join(dir_, CheckpointFileName(st[i].item<int64_t>()));
     try {
       return Load(path);
     } catch (const CorruptCheckpointError& e) {
@@ -1125,19 +1130,19 @@ void CheckpointManager::MoveAside() {
   Wait();
   Phase(*comm_, "moving old checkpoints aside in " + dir_, [&]() {
     if (comm_->rank() != 0) return;
-    const auto files = CompleteFiles(dir_);
-    if (files.empty()) return;
-    const fs::path dest = fs::path(dir_) / fmt::format("previous_{}", std::time(nullptr));
-    std::error_code ec;
-    fs::create_directories(dest, ec);
-    if (ec) FT_THROW(IoError, "cannot create {}: {}", dest.string(), ec.message());
-    for (const auto& f : files) {
-      fs::rename(f.second, dest / fs::path(f.second).filename(), ec);
-      if (ec) FT_THROW(IoError, "cannot move {} to {}: {}", f.second, dest.string(), ec.message());
+    const auto complete = CompleteFiles(dir_);
+    if (complete.empty()) return;
+    const std::string dest = files::Join(dir_, fmt::format("previous_{}", std::time(nullptr)));
+    files::CreateDirectories(dest);
+    for (const auto& f : complete) {
+      files::Rename(f.second, files::Join(dest, files::BaseName(f.second)));
     }
-    fs::rename(fs::path(dir_) / "latest", dest / "latest", ec);
+    try {
+      files::Rename(files::Join(dir_, "latest"), files::Join(dest, "latest"));
+    } catch (const IoError&) {  // none, or stale: the checkpoints moved are what matters
+    }
     LogWarn("starting over (checkpoint.resume is false): moved {} earlier checkpoint(s) to {}",
-            files.size(), dest.string());
+            complete.size(), dest);
   });
 }
 
@@ -1145,23 +1150,22 @@ std::string CheckpointFileName(int64_t step) { return fmt::format("step_{:08d}.h
 
 std::vector<std::string> CheckpointCandidates(const std::string& dir) {
   std::vector<std::string> out;
-  const auto files = CompleteFiles(dir);
-  std::ifstream in((fs::path(dir) / "latest").string());
+  const auto complete = CompleteFiles(dir);
+  std::ifstream in(files::Join(dir, "latest"));
   std::string latest;
   if (in && std::getline(in, latest)) {
-    for (const auto& f : files) {
-      if (fs::path(f.second).filename() == latest) out.push_back(f.second);
+    for (const auto& f : complete) {
+      if (files::BaseName(f.second) == latest) out.push_back(f.second);
     }
   }
-  for (const auto& f : files) {
+  for (const auto& f : complete) {
     if (out.empty() || f.second != out.front()) out.push_back(f.second);
   }
   return out;
 }
 
 std::vector<std::string> ResolveCheckpointArg(const std::string& arg, const std::string& option) {
-  std::error_code ec;
-  if (fs::is_regular_file(arg, ec)) {
+  if (files::IsFile(arg)) {
     H5Lock lock;
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     if (H5Fis_hdf5(arg.c_str()) <= 0) {
@@ -1171,11 +1175,11 @@ std::vector<std::string> ResolveCheckpointArg(const std::string& arg, const std:
     }
     return {arg};
   }
-  if (!fs::is_directory(arg, ec)) {
+  if (!files::IsDirectory(arg)) {
     FT_THROW(IoError, "{} {}: no such file or directory", option, arg);
   }
   auto c = CheckpointCandidates(arg);
-  if (c.empty()) c = CheckpointCandidates((fs::path(arg) / "checkpoints").string());
+  if (c.empty()) c = CheckpointCandidates(files::Join(arg, "checkpoints"));
   if (c.empty()) {
     FT_THROW(IoError, "{} {}: no checkpoint (step_*.h5) in it or in {}/checkpoints", option, arg,
              arg);

@@ -5,12 +5,13 @@
 #include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <yaml-cpp/yaml.h>
 
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 #include <type_traits>
+
+#include "parallel/files.h"
 
 namespace ftune::runtime {
 namespace {
@@ -405,7 +406,7 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
   if (!yaml_path.empty()) {
     origins.file = yaml_path;
     std::ifstream in(yaml_path);
-    if (std::filesystem::is_directory(yaml_path)) {
+    if (files::IsDirectory(yaml_path)) {
       FT_THROW(ConfigError, "{}: is a directory, not a YAML config file", yaml_path);
     }
     if (!in) {
@@ -486,9 +487,7 @@ std::string ConfigTable(const Config& cfg) {
 }
 
 std::string RunPath(const Config& cfg, const std::string& p) {
-  std::filesystem::path path(p);
-  if (path.is_absolute()) return p;
-  return (std::filesystem::path(cfg.run.output_dir) / path).string();
+  return files::Join(cfg.run.output_dir, p);  // p itself when absolute
 }
 
 }  // namespace ftune::runtime

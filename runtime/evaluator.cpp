@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -17,12 +16,12 @@
 #include "models/generate.h"
 #include "models/hf_io.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "runtime/checkpoint.h"
 #include "runtime/model_setup.h"
 #include "runtime/log.h"
 
 namespace ftune::runtime {
-namespace fs = std::filesystem;
 namespace {
 
 double Since(std::chrono::steady_clock::time_point t0) {
@@ -158,7 +157,7 @@ std::vector<EvalExample> Evaluator::ReadExamples(const std::vector<int64_t>& wan
   for (const auto& shard : manifest_.test.shards) {
     const int64_t end_doc = first_doc + shard.num_docs;
     if (w < wanted.size() && wanted[w] < end_doc) {
-      data::ShardReader reader((fs::path(dir_) / shard.file).string());
+      data::ShardReader reader(files::Join(dir_, shard.file));
       const auto& off = reader.doc_offsets();
       for (; w < wanted.size() && wanted[w] < end_doc; ++w) {
         const int64_t d = wanted[w] - first_doc;
@@ -266,8 +265,8 @@ TrainingEval::TrainingEval(const Config& cfg, const data::Tokenizer& tok,
     return;
   }
   evaluator_ = std::make_unique<Evaluator>(cfg, dir, tok, grid);
-  const fs::path best = RunPath(cfg, "best.json");
-  if (fs::exists(best)) {  // resumed run: keep the best step found so far
+  const std::string best = RunPath(cfg, "best.json");
+  if (files::Exists(best)) {  // resumed run: keep the best step found so far
     try {
       std::ifstream in(best);
       const auto j = nlohmann::json::parse(in);
@@ -322,7 +321,7 @@ void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
                  .dump(2)
           << '\n';
     }
-    fs::rename(path + ".tmp", path);
+    files::Rename(path + ".tmp", path);
   }
 }
 
@@ -338,11 +337,11 @@ void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer&
 std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
                                                      c10::ScalarType dtype,
                                                      const std::string& tokenizer_sha256) {
-  const fs::path p(path);
-  if (!fs::exists(p)) FT_THROW(IoError, "model {} does not exist", path);
-  if (fs::is_directory(p) && fs::exists(p / "config.json")) {
-    if (!tokenizer_sha256.empty() && fs::exists(p / "tokenizer.json")) {
-      const std::string sha = data::Sha256File((p / "tokenizer.json").string());
+  const std::string& p = path;
+  if (!files::Exists(p)) FT_THROW(IoError, "model {} does not exist", path);
+  if (files::IsDirectory(p) && files::Exists(files::Join(p, "config.json"))) {
+    if (!tokenizer_sha256.empty() && files::Exists(files::Join(p, "tokenizer.json"))) {
+      const std::string sha = data::Sha256File(files::Join(p, "tokenizer.json"));
       if (sha != tokenizer_sha256) {
         FT_THROW(DataError, "model {} comes with another tokenizer (tokenizer.json sha256 {}) "
                  "than the dataset was prepared with (sha256 {}): prepare the data with the "
@@ -356,17 +355,17 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
   }
   // An ftune training checkpoint: a step_N.h5 file, a checkpoint directory or a run directory.
   bool complete = false, any = false;
-  for (const fs::path& d : {p, p / "checkpoints"}) {
-    if (!fs::is_directory(d)) continue;
-    for (const auto& e : fs::directory_iterator(d)) {
+  for (const std::string& d : {p, files::Join(p, "checkpoints")}) {
+    if (!files::IsDirectory(d)) continue;
+    for (const auto& name : files::ListDir(d)) {
       bool c = false;
-      if (IsStepFile(e.path().filename().string(), &c)) {
+      if (IsStepFile(name, &c)) {
         any = true;
         complete = complete || c;
       }
     }
   }
-  if (fs::is_directory(p) && !complete) {
+  if (files::IsDirectory(p) && !complete) {
     FT_THROW(ModelError, "{} holds no complete checkpoint ({}) and is not an HF model "
              "directory (no config.json): pass an HF directory (e.g. <run>/final) or a "
              "checkpoint directory holding a finished step_N.h5", path,
@@ -374,12 +373,12 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
   }
   const auto ck = ReadNewestCheckpointModel(path, "model");
   const CheckpointMeta& meta = ck.meta;
-  const fs::path tok_json = fs::path(meta.tokenizer_dir) / "tokenizer.json";
-  if (!tokenizer_sha256.empty() && fs::exists(tok_json)) {
-    const std::string sha = data::Sha256File(tok_json.string());
+  const std::string tok_json = files::Join(meta.tokenizer_dir, "tokenizer.json");
+  if (!tokenizer_sha256.empty() && files::Exists(tok_json)) {
+    const std::string sha = data::Sha256File(tok_json);
     if (sha != tokenizer_sha256) {
       FT_THROW(DataError, "checkpoint {} was trained with another tokenizer ({}, sha256 {}) "
-               "than the dataset was prepared with (sha256 {})", meta.path, tok_json.string(),
+               "than the dataset was prepared with (sha256 {})", meta.path, tok_json,
                sha, tokenizer_sha256);
     }
   }

@@ -2,10 +2,11 @@
 
 #include <cstdio>
 #include <ctime>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
+
+#include "parallel/files.h"
 
 namespace ftune::runtime {
 namespace {
@@ -35,7 +36,7 @@ void InitLogging(int rank, int world_size) {
 void OpenLogFile(const std::string& path) {
   auto& s = State();
   std::lock_guard<std::mutex> lock(s.mu);
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  files::CreateDirectories(files::Parent(path));
   s.file.open(path, std::ios::app);
 }
 

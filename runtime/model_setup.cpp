@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
 #include "models/hf_io.h"
 #include "models/llama_config.h"
+#include "parallel/files.h"
 #include "runtime/log.h"
 #include "runtime/parallelize.h"
 
@@ -17,7 +17,7 @@ std::string TokenizerDir(const Config& cfg) {
     FT_THROW(ConfigError, "tokenizer.path is not set (and model.path is empty): set it to the "
              "directory holding tokenizer.json (e.g. --set tokenizer.path=DIR)");
   }
-  if (std::filesystem::is_regular_file(p)) p = std::filesystem::path(p).parent_path().string();
+  if (files::IsFile(p)) p = files::Parent(p);
   return p;
 }
 

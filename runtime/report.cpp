@@ -6,29 +6,28 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::runtime {
-namespace fs = std::filesystem;
 namespace {
 
 constexpr int kReportExamples = 20;
 
-void WriteFileAtomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
+void WriteFileAtomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) FT_THROW(IoError, "cannot write {}", tmp.string());
+    if (!out) FT_THROW(IoError, "cannot write {}", tmp);
     out << text;
     out.flush();
-    if (!out) FT_THROW(IoError, "cannot write {} (disk full?)", tmp.string());
+    if (!out) FT_THROW(IoError, "cannot write {} (disk full?)", tmp);
   }
-  fs::rename(tmp, path);
+  files::Rename(tmp, path);
 }
 
 nlohmann::json Num(double v) {  // NaN/inf are not JSON: null
@@ -214,8 +213,7 @@ std::string LossCurveSvg(const std::string& metrics_jsonl) {
 }
 
 std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
-  const fs::path dir(run_dir);
-  fs::create_directories(dir);
+  files::CreateDirectories(run_dir);
 
   // eval.json
   nlohmann::json j = {{"run", r.run_name},
@@ -225,7 +223,7 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
                       {"world_size", r.world_size},
                       {"model", nlohmann::json::parse(ModelEvalJson(r.model))}};
   if (r.base) j["base"] = nlohmann::json::parse(ModelEvalJson(*r.base));
-  WriteFileAtomic(dir / "eval.json", j.dump(2) + "\n");
+  WriteFileAtomic(files::Join(run_dir, "eval.json"), j.dump(2) + "\n");
 
   // eval_examples.jsonl: the union of both models' examples, by index.
   std::vector<int64_t> indices;
@@ -254,17 +252,17 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     }
     lines += e.dump() + "\n";
   }
-  WriteFileAtomic(dir / "eval_examples.jsonl", lines);
+  WriteFileAtomic(files::Join(run_dir, "eval_examples.jsonl"), lines);
 
   // loss_curve.svg
   std::string svg;
-  if (fs::exists(dir / "metrics.jsonl")) {
-    std::ifstream in(dir / "metrics.jsonl");
+  if (files::Exists(files::Join(run_dir, "metrics.jsonl"))) {
+    std::ifstream in(files::Join(run_dir, "metrics.jsonl"));
     std::stringstream ss;
     ss << in.rdbuf();
     svg = LossCurveSvg(ss.str());
   }
-  if (!svg.empty()) WriteFileAtomic(dir / "loss_curve.svg", svg);
+  if (!svg.empty()) WriteFileAtomic(files::Join(run_dir, "loss_curve.svg"), svg);
 
   // report.md
   const bool cmp = r.base.has_value();
@@ -325,8 +323,8 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     if (cmp) md += cell(b) + " | ";
     md += cell(a) + " |\n";
   }
-  WriteFileAtomic(dir / "report.md", md);
-  return (dir / "report.md").string();
+  WriteFileAtomic(files::Join(run_dir, "report.md"), md);
+  return files::Join(run_dir, "report.md");
 }
 
 }  // namespace ftune::runtime

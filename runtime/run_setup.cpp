@@ -1,10 +1,10 @@
 #include "runtime/run_setup.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 
 #include "parallel/compat.h"
+#include "parallel/files.h"
 #include "runtime/log.h"
 
 namespace ftune::runtime {
@@ -24,15 +24,15 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
   Config cfg = LoadConfig(args.config_path, args.overrides, check);
   world.SetThreads(cfg.run.threads);
   compat::SetDeterministic(cfg.run.deterministic);
-  const std::filesystem::path dir(cfg.run.output_dir);
+  const std::string& dir = cfg.run.output_dir;
   if (world.rank() == 0) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) {
-      FT_THROW(IoError, "cannot create run.output_dir '{}': {}", dir.string(), ec.message());
+    try {
+      files::CreateDirectories(dir);
+    } catch (const IoError& e) {
+      FT_THROW(IoError, "run.output_dir '{}': {}", dir, e.what());
     }
-    const auto yaml = dir / fmt::format("{}_config.yaml", command);
-    const auto tmp = yaml.string() + ".tmp";
+    const auto yaml = files::Join(dir, fmt::format("{}_config.yaml", command));
+    const auto tmp = yaml + ".tmp";
     {
       std::ofstream out(tmp);
       out << "# resolved by ftune " << command << " (CLI --set > "
@@ -40,12 +40,12 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
           << ConfigToYaml(cfg);
       if (!out) FT_THROW(IoError, "cannot write {}", tmp);
     }
-    std::filesystem::rename(tmp, yaml);
+    files::Rename(tmp, yaml);
     LogInfo("ftune {} | {} rank(s) | config {}\n{}", command, world.world_size(),
             args.config_path.empty() ? "(defaults)" : args.config_path, ConfigTable(cfg));
   }
   world.comm().Barrier()->Wait();  // the run directory exists before any rank writes into it
-  OpenLogFile((dir / "logs" / fmt::format("rank_{}.log", world.rank())).string());
+  OpenLogFile(files::Join(dir, fmt::format("logs/rank_{}.log", world.rank())));
   return cfg;
 }
 

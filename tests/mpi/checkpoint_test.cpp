@@ -11,12 +11,12 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "models/hf_io.h"
 #include "models/llama.h"
+#include "parallel/files.h"
 #include "parallel/process_grid.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
@@ -28,7 +28,6 @@
 namespace ftune::runtime {
 namespace {
 
-namespace fs = std::filesystem;
 using ftune::testing::TestWorld;
 
 constexpr int64_t kSeq = 16;
@@ -147,19 +146,19 @@ class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto& comm = TestWorld().comm();
-    root_ = fs::path(FTUNE_BINARY_DIR) / "test_tmp" /
-            fmt::format("checkpoint_test_np{}", comm.size()) /
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    const std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    root_ = files::Join(FTUNE_BINARY_DIR,
+                        fmt::format("test_tmp/checkpoint_test_np{}/{}", comm.size(), test));
     if (comm.rank() == 0) {
-      fs::remove_all(root_);
-      fs::create_directories(root_);
+      files::RemoveAll(root_);
+      files::CreateDirectories(root_);
     }
     comm.Barrier()->Wait();
   }
   void Barrier() { TestWorld().comm().Barrier()->Wait(); }
   bool Root() const { return TestWorld().rank() == 0; }
-  std::string Dir(const std::string& name) const { return (root_ / name).string(); }
-  fs::path root_;
+  std::string Dir(const std::string& name) const { return files::Join(root_, name); }
+  std::string root_;
 };
 
 void ExpectEqualMaps(const std::map<std::string, at::Tensor>& got,
@@ -294,7 +293,7 @@ TEST_F(CheckpointTest, FallsBackPastDamagedCheckpoints) {
     std::getline(latest, l);
     EXPECT_EQ(l, "step_00000003.h5");
     CorruptDataset(dir + "/step_00000003.h5", "/optim/model.layers.1.mlp.up_proj.weight/exp_avg");
-    fs::resize_file(dir + "/step_00000002.h5", fs::file_size(dir + "/step_00000002.h5") / 2);
+    files::ResizeFile(dir + "/step_00000002.h5", files::FileSize(dir + "/step_00000002.h5") / 2);
   }
   Barrier();
   {
@@ -358,7 +357,7 @@ TEST_F(CheckpointTest, WriteErrorNamesThePathAndKeepsEarlierCheckpoints) {
   a.Step();
   // A directory where the temporary file of step 2 should go: creating it fails.
   if (Root()) {
-    fs::create_directories(dir + "/step_00000002.h5.tmp/blocker");
+    files::CreateDirectories(dir + "/step_00000002.h5.tmp/blocker");
   }
   Barrier();
   try {
@@ -370,7 +369,7 @@ TEST_F(CheckpointTest, WriteErrorNamesThePathAndKeepsEarlierCheckpoints) {
     EXPECT_NE(msg.find("intact"), std::string::npos) << msg;
   }
   Barrier();
-  EXPECT_FALSE(fs::exists(dir + "/step_00000002.h5"));
+  EXPECT_FALSE(files::Exists(dir + "/step_00000002.h5"));
   EXPECT_EQ(CheckpointCandidates(dir).size(), 1u);
   Job b(world, 1, 1, dir);
   auto meta = b.ckpt->LoadLatest();
@@ -406,15 +405,15 @@ TEST_F(CheckpointTest, AsyncSaveWritesTheStateOfItsStepAndKeepsNewest) {
   for (const auto& s : a.ckpt->saves()) EXPECT_TRUE(s.async);
   if (Root()) {
     // keep = 3: step 1 was pruned after step 4 completed.
-    EXPECT_FALSE(fs::exists(dir + "/step_00000001.h5"));
+    EXPECT_FALSE(files::Exists(dir + "/step_00000001.h5"));
     for (int s = 2; s <= 4; ++s) {
       const std::string p = fmt::format("{}/step_{:08d}.h5", dir, s);
       std::map<std::string, at::Tensor> file;
       for (auto& [n, t] : ReadCheckpointModel(p, ReadCheckpointMeta(p))) file[n] = t;
       ExpectEqualMaps(file, at_step[s], "async step " + std::to_string(s));
     }
-    for (const auto& e : fs::directory_iterator(dir)) {
-      EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+    for (const auto& name : files::ListDir(dir)) {
+      EXPECT_EQ(name.find(".tmp"), std::string::npos) << name;
     }
   }
 }
@@ -568,7 +567,7 @@ TEST_F(CheckpointTest, Benchmark) {
                     s.close_s, s.raw_s, s.direct_bytes / 1e6, s.buffered_bytes / 1e6,
                     s.publish_s, s.fsync_s);
       }
-      const auto bytes = fs::file_size(meta->path);
+      const auto bytes = files::FileSize(meta->path);
       const auto& l = m.last_load();
       std::printf("BENCH read cold bytes=%lld read_s=%.3f read_GBps=%.3f (incl. checksum; file "
                   "%.3f s = %.3f GB/s, of which crc %.3f; verify %.3f, params %.3f)\n",
@@ -583,7 +582,7 @@ TEST_F(CheckpointTest, Benchmark) {
     const double warm_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     if (Root()) {
-      const auto bytes = fs::file_size(meta->path);
+      const auto bytes = files::FileSize(meta->path);
       const auto& l = m.last_load();
       std::printf("BENCH read warm bytes=%lld read_s=%.3f read_GBps=%.3f (incl. checksum; file "
                   "%.3f s = %.3f GB/s, of which crc %.3f; verify %.3f, params %.3f)\n",

@@ -3,7 +3,6 @@
 // dp size, packing rows, tokenizer and shard errors.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -11,11 +10,11 @@
 #include "data/loader.h"
 #include "data/shards.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::data {
 namespace {
-namespace fs = std::filesystem;
 
 constexpr int64_t kDocs = 101;
 constexpr int64_t kVocab = 5000;
@@ -26,10 +25,10 @@ int64_t DocLen(int64_t i) { return 3 + (i * 7) % 11; }
 // Written by rank 0 into 3 shards; every rank waits for it.
 std::string MakeDataset(const std::string& name) {
   auto& world = testing::TestWorld();
-  const auto dir = (fs::path(FTUNE_BINARY_DIR) / "tests" / "scratch" / ("loader_" + name)).string();
+  const auto dir = files::Join(FTUNE_BINARY_DIR, "tests/scratch/loader_" + name);
   if (world.rank() == 0) {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    files::RemoveAll(dir);
+    files::CreateDirectories(dir);
     DatasetMeta meta;
     meta.tokenizer_sha256 = "feed";
     meta.vocab_size = kVocab;
@@ -55,8 +54,8 @@ std::string MakeDataset(const std::string& name) {
       }
       const std::string file = ShardFileName("train", s);
       WriteShard(dir + "/" + file, meta, "train", s, tok, mask, off);
-      m.train.shards.push_back({file, int64_t(off.size()) - 1, int64_t(tok.size()),
-                                int64_t(fs::file_size(dir + "/" + file))});
+      m.train.shards.push_back(
+          {file, int64_t(off.size()) - 1, int64_t(tok.size()), files::FileSize(dir + "/" + file)});
       m.train.num_docs += int64_t(off.size()) - 1;
       m.train.num_tokens += int64_t(tok.size());
     }
@@ -281,7 +280,7 @@ TEST(Loader, TokenizerMismatchAndBrokenShards) {
     EXPECT_NE(std::string(e.what()).find(shard), std::string::npos) << e.what();
   }
   world.comm().Barrier()->Wait();
-  if (world.rank() == 0) fs::remove(dir + "/manifest.json");
+  if (world.rank() == 0) files::Remove(dir + "/manifest.json");
   world.comm().Barrier()->Wait();
   EXPECT_THROW(Loader l(Opts(dir, 0, 1)), DataError);
 }

@@ -2,25 +2,22 @@
 // with the split, dedup, reject line numbers and strict errors independent of the rank count.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 
 #include "data/prepare.h"
 #include "data/shards.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::data {
 namespace {
-namespace fs = std::filesystem;
 
 const std::string kFix = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/data";
 
-std::string Root() {
-  return (fs::path(FTUNE_BINARY_DIR) / "tests" / "scratch" / "prepare_mpi").string();
-}
+std::string Root() { return files::Join(FTUNE_BINARY_DIR, "tests/scratch/prepare_mpi"); }
 
-std::string ReadBytes(const fs::path& p) {
+std::string ReadBytes(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
@@ -30,8 +27,8 @@ std::vector<std::string> MakeInputs() {
   auto& world = testing::TestWorld();
   const std::string in = Root() + "/inputs";
   if (world.rank() == 0) {
-    fs::remove_all(Root());
-    fs::create_directories(in);
+    files::RemoveAll(Root());
+    files::CreateDirectories(in);
     std::ofstream qa(in + "/a_qa.jsonl"), alp(in + "/b_alpaca.jsonl"), txt(in + "/c_text.jsonl");
     for (int i = 0; i < 300; ++i) {
       if (i % 37 == 5) qa << "{\"question\": \"broken\n";
@@ -59,16 +56,11 @@ PrepareOptions Opts(const std::string& out, const std::vector<std::string>& inpu
 }
 
 void ExpectSameDirectory(const std::string& a, const std::string& b) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(a)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  std::vector<std::string> names_b;
-  for (const auto& e : fs::directory_iterator(b)) names_b.push_back(e.path().filename().string());
-  std::sort(names_b.begin(), names_b.end());
-  ASSERT_EQ(names, names_b);
+  const std::vector<std::string> names = files::ListDir(a);  // sorted
+  ASSERT_EQ(names, files::ListDir(b));
   EXPECT_GE(names.size(), 4u);
   for (const auto& n : names) {
-    EXPECT_EQ(ReadBytes(fs::path(a) / n), ReadBytes(fs::path(b) / n)) << n << " differs";
+    EXPECT_EQ(ReadBytes(files::Join(a, n)), ReadBytes(files::Join(b, n))) << n << " differs";
   }
 }
 
@@ -96,10 +88,10 @@ TEST(PrepareMpi, ByteIdenticalToOneRank) {
         EXPECT_EQ(s.test.examples, 25);
         EXPECT_GT(s.duplicates_removed, 0);
       }
-      fs::remove_all(single.out_dir);
+      files::RemoveAll(single.out_dir);
     }
     world.comm().Barrier()->Wait();
-    if (world.rank() == 0) fs::remove_all(o.out_dir);
+    if (world.rank() == 0) files::RemoveAll(o.out_dir);
     world.comm().Barrier()->Wait();
   }
 }
@@ -116,7 +108,7 @@ TEST(PrepareMpi, StrictErrorIsTheSameOnEveryRank) {
     msg = e.what();
   }
   EXPECT_NE(msg.find("a_qa.jsonl:6: invalid_json"), std::string::npos) << msg;
-  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
 }
 
 TEST(PrepareMpi, ZeroRecordsFailsOnEveryRank) {
@@ -124,7 +116,7 @@ TEST(PrepareMpi, ZeroRecordsFailsOnEveryRank) {
   auto o = Opts(Root() + "/zero", {kFix + "/empty.jsonl"});
   EXPECT_THROW(Prepare(o, &world.comm()), DataError);
   world.comm().Barrier()->Wait();
-  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
 }
 
 }  // namespace

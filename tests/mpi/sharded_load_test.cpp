@@ -3,10 +3,9 @@
 // its own share of the elements (counted at the source), so no rank ever holds the whole model.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-
 #include "data/tokenizer.h"
 #include "models/hf_io.h"
+#include "parallel/files.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/model_setup.h"
@@ -17,7 +16,6 @@
 namespace ftune::runtime {
 namespace {
 
-namespace fs = std::filesystem;
 using ftune::testing::TestWorld;
 
 const std::string kTokenizer = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/data/tokenizer";
@@ -38,10 +36,9 @@ Config TestConfig(const std::string& hf_dir, int64_t tp, int64_t zero, const std
 // A random HF directory written by rank 0 into a directory every rank sees.
 std::string WriteHfModel(bool tied) {
   auto& comm = TestWorld().comm();
-  const std::string dir =
-      (fs::temp_directory_path() / fmt::format("ftune_sharded_load_{}_{}", tied ? "tied" : "untied",
-                                               ::getppid()))
-          .string();
+  const std::string dir = files::Join(
+      files::TempDir(),
+      fmt::format("ftune_sharded_load_{}_{}", tied ? "tied" : "untied", ::getppid()));
   if (comm.rank() == 0) {
     models::LlamaConfig cfg;
     cfg.vocab_size = 288;  // >= the fixture tokenizer's 281 ids, divisible by tp = 2
@@ -142,7 +139,7 @@ void ExpectLoadsExactly(bool tied) {
     }
   }
   comm.Barrier()->Wait();
-  if (comm.rank() == 0) fs::remove_all(dir);
+  if (comm.rank() == 0) files::RemoveAll(dir);
 }
 
 TEST(ShardedLoad, UntiedEveryLayoutLoadsTheSameWeights) { ExpectLoadsExactly(false); }

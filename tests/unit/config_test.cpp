@@ -1,27 +1,26 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
-#include <filesystem>
 #include <fstream>
 
+#include "parallel/files.h"
 #include "runtime/config.h"
 
 namespace ftune::runtime {
 namespace {
 
-namespace fs = std::filesystem;
-
 class ConfigTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ftune_config_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
+    dir_ = files::Join(files::TempDir(),
+                       "ftune_config_test_" + std::to_string(::getpid()) + "_" +
+                           ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    files::CreateDirectories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override { files::RemoveAll(dir_); }
 
   std::string Write(const std::string& text) {
-    auto p = (dir_ / "c.yaml").string();
+    auto p = files::Join(dir_, "c.yaml");
     std::ofstream(p) << text;
     return p;
   }
@@ -37,7 +36,7 @@ class ConfigTest : public ::testing::Test {
     return "";
   }
 
-  fs::path dir_;
+  std::string dir_;
 };
 
 TEST_F(ConfigTest, DefaultsWithoutFile) {
@@ -176,7 +175,7 @@ TEST_F(ConfigTest, OutOfRangeNamesRangeAndLine) {
 }
 
 TEST_F(ConfigTest, MissingFileAndBadYaml) {
-  auto e = ErrorOf((dir_ / "nope.yaml").string());
+  auto e = ErrorOf(files::Join(dir_, "nope.yaml"));
   EXPECT_NE(e.find("nope.yaml"), std::string::npos) << e;
   EXPECT_NE(e.find("cannot open"), std::string::npos) << e;
 
@@ -192,13 +191,13 @@ TEST_F(ConfigTest, MissingFileAndBadYaml) {
 TEST_F(ConfigTest, UnreadableFile) {
   if (::geteuid() == 0) GTEST_SKIP() << "root reads files regardless of permissions";
   auto p = Write("train:\n  steps: 1\n");
-  fs::permissions(p, fs::perms::none);
+  ASSERT_EQ(::chmod(p.c_str(), 0), 0);
   EXPECT_NE(ErrorOf(p).find("cannot open"), std::string::npos);
 }
 
 TEST_F(ConfigTest, DirectoryIsNotAConfig) {
-  auto e = ErrorOf(dir_.string());
-  EXPECT_NE(e.find(dir_.string()), std::string::npos) << e;
+  auto e = ErrorOf(dir_);
+  EXPECT_NE(e.find(dir_), std::string::npos) << e;
 }
 
 TEST_F(ConfigTest, LayoutMustMatchWorldSize) {

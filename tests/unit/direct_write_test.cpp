@@ -4,24 +4,22 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
 #include <vector>
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::runtime {
 namespace {
 
-namespace fs = std::filesystem;
-
 std::string Scratch(const std::string& name) {
-  const fs::path dir = fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "direct_write";
-  fs::create_directories(dir);
-  const fs::path p = dir / name;
+  const std::string dir = files::Join(FTUNE_BINARY_DIR, "test_tmp/direct_write");
+  files::CreateDirectories(dir);
+  const std::string p = files::Join(dir, name);
   std::ofstream(p, std::ios::trunc).close();
-  return p.string();
+  return p;
 }
 
 std::vector<char> ReadAll(const std::string& path) {
@@ -88,8 +86,7 @@ TEST(DirectWriter, UsesODirectWhereTheFileSystemAllows) {
 }
 
 TEST(DirectWriter, ErrorsNameThePath) {
-  const std::string missing =
-      (fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "no_such_dir" / "x").string();
+  const std::string missing = files::Join(FTUNE_BINARY_DIR, "test_tmp/no_such_dir/x");
   try {
     DirectWriter w(missing, true);
     FAIL() << "opened a file in a missing directory";

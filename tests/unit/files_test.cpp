@@ -79,10 +79,26 @@ TEST_F(FilesTest, CreateListRemove) {
   EXPECT_TRUE(IsDirectory(dir_));
   EXPECT_EQ(RemoveAll(Join(dir_, "a")), 0);  // nothing there is not an error
   const std::string f = Write("f", "x");
+  EXPECT_EQ(RemoveAll(Join(f, "sub")), 0);  // nor is a file where a directory would be
   EXPECT_THROW(CreateDirectories(Join(f, "sub")), IoError);  // a file in the way
   EXPECT_TRUE(Remove(f));
   EXPECT_FALSE(Remove(f));
   EXPECT_THROW(ListDir(f), IoError);
+}
+
+TEST_F(FilesTest, RemoveQuietly) {
+  const std::string f = Write("f", "x"), d = Join(dir_, "d");
+  CreateDirectories(Join(d, "e"));
+  RemoveQuietly(d);  // not empty: stays, and no error
+  EXPECT_TRUE(IsDirectory(Join(d, "e")));
+  RemoveQuietly(f);
+  EXPECT_FALSE(Exists(f));
+  RemoveQuietly(f);  // nothing there
+  const std::string bad = Join(dir_, std::string(300, 'x'));  // a name too long
+  EXPECT_THROW(RemoveAll(bad), IoError);
+  RemoveAllQuietly(bad);
+  RemoveAllQuietly(d);
+  EXPECT_FALSE(Exists(d));
 }
 
 TEST_F(FilesTest, RenameAndCopy) {

@@ -4,15 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 
 #include "models/hf_io.h"
 #include "models/llama_config.h"
 #include "models/safetensors.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
-namespace fs = std::filesystem;
+namespace files = ftune::files;
 using ftune::ModelError;
 using ftune::models::LlamaConfig;
 using ftune::models::LlamaModel;
@@ -20,10 +20,10 @@ using nlohmann::json;
 
 namespace {
 
-fs::path TempDir(const std::string& name) {
-  auto d = fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "llama" / name;
-  fs::remove_all(d);
-  fs::create_directories(d.parent_path());
+std::string TempDir(const std::string& name) {
+  auto d = files::Join(FTUNE_BINARY_DIR, "test_tmp/llama/" + name);
+  files::RemoveAll(d);
+  files::CreateDirectories(files::Parent(d));
   return d;
 }
 
@@ -573,14 +573,14 @@ TEST(HfIo, ExportImportIsBitIdentical) {
     auto dir = TempDir(tied ? "export_tied" : "export_untied");
     ftune::models::SaveHfOptions opt;
     opt.max_shard_bytes = tied ? (int64_t(1) << 30) : 20000;  // untied: several shards
-    ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
-    EXPECT_TRUE(fs::exists(dir / "config.json"));
-    EXPECT_TRUE(fs::exists(dir / "generation_config.json"));
-    EXPECT_FALSE(fs::exists(dir.string() + ".tmp"));
-    EXPECT_EQ(fs::exists(dir / "model.safetensors.index.json"), !tied);
-    EXPECT_EQ(fs::exists(dir / "model.safetensors"), tied);
+    ftune::models::SaveHf(*m, m->config(), dir, opt);
+    EXPECT_TRUE(files::Exists(files::Join(dir, "config.json")));
+    EXPECT_TRUE(files::Exists(files::Join(dir, "generation_config.json")));
+    EXPECT_FALSE(files::Exists(dir + ".tmp"));
+    EXPECT_EQ(files::Exists(files::Join(dir, "model.safetensors.index.json")), !tied);
+    EXPECT_EQ(files::Exists(files::Join(dir, "model.safetensors")), tied);
 
-    auto loaded = ftune::models::LoadHf(dir.string());
+    auto loaded = ftune::models::LoadHf(dir);
     EXPECT_EQ(loaded.config.ToJson(), m->config().ToJson());
     auto pa = m->named_parameters(), pb = loaded.model->named_parameters();
     ASSERT_EQ(pa.size(), pb.size());
@@ -595,13 +595,13 @@ TEST(HfIo, ExportImportIsBitIdentical) {
 TEST(HfIo, Bf16ExportAndDtypeConversion) {
   auto m = ftune::models::BuildLlama(TinyConfig(), torch::kBFloat16, 3);
   auto dir = TempDir("export_bf16");
-  ftune::models::SaveHf(*m, m->config(), dir.string());
-  std::ifstream in(dir / "config.json");
+  ftune::models::SaveHf(*m, m->config(), dir);
+  std::ifstream in(files::Join(dir, "config.json"));
   EXPECT_EQ(json::parse(in)["torch_dtype"], "bfloat16");
-  auto ck = ftune::models::SafetensorsCheckpoint::Open(dir.string());
+  auto ck = ftune::models::SafetensorsCheckpoint::Open(dir);
   EXPECT_EQ(ck.Info("model.norm.weight").dtype, torch::kBFloat16);
-  auto as_bf16 = ftune::models::LoadHf(dir.string(), torch::kBFloat16);
-  auto as_f32 = ftune::models::LoadHf(dir.string(), torch::kFloat);
+  auto as_bf16 = ftune::models::LoadHf(dir, torch::kBFloat16);
+  auto as_f32 = ftune::models::LoadHf(dir, torch::kFloat);
   for (const auto& p : m->named_parameters()) {
     EXPECT_TRUE(torch::equal(p.value(), as_bf16.model->named_parameters()[p.key()]));
     EXPECT_EQ(as_f32.model->named_parameters()[p.key()].scalar_type(), torch::kFloat);
@@ -613,41 +613,41 @@ TEST(HfIo, Bf16ExportAndDtypeConversion) {
 TEST(HfIo, RefusesNonEmptyDirUnlessOverwrite) {
   auto m = TinyModel(true, 1);
   auto dir = TempDir("overwrite");
-  fs::create_directories(dir);
-  std::ofstream(dir / "keep.txt") << "x";
-  auto msg = ErrorOf([&] { ftune::models::SaveHf(*m, m->config(), dir.string()); });
+  files::CreateDirectories(dir);
+  std::ofstream(files::Join(dir, "keep.txt")) << "x";
+  auto msg = ErrorOf([&] { ftune::models::SaveHf(*m, m->config(), dir); });
   EXPECT_CONTAINS(msg, "not empty");
-  EXPECT_TRUE(fs::exists(dir / "keep.txt"));
+  EXPECT_TRUE(files::Exists(files::Join(dir, "keep.txt")));
   ftune::models::SaveHfOptions opt;
   opt.overwrite = true;
-  ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
-  EXPECT_FALSE(fs::exists(dir / "keep.txt"));
-  EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+  ftune::models::SaveHf(*m, m->config(), dir, opt);
+  EXPECT_FALSE(files::Exists(files::Join(dir, "keep.txt")));
+  EXPECT_TRUE(files::Exists(files::Join(dir, "model.safetensors")));
 }
 
 TEST(HfIo, CopiesTokenizerFiles) {
   auto m = TinyModel(true, 1);
   auto src = TempDir("tok_src");
-  fs::create_directories(src);
-  std::ofstream(src / "tokenizer.json") << "{\"t\":1}";
-  std::ofstream(src / "special_tokens_map.json") << "{}";
+  files::CreateDirectories(src);
+  std::ofstream(files::Join(src, "tokenizer.json")) << "{\"t\":1}";
+  std::ofstream(files::Join(src, "special_tokens_map.json")) << "{}";
   auto dir = TempDir("tok_dst");
   ftune::models::SaveHfOptions opt;
-  opt.tokenizer_src_dir = src.string();
-  ftune::models::SaveHf(*m, m->config(), dir.string(), opt);
-  EXPECT_TRUE(fs::exists(dir / "tokenizer.json"));
-  EXPECT_TRUE(fs::exists(dir / "special_tokens_map.json"));
-  EXPECT_FALSE(fs::exists(dir / "tokenizer_config.json"));
+  opt.tokenizer_src_dir = src;
+  ftune::models::SaveHf(*m, m->config(), dir, opt);
+  EXPECT_TRUE(files::Exists(files::Join(dir, "tokenizer.json")));
+  EXPECT_TRUE(files::Exists(files::Join(dir, "special_tokens_map.json")));
+  EXPECT_FALSE(files::Exists(files::Join(dir, "tokenizer_config.json")));
 }
 
 TEST(HfIo, ShapeMismatchNamesTensorFileAndShapes) {
   auto m = TinyModel(false, 1);
   auto dir = TempDir("shape_mismatch");
-  ftune::models::SaveHf(*m, m->config(), dir.string());
+  ftune::models::SaveHf(*m, m->config(), dir);
   auto j = m->config().ToJson();
   j["intermediate_size"] = 40;
-  std::ofstream(dir / "config.json") << j.dump();
-  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir.string()); });
+  std::ofstream(files::Join(dir, "config.json")) << j.dump();
+  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir); });
   EXPECT_CONTAINS(msg, "model.layers.0.mlp.gate_proj.weight");
   EXPECT_CONTAINS(msg, "model.safetensors");
   EXPECT_CONTAINS(msg, "[40, 32]");
@@ -658,8 +658,8 @@ TEST(HfIo, ShapeMismatchNamesTensorFileAndShapes) {
 TEST(HfIo, MissingAndUnexpectedReportedTogether) {
   auto m = TinyModel(false, 1);
   auto dir = TempDir("missing_unexpected");
-  fs::create_directories(dir);
-  std::ofstream(dir / "config.json") << m->config().ToJson().dump();
+  files::CreateDirectories(dir);
+  std::ofstream(files::Join(dir, "config.json")) << m->config().ToJson().dump();
   ftune::models::NamedTensors ts;
   for (const auto& p : m->named_parameters()) {
     if (p.key() != "model.norm.weight" && p.key() != "lm_head.weight")
@@ -667,8 +667,8 @@ TEST(HfIo, MissingAndUnexpectedReportedTogether) {
   }
   ts.push_back({"model.extra.weight", torch::ones({3})});
   ts.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", torch::ones({4})});  // ignored
-  ftune::models::WriteSafetensors((dir / "model.safetensors").string(), ts);
-  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir.string()); });
+  ftune::models::WriteSafetensors(files::Join(dir, "model.safetensors"), ts);
+  auto msg = ErrorOf([&] { ftune::models::LoadHf(dir); });
   EXPECT_CONTAINS(msg, "missing tensors (2)");
   EXPECT_CONTAINS(msg, "model.norm.weight");
   EXPECT_CONTAINS(msg, "lm_head.weight");
@@ -705,11 +705,11 @@ TEST(HfIo, ModelFromTensorsChecksBeforeCopying) {
 TEST(HfReference, LogitsAndLossMatchTransformers) {
   int found = 0;
   for (const char* name : {"hf_tiny_untied", "hf_tiny_tied"}) {
-    const fs::path dir = fs::path(FTUNE_SOURCE_DIR) / "tests" / "fixtures" / name;
-    if (!fs::exists(dir / "reference.safetensors")) continue;
+    const std::string dir = files::Join(FTUNE_SOURCE_DIR, std::string("tests/fixtures/") + name);
+    if (!files::Exists(files::Join(dir, "reference.safetensors"))) continue;
     ++found;
-    auto loaded = ftune::models::LoadHf(dir.string());
-    ftune::models::SafetensorsFile ref((dir / "reference.safetensors").string());
+    auto loaded = ftune::models::LoadHf(dir);
+    ftune::models::SafetensorsFile ref(files::Join(dir, "reference.safetensors"));
     auto tokens = ref.Get("tokens").to(torch::kLong);        // (B, T)
     auto want_logits = ref.Get("logits").to(torch::kFloat);  // (B, T, V)
     auto want_loss = ref.Get("loss_sum").to(torch::kFloat);  // sum of shifted token CE

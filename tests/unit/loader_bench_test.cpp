@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 
 #include "data/loader.h"
 #include "data/shards.h"

@@ -2,7 +2,6 @@
 // properties, strict mode, the output directory rules, shard sizes.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -10,19 +9,19 @@
 #include "data/prepare.h"
 #include "data/shards.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::data {
 namespace {
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::string kFix = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/data";
 
 std::string Scratch(const std::string& name) {
-  auto dir = fs::path(FTUNE_BINARY_DIR) / "tests" / "scratch" / ("prepare_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  auto dir = files::Join(FTUNE_BINARY_DIR, "tests/scratch/prepare_" + name);
+  files::RemoveAll(dir);
+  files::CreateDirectories(dir);
+  return dir;
 }
 
 PrepareOptions Opts(const std::string& out, std::vector<std::string> inputs) {
@@ -70,10 +69,10 @@ TEST(Prepare, QaSummaryRejectsAndShards) {
   EXPECT_EQ(s.rejected["missing_field"].first, std::vector<std::string>{kFix + "/qa.jsonl:12"});
 
   // Files: shards, summary, manifest; no temporaries.
-  EXPECT_TRUE(fs::exists(out + "/train-00000.h5"));
-  EXPECT_TRUE(fs::exists(out + "/test-00000.h5"));
-  EXPECT_TRUE(fs::exists(out + "/prepare_summary.json"));
-  EXPECT_FALSE(fs::exists(out + "/.prepare-tmp"));
+  EXPECT_TRUE(files::Exists(out + "/train-00000.h5"));
+  EXPECT_TRUE(files::Exists(out + "/test-00000.h5"));
+  EXPECT_TRUE(files::Exists(out + "/prepare_summary.json"));
+  EXPECT_FALSE(files::Exists(out + "/.prepare-tmp"));
   Manifest m = ReadManifest(out);
   EXPECT_EQ(m.train.num_docs, s.train.examples);
   EXPECT_EQ(m.test.num_docs, s.test.examples);
@@ -199,7 +198,7 @@ TEST(Prepare, BadInputs) {
   EXPECT_EQ(s.rejected["empty_file"].count, 1);
   o = Opts(Scratch("empty"), {"empty.jsonl"});
   EXPECT_THROW(Prepare(o, nullptr), DataError);
-  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
   // A glob matching nothing; a glob matching several files.
   o = Opts(Scratch("glob"), {"nothing-*.jsonl"});
   try {
@@ -230,7 +229,7 @@ TEST(Prepare, StrictStopsAtTheFirstBadRecord) {
     EXPECT_NE(std::string(e.what()).find(kFix + "/qa.jsonl:5: invalid_json"), std::string::npos)
         << e.what();
   }
-  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
   o.data.inputs = {kFix + "/empty.jsonl"};
   EXPECT_THROW(Prepare(o, nullptr), DataError);
 }
@@ -254,11 +253,11 @@ TEST(Prepare, OutputDirectoryRules) {
   EXPECT_NE(Docs(out, "train"), first);
 
   // An interrupted run: shards without a manifest are not a dataset, and are cleared.
-  fs::remove(out + "/manifest.json");
+  files::Remove(out + "/manifest.json");
   std::ofstream(out + "/train-00007.h5.tmp") << "partial";
   EXPECT_THROW(ReadManifest(out), DataError);
   Prepare(o, nullptr);
-  EXPECT_FALSE(fs::exists(out + "/train-00007.h5.tmp"));
+  EXPECT_FALSE(files::Exists(out + "/train-00007.h5.tmp"));
   EXPECT_EQ(Docs(out, "train"), first);
 }
 
@@ -270,7 +269,7 @@ TEST(Prepare, PreviewWritesNothing) {
   const std::string text = testing::internal::GetCapturedStdout();
   EXPECT_NE(text.find("[PROMPT]<s> ### Question:"), std::string::npos) << text;
   EXPECT_NE(text.find("[/PROMPT]"), std::string::npos) << text;
-  EXPECT_FALSE(fs::exists(o.out_dir + "/manifest.json"));
+  EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
 }
 
 }  // namespace

@@ -3,13 +3,13 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 
-namespace fs = std::filesystem;
+namespace files = ftune::files;
 using ftune::IoError;
 using ftune::models::NamedTensors;
 using ftune::models::SafetensorsCheckpoint;
@@ -17,15 +17,15 @@ using ftune::models::SafetensorsFile;
 
 namespace {
 
-fs::path TempDir(const std::string& name) {
-  auto d = fs::path(FTUNE_BINARY_DIR) / "test_tmp" / "safetensors" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
+std::string TempDir(const std::string& name) {
+  auto d = files::Join(FTUNE_BINARY_DIR, "test_tmp/safetensors/" + name);
+  files::RemoveAll(d);
+  files::CreateDirectories(d);
   return d;
 }
 
 // Writes a raw safetensors file from a header JSON string and a data section.
-void WriteRaw(const fs::path& p, const std::string& header, const std::string& data,
+void WriteRaw(const std::string& p, const std::string& header, const std::string& data,
               int64_t declared_len = -1) {
   std::ofstream out(p, std::ios::binary);
   uint64_t n = declared_len >= 0 ? static_cast<uint64_t>(declared_len) : header.size();
@@ -34,13 +34,13 @@ void WriteRaw(const fs::path& p, const std::string& header, const std::string& d
 }
 
 // Expects opening `p` to throw IoError whose message contains every string in `parts`.
-void ExpectBad(const fs::path& p, std::vector<std::string> parts) {
+void ExpectBad(const std::string& p, std::vector<std::string> parts) {
   try {
-    SafetensorsFile f(p.string());
+    SafetensorsFile f(p);
     ADD_FAILURE() << "no error for " << p;
   } catch (const IoError& e) {
     std::string msg = e.what();
-    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find(p), std::string::npos) << msg;
     for (const auto& s : parts)
       EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
   }
@@ -61,9 +61,9 @@ NamedTensors Sample() {
 TEST(Safetensors, RoundTripF32Bf16F16) {
   auto dir = TempDir("roundtrip");
   auto ts = Sample();
-  ftune::models::WriteSafetensors((dir / "x.safetensors").string(), ts);
-  EXPECT_FALSE(fs::exists(dir / "x.safetensors.tmp"));
-  SafetensorsFile f((dir / "x.safetensors").string());
+  ftune::models::WriteSafetensors(files::Join(dir, "x.safetensors"), ts);
+  EXPECT_FALSE(files::Exists(files::Join(dir, "x.safetensors.tmp")));
+  SafetensorsFile f(files::Join(dir, "x.safetensors"));
   EXPECT_EQ(f.names().size(), ts.size());
   EXPECT_EQ(f.metadata().at("format"), "pt");
   for (const auto& [name, t] : ts) {
@@ -73,7 +73,7 @@ TEST(Safetensors, RoundTripF32Bf16F16) {
     EXPECT_TRUE(torch::equal(got, t)) << name;
   }
   // The header is padded to 8 bytes so the data section is aligned.
-  std::ifstream in(dir / "x.safetensors", std::ios::binary);
+  std::ifstream in(files::Join(dir, "x.safetensors"), std::ios::binary);
   uint64_t n = 0;
   in.read(reinterpret_cast<char*>(&n), 8);
   EXPECT_EQ(n % 8, 0u);
@@ -83,8 +83,8 @@ TEST(Safetensors, Slices) {
   auto dir = TempDir("slices");
   auto w = torch::arange(6 * 10, torch::kFloat).reshape({6, 10}).to(torch::kBFloat16);
   auto w3 = torch::randn({4, 6, 3});
-  ftune::models::WriteSafetensors((dir / "s.safetensors").string(), {{"w", w}, {"w3", w3}});
-  SafetensorsFile f((dir / "s.safetensors").string());
+  ftune::models::WriteSafetensors(files::Join(dir, "s.safetensors"), {{"w", w}, {"w3", w3}});
+  SafetensorsFile f(files::Join(dir, "s.safetensors"));
   EXPECT_TRUE(torch::equal(f.GetSlice("w", 0, 2, 5), w.slice(0, 2, 5)));
   EXPECT_TRUE(torch::equal(f.GetSlice("w", 1, 3, 9), w.slice(1, 3, 9)));
   EXPECT_TRUE(torch::equal(f.GetSlice("w", 1, 0, 10), w));
@@ -102,22 +102,22 @@ TEST(Safetensors, ShardingAndIndex) {
   for (int i = 0; i < 5; ++i)
     ts.push_back({fmt::format("layer.{}.w", i), torch::full({10, 10}, float(i))});  // 400 B
   ts.push_back({"big", torch::ones({30, 10})});  // 1200 B > limit: a shard of its own
-  auto files = ftune::models::WriteSafetensorsSharded(dir.string(), ts, 1000);
+  auto written = ftune::models::WriteSafetensorsSharded(dir, ts, 1000);
   // 400+400 | 400+400 | 400 | 1200  -> 4 shards
-  ASSERT_EQ(files.size(), 5u);
-  EXPECT_EQ(files[0], "model-00001-of-00004.safetensors");
-  EXPECT_EQ(files[4], "model.safetensors.index.json");
-  for (const auto& e : fs::directory_iterator(dir)) {
-    EXPECT_EQ(e.path().extension() == ".tmp", false) << e.path();
+  ASSERT_EQ(written.size(), 5u);
+  EXPECT_EQ(written[0], "model-00001-of-00004.safetensors");
+  EXPECT_EQ(written[4], "model.safetensors.index.json");
+  for (const auto& name : files::ListDir(dir)) {
+    EXPECT_FALSE(name.size() >= 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) << name;
   }
-  std::ifstream in(dir / "model.safetensors.index.json");
+  std::ifstream in(files::Join(dir, "model.safetensors.index.json"));
   auto index = nlohmann::json::parse(in);
   EXPECT_EQ(index["metadata"]["total_size"].get<int64_t>(), 5 * 400 + 1200);
   EXPECT_EQ(index["weight_map"]["big"], "model-00004-of-00004.safetensors");
   EXPECT_EQ(index["weight_map"]["layer.0.w"], "model-00001-of-00004.safetensors");
   EXPECT_EQ(index["weight_map"]["layer.2.w"], "model-00002-of-00004.safetensors");
 
-  auto ck = SafetensorsCheckpoint::Open(dir.string());
+  auto ck = SafetensorsCheckpoint::Open(dir);
   EXPECT_EQ(ck.names().size(), ts.size());
   for (const auto& [name, t] : ts) EXPECT_TRUE(torch::equal(ck.Get(name), t)) << name;
   EXPECT_TRUE(torch::equal(ck.GetSlice("big", 0, 10, 20), ts.back().second.slice(0, 10, 20)));
@@ -125,106 +125,107 @@ TEST(Safetensors, ShardingAndIndex) {
 
   // Everything fits: one model.safetensors, no index.
   auto dir1 = TempDir("single");
-  auto one = ftune::models::WriteSafetensorsSharded(dir1.string(), ts, 1 << 20);
+  auto one = ftune::models::WriteSafetensorsSharded(dir1, ts, 1 << 20);
   ASSERT_EQ(one.size(), 1u);
   EXPECT_EQ(one[0], "model.safetensors");
-  EXPECT_FALSE(fs::exists(dir1 / "model.safetensors.index.json"));
-  auto ck1 = SafetensorsCheckpoint::Open(dir1.string());
+  EXPECT_FALSE(files::Exists(files::Join(dir1, "model.safetensors.index.json")));
+  auto ck1 = SafetensorsCheckpoint::Open(dir1);
   EXPECT_TRUE(torch::equal(ck1.Get("layer.3.w"), ts[3].second));
 }
 
 TEST(Safetensors, IndexNamingAMissingTensor) {
   auto dir = TempDir("badindex");
-  ftune::models::WriteSafetensors((dir / "model-00001-of-00001.safetensors").string(),
+  ftune::models::WriteSafetensors(files::Join(dir, "model-00001-of-00001.safetensors"),
                                   {{"a", torch::ones({2})}});
-  std::ofstream(dir / "model.safetensors.index.json")
+  std::ofstream(files::Join(dir, "model.safetensors.index.json"))
       << R"({"metadata":{},"weight_map":{"a":"model-00001-of-00001.safetensors","zz":"model-00001-of-00001.safetensors"}})";
   try {
-    SafetensorsCheckpoint::Open(dir.string());
+    SafetensorsCheckpoint::Open(dir);
     ADD_FAILURE() << "no error";
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("'zz'"), std::string::npos) << e.what();
   }
   auto empty = TempDir("empty");
-  EXPECT_THROW(SafetensorsCheckpoint::Open(empty.string()), ftune::ModelError);
+  EXPECT_THROW(SafetensorsCheckpoint::Open(empty), ftune::ModelError);
 }
 
 TEST(Safetensors, TruncatedFile) {
   auto dir = TempDir("truncated");
-  std::ofstream(dir / "t.safetensors", std::ios::binary) << "abc";
-  ExpectBad(dir / "t.safetensors", {"3 bytes", "truncated"});
+  std::ofstream(files::Join(dir, "t.safetensors"), std::ios::binary) << "abc";
+  ExpectBad(files::Join(dir, "t.safetensors"), {"3 bytes", "truncated"});
   // A valid file cut short inside its data: the header's offsets now exceed the data section.
-  ftune::models::WriteSafetensors((dir / "cut.safetensors").string(), {{"w", torch::ones({100})}});
-  fs::resize_file(dir / "cut.safetensors", fs::file_size(dir / "cut.safetensors") - 10);
-  ExpectBad(dir / "cut.safetensors", {"'w'", "outside the data section"});
+  const std::string cut = files::Join(dir, "cut.safetensors");
+  ftune::models::WriteSafetensors(cut, {{"w", torch::ones({100})}});
+  files::ResizeFile(cut, files::FileSize(cut) - 10);
+  ExpectBad(cut, {"'w'", "outside the data section"});
 }
 
 TEST(Safetensors, HeaderLengthLargerThanFile) {
   auto dir = TempDir("hdrlen");
-  WriteRaw(dir / "h.safetensors", "{}", "", 1000);
-  ExpectBad(dir / "h.safetensors", {"header length 1000"});
-  WriteRaw(dir / "huge.safetensors", "{}", "", int64_t(1) << 40);
-  ExpectBad(dir / "huge.safetensors", {"header length"});
+  WriteRaw(files::Join(dir, "h.safetensors"), "{}", "", 1000);
+  ExpectBad(files::Join(dir, "h.safetensors"), {"header length 1000"});
+  WriteRaw(files::Join(dir, "huge.safetensors"), "{}", "", int64_t(1) << 40);
+  ExpectBad(files::Join(dir, "huge.safetensors"), {"header length"});
 }
 
 TEST(Safetensors, NotJsonOrNotObject) {
   auto dir = TempDir("json");
-  WriteRaw(dir / "j.safetensors", "{not json", "");
-  ExpectBad(dir / "j.safetensors", {"not valid JSON"});
-  WriteRaw(dir / "a.safetensors", "[1,2]", "");
-  ExpectBad(dir / "a.safetensors", {"not a JSON object"});
+  WriteRaw(files::Join(dir, "j.safetensors"), "{not json", "");
+  ExpectBad(files::Join(dir, "j.safetensors"), {"not valid JSON"});
+  WriteRaw(files::Join(dir, "a.safetensors"), "[1,2]", "");
+  ExpectBad(files::Join(dir, "a.safetensors"), {"not a JSON object"});
 }
 
 TEST(Safetensors, UnknownDtype) {
   auto dir = TempDir("dtype");
-  WriteRaw(dir / "d.safetensors", R"({"w":{"dtype":"F8_E9M9","shape":[2],"data_offsets":[0,2]}})",
-           "xx");
-  ExpectBad(dir / "d.safetensors", {"'w'", "F8_E9M9"});
+  WriteRaw(files::Join(dir, "d.safetensors"),
+           R"({"w":{"dtype":"F8_E9M9","shape":[2],"data_offsets":[0,2]}})", "xx");
+  ExpectBad(files::Join(dir, "d.safetensors"), {"'w'", "F8_E9M9"});
 }
 
 TEST(Safetensors, OffsetsOutOfRange) {
   auto dir = TempDir("offsets");
-  WriteRaw(dir / "o.safetensors", R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-           std::string(8, '\0'));
-  ExpectBad(dir / "o.safetensors", {"'w'", "outside the data section"});
-  WriteRaw(dir / "r.safetensors", R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})",
-           std::string(8, '\0'));
-  ExpectBad(dir / "r.safetensors", {"'w'", "reversed"});
-  WriteRaw(dir / "n.safetensors", R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})",
-           std::string(8, '\0'));
-  ExpectBad(dir / "n.safetensors", {"'w'", "data_offsets"});
+  WriteRaw(files::Join(dir, "o.safetensors"),
+           R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(8, '\0'));
+  ExpectBad(files::Join(dir, "o.safetensors"), {"'w'", "outside the data section"});
+  WriteRaw(files::Join(dir, "r.safetensors"),
+           R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", std::string(8, '\0'));
+  ExpectBad(files::Join(dir, "r.safetensors"), {"'w'", "reversed"});
+  WriteRaw(files::Join(dir, "n.safetensors"),
+           R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", std::string(8, '\0'));
+  ExpectBad(files::Join(dir, "n.safetensors"), {"'w'", "data_offsets"});
 }
 
 TEST(Safetensors, Overlapping) {
   auto dir = TempDir("overlap");
-  WriteRaw(dir / "o.safetensors",
+  WriteRaw(files::Join(dir, "o.safetensors"),
            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
            std::string(12, '\0'));
-  ExpectBad(dir / "o.safetensors", {"'a'", "'b'", "overlap"});
+  ExpectBad(files::Join(dir, "o.safetensors"), {"'a'", "'b'", "overlap"});
 }
 
 TEST(Safetensors, ShapeBytesMismatch) {
   auto dir = TempDir("mismatch");
-  WriteRaw(dir / "m.safetensors", R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,8]}})",
-           std::string(8, '\0'));
-  ExpectBad(dir / "m.safetensors", {"'w'", "[2, 3]", "12 bytes", "hold 8"});
-  WriteRaw(dir / "neg.safetensors", R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})",
-           "");
-  ExpectBad(dir / "neg.safetensors", {"'w'", "negative"});
-  WriteRaw(dir / "miss.safetensors", R"({"w":{"dtype":"F32","shape":[1]}})", "");
-  ExpectBad(dir / "miss.safetensors", {"'w'", "data_offsets"});
+  WriteRaw(files::Join(dir, "m.safetensors"),
+           R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,8]}})", std::string(8, '\0'));
+  ExpectBad(files::Join(dir, "m.safetensors"), {"'w'", "[2, 3]", "12 bytes", "hold 8"});
+  WriteRaw(files::Join(dir, "neg.safetensors"),
+           R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", "");
+  ExpectBad(files::Join(dir, "neg.safetensors"), {"'w'", "negative"});
+  WriteRaw(files::Join(dir, "miss.safetensors"), R"({"w":{"dtype":"F32","shape":[1]}})", "");
+  ExpectBad(files::Join(dir, "miss.safetensors"), {"'w'", "data_offsets"});
 }
 
 TEST(Safetensors, MetadataAllowed) {
   auto dir = TempDir("meta");
   WriteRaw(
-      dir / "m.safetensors",
+      files::Join(dir, "m.safetensors"),
       R"({"__metadata__":{"format":"pt","x":"y"},"w":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})",
       std::string(2, '\0'));
-  SafetensorsFile f((dir / "m.safetensors").string());
+  SafetensorsFile f(files::Join(dir, "m.safetensors"));
   EXPECT_EQ(f.metadata().at("x"), "y");
   EXPECT_EQ(f.names(), std::vector<std::string>{"w"});
-  WriteRaw(dir / "bad.safetensors", R"({"__metadata__":{"x":1}})", "");
-  ExpectBad(dir / "bad.safetensors", {"__metadata__"});
+  WriteRaw(files::Join(dir, "bad.safetensors"), R"({"__metadata__":{"x":1}})", "");
+  ExpectBad(files::Join(dir, "bad.safetensors"), {"__metadata__"});
 }

@@ -2,22 +2,21 @@
 // rewrites, truncated and corrupt files.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "data/shards.h"
 #include "parallel/error.h"
+#include "parallel/files.h"
 
 namespace ftune::data {
 namespace {
-namespace fs = std::filesystem;
 
 std::string Scratch(const std::string& name) {
-  auto dir = fs::path(FTUNE_BINARY_DIR) / "tests" / "scratch" / ("shards_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  auto dir = files::Join(FTUNE_BINARY_DIR, "tests/scratch/shards_" + name);
+  files::RemoveAll(dir);
+  files::CreateDirectories(dir);
+  return dir;
 }
 
 std::string ReadBytes(const std::string& path) {
@@ -60,7 +59,7 @@ TEST(Shards, RoundTripAndHyperslabs) {
     meta.compression = compression;
     const std::string path = dir + "/" + ShardFileName("train", compression);
     WriteShard(path, meta, "train", 0, tok, mask, off);
-    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    EXPECT_FALSE(files::Exists(path + ".tmp"));
     ShardReader r(path);
     EXPECT_EQ(r.num_tokens(), 100005);
     EXPECT_EQ(r.doc_offsets(), off);
