@@ -27,6 +27,8 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 JOBS=${JOBS:-$(getconf _NPROCESSORS_ONLN)}  # not nproc: it follows OMP_NUM_THREADS
 ARCH=x86_64-linux-gnu
 LIB=$DEPS/usr/lib/$ARCH
+# Where the bundle's shared libraries are (Debian 12 still puts some, zlib and libnl, in /lib).
+BUNDLE_LD=$LIB:$LIB/openmpi/lib:$LIB/hdf5/openmpi:$DEPS/lib/$ARCH
 say() { echo "gpu_build.sh: $*"; }
 die() { echo "gpu_build.sh: $*" >&2; exit 1; }
 [[ $# -le 1 && ${1:-} != -* ]] || die "usage: cluster/gpu_build.sh [BUNDLE.tar]  (see the header of this script)"
@@ -82,26 +84,39 @@ relocate() {
   for f in "$LIB"/pkgconfig/*.pc "$DEPS"/usr/share/pkgconfig/*.pc; do
     [[ -f $f ]] && sed -i -E "s#^([A-Za-z_]+)=/usr(/|\$)#\\1=$DEPS/usr\\2#" "$f"
   done
+  # PMIx's configuration names its plugin directory.
+  sed -i "s#= /usr/#= $DEPS/usr/#" "$LIB/pmix2/share/pmix-mca-params.conf"
+  # A link Debian's alternatives system makes: PSM's library, for Open MPI's ofi and psm plugins.
+  f=$(find "$DEPS/usr/lib/libpsm1" -name 'libpsm_infinipath.so.1.*' -print -quit 2> /dev/null || true)
+  [[ -n $f ]] && ln -sfn "$f" "$LIB/libpsm_infinipath.so.1"
   return 0
 }
 
-# What running the bundle's Open MPI and ftune needs. Open MPI finds its plugins, help files
-# and wrapper data below OPAL_PREFIX; Debian puts its configuration in /etc/openmpi, outside
-# the prefix, hence OPAL_SYSCONFDIR. LD_LIBRARY_PATH: the bundle's libraries depend on each
-# other (libhdf5 -> libsz, libmpi -> libhwloc), which the executables' RUNPATH does not cover.
+# What running the bundle's Open MPI and ftune needs (env.sh; this script uses the same).
+# Open MPI finds its plugins, help files and wrapper data below OPAL_PREFIX; Debian puts its
+# configuration in /etc/openmpi, outside the prefix, hence OPAL_SYSCONFDIR. PMIx has no prefix
+# variable that moves its plugin directory, only one per directory: without them it loads the
+# plugins of a system PMIx of another version from /usr (undefined symbols). LD_LIBRARY_PATH:
+# the bundle's libraries depend on each other (libhdf5 -> libsz, libmpi -> libhwloc), which the
+# executables' RUNPATH does not cover. Without ssh, Open MPI 4.1 refuses to start even on one
+# node: name an agent that exists; local ranks never call it (under Slurm, srun starts them).
+runtime_env() {  # LD_LIBRARY_PATH entries
+  echo "export OPAL_PREFIX=$DEPS/usr OPAL_SYSCONFDIR=$DEPS/etc/openmpi"
+  echo "export PMIX_PKGLIBDIR=$LIB/pmix2/lib/pmix PMIX_PKGDATADIR=$LIB/pmix2/share/pmix PMIX_SYSCONFDIR=$LIB/pmix2/share"
+  echo "export LD_LIBRARY_PATH=$1\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+  echo "command -v ssh > /dev/null || command -v rsh > /dev/null || export OMPI_MCA_plm_rsh_agent=false"
+}
 write_env() {
-  local torch_lib=$1 nccl_lib=$2 ld="$LIB:$LIB/openmpi/lib:$LIB/hdf5/openmpi"
+  local torch_lib=$1 nccl_lib=$2 ld=$BUNDLE_LD
   [[ -d $torch_lib ]] && ld="$ld:$torch_lib"
   [[ -d $nccl_lib ]] && ld="$ld:$nccl_lib"
-  cat > "$BUILD_DIR/env.sh" << EOF
-# Written by cluster/gpu_build.sh: source it to run ftune and the bundle's mpirun.
-export FTUNE_DEPS=$DEPS
-export OPAL_PREFIX=$DEPS/usr OPAL_SYSCONFDIR=$DEPS/etc/openmpi
-export PATH=$BUILD_DIR:$DEPS/usr/bin:\$PATH
-export LD_LIBRARY_PATH=$ld\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
-export FTUNE=$BUILD_DIR/ftune
-if [ "\$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-EOF
+  {
+    echo "# Written by cluster/gpu_build.sh: source it to run ftune and the bundle's mpirun."
+    echo "export FTUNE_DEPS=$DEPS FTUNE=$BUILD_DIR/ftune"
+    echo "export PATH=$BUILD_DIR:$DEPS/usr/bin:\$PATH"
+    runtime_env "$ld"
+    echo 'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi'
+  } > "$BUILD_DIR/env.sh"
 }
 
 # --- the dependency bundle ----------------------------------------------------------------
@@ -115,9 +130,8 @@ if [[ $# == 1 ]]; then
 fi
 [[ -f $DEPS/MANIFEST.tsv ]] ||
   die "no dependency bundle in $DEPS: run cluster/gpu_build.sh BUNDLE.tar (made by cluster/gpu_bundle.sh), or set FTUNE_DEPS"
-export OPAL_PREFIX=$DEPS/usr OPAL_SYSCONFDIR=$DEPS/etc/openmpi
 export PATH=$DEPS/usr/bin:$PATH
-export LD_LIBRARY_PATH=$LIB:$LIB/openmpi/lib:$LIB/hdf5/openmpi${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+eval "$(runtime_env "$BUNDLE_LD")"
 
 # Every library the build and the run load from the bundle must resolve: a node image may lack
 # a shared library that the bundle does not carry either (gpu_bundle.sh's NODE_HAS).
@@ -130,6 +144,11 @@ done | sort -u)
 [[ -z $missing ]] || die "libraries missing on this node:
 $missing
 install them here, or add their Debian packages to NEEDED in cluster/gpu_bundle.sh and remake the bundle"
+# The bundle's Open MPI, relocated, starts ranks on this node (as root too).
+out=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 60 \
+  mpirun --oversubscribe -np 2 true 2>&1) || die "the bundle's mpirun cannot start 2 ranks here:
+$out"
+[[ -z $out ]] || { echo "$out"; say "(the bundle's mpirun started 2 ranks, with the messages above)"; }
 
 # --- libtorch -------------------------------------------------------------------------------
 torch_dir="" torch_lib="" torch_cuda=""
