@@ -178,12 +178,17 @@ gen=()
 command -v ninja > /dev/null && [[ ! -f $BUILD_DIR/Makefile ]] && gen=(-G Ninja)
 launcher=()
 command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+# The compiler searches /usr/include/<arch> for Debian's architecture-specific headers (OpenSSL's
+# opensslconf.h, curl's, hwloc's); the bundle's own are in $DEPS/usr/include/<arch>, searched
+# the same way: after every -I/-isystem directory, as the compiler's own.
+arch_inc=$DEPS/usr/include/$ARCH
 mkdir -p "$BUILD_DIR"
 start=$SECONDS
 cmake -S "$SRC" -B "$BUILD_DIR" "${gen[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release \
   ${torch_dir:+-DTorch_DIR="$torch_dir"} -DCMAKE_PREFIX_PATH="$DEPS/usr" \
   -DMPI_C_COMPILER="$DEPS/usr/bin/mpicc.openmpi" -DMPIEXEC_EXECUTABLE="$DEPS/usr/bin/mpiexec.openmpi" \
   -DHDF5_C_COMPILER_EXECUTABLE="$DEPS/usr/bin/h5pcc.openmpi" \
+  -DCMAKE_C_STANDARD_INCLUDE_DIRECTORIES="$arch_inc" -DCMAKE_CXX_STANDARD_INCLUDE_DIRECTORIES="$arch_inc" \
   -DPKG_CONFIG_EXECUTABLE="$DEPS/usr/bin/pkgconf" -DFTUNE_PYTHON3="$(command -v "$PYTHON" || true)" \
   ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"} ${CUDA_HOME:+-DCUDAToolkit_ROOT="$CUDA_HOME"} \
   > "$BUILD_DIR/configure.log" 2>&1 || { cat "$BUILD_DIR/configure.log"; die "configure failed (log above, also in $BUILD_DIR/configure.log)"; }
