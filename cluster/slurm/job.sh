@@ -43,9 +43,14 @@ if [[ $(id -u) == 0 ]]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_R
 
 # mpirun reads the allocation (nodes, SLURM_NTASKS) itself and starts its daemons with srun;
 # srun starts one task per rank, and PMIx gives ftune its rank, size and node-local peers.
+# The site's NCCL settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) are named to mpirun (-x), so
+# that every rank has them also where its daemons do not inherit this environment; srun passes
+# the whole environment to every task.
+nccl_vars=()
+for v in $(compgen -e | grep -E '^(TORCH_)?NCCL_' || true); do nccl_vars+=(-x "$v"); done
 # shellcheck disable=SC2206
 case $LAUNCHER in
-  mpirun) LAUNCH=(mpirun --bind-to none ${FTUNE_MPIRUN_ARGS:-}) ;;
+  mpirun) LAUNCH=(mpirun --bind-to none "${nccl_vars[@]}" ${FTUNE_MPIRUN_ARGS:-}) ;;
   srun) LAUNCH=(srun --mpi=pmix --kill-on-bad-exit=1 ${FTUNE_SRUN_ARGS:-}) ;;
   *) echo "job.sh: FTUNE_LAUNCHER must be mpirun or srun, not '$LAUNCHER'" >&2; exit 2 ;;
 esac
@@ -68,6 +73,7 @@ forward() {
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
+echo "job.sh: ${LAUNCH[*]} $FTUNE train --config $CONFIG --set run.threads=$THREADS $*"
 "${LAUNCH[@]}" "$FTUNE" train --config "$CONFIG" --set run.threads="$THREADS" "$@" &
 child=$!
 while true; do
