@@ -441,7 +441,13 @@ LossSum CausalLmLoss(LlamaModel& model, const torch::Tensor& tokens, const torch
   }
   FT_CHECK(chunk_tokens > 0, "chunk_tokens must be positive, got {}", chunk_tokens);
   auto hidden = model.ForwardHidden(tokens, opt);  // (B, T, C)
+  // The masked rows' indices. nonzero must know its result's size: on a device mask that waits
+  // for the device, on a host mask (what training passes: the loader's) it costs the device
+  // nothing, and the indices follow from pinned memory without blocking.
   auto rows = loss_mask.reshape({-1}).ne(0).nonzero().squeeze(1);
+  if (rows.device() != hidden.device()) {
+    rows = (hidden.is_cuda() ? rows.pin_memory() : rows).to(hidden.device(), /*non_blocking=*/true);
+  }
   auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, rows);   // (N, C)
   auto t = targets.reshape({-1}).to(torch::kLong).index_select(0, rows);  // (N)
   LossSum out;

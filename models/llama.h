@@ -207,7 +207,8 @@ struct LossSum {
 };
 
 // Causal-LM loss of one micro-batch: tokens, targets (B, T) int64 (targets already shifted by the
-// caller), loss_mask (B, T) (nonzero = target). Returns the SUM of the fp32 cross-entropies over
+// caller), loss_mask (B, T) (nonzero = target; on the host or the model's device: a host mask
+// spares a device synchronisation). Returns the SUM of the fp32 cross-entropies over
 // masked positions and their count; the trainer divides by the global count across ranks.
 //
 // Only masked rows reach the lm_head. When more than `chunk_tokens` rows remain, they are

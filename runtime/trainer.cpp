@@ -27,8 +27,8 @@ std::vector<double> ReadToHost(const torch::Tensor& t) {
   return std::vector<double>(p, p + host.numel());
 }
 
-// A micro-batch on `device`: copied from pinned host memory without blocking the host (the copy
-// is ordered before the compute on the same stream).
+// A micro-batch's inputs on `device`: copied from pinned host memory without blocking the host
+// (the copy is ordered before the compute on the same stream).
 data::Batch ToDevice(const data::Batch& b, const torch::Device& device) {
   if (device.is_cpu()) return b;
   auto move = [&](const torch::Tensor& t) {
@@ -38,7 +38,7 @@ data::Batch ToDevice(const data::Batch& b, const torch::Device& device) {
   data::Batch d = b;
   d.tokens = move(b.tokens);
   d.targets = move(b.targets);
-  d.loss_mask = move(b.loss_mask);
+  // loss_mask stays on the host: CausalLmLoss selects the target rows there without a sync.
   d.positions = move(b.positions);
   d.segment_ids = move(b.segment_ids);
   return d;
