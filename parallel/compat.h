@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include <string>
+#include <vector>
 
 #ifdef FTUNE_WITH_NCCL  // defined exactly when libtorch has CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -140,5 +141,52 @@ inline torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(att, vv);
 #endif
 }
+
+// Counts the device synchronisations libtorch reports while alive (CUDA's sync debug mode, set
+// to warn, with a warning handler that records instead of printing): how a test sees what a
+// training step waits for. Warnings raised in autograd's device threads reach it at the end of
+// backward. kAvailable is false (and count() 0) where libtorch has no CUDA or is older than 2.0.
+#if defined(FTUNE_HAS_C10_CUDA) && TORCH_VERSION_MAJOR >= 2
+class SyncCounter : public c10::WarningHandler {
+ public:
+  static constexpr bool kAvailable = true;
+  SyncCounter()
+      : previous_(c10::WarningUtils::get_warning_handler()),
+        mode_(c10::cuda::warning_state().get_sync_debug_mode()) {
+    c10::WarningUtils::set_warning_handler(this);
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+  }
+  ~SyncCounter() override {
+    c10::cuda::warning_state().set_sync_debug_mode(mode_);
+    c10::WarningUtils::set_warning_handler(previous_);
+  }
+  SyncCounter(const SyncCounter&) = delete;
+  SyncCounter& operator=(const SyncCounter&) = delete;
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchroniz") != std::string::npos) {
+      messages_.push_back(w.msg());
+    } else {
+      previous_->process(w);
+    }
+  }
+  int64_t count() const { return static_cast<int64_t>(messages_.size()); }
+  const std::vector<std::string>& messages() const { return messages_; }
+
+ private:
+  c10::WarningHandler* previous_;
+  c10::cuda::SyncDebugMode mode_;
+  std::vector<std::string> messages_;
+};
+#else
+class SyncCounter {
+ public:
+  static constexpr bool kAvailable = false;
+  int64_t count() const { return 0; }
+  const std::vector<std::string>& messages() const { return messages_; }
+
+ private:
+  std::vector<std::string> messages_;
+};
+#endif
 
 }  // namespace ftune::compat

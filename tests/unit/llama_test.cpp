@@ -161,18 +161,19 @@ json LegacyTwin(json j) {
 
 TEST(LlamaConfig, TransformersFiveAndLegacyFormatsGiveIdenticalLogits) {
   for (const char* name : {"hf_tiny_untied", "hf_tiny_tied"}) {
-    const fs::path src = fs::path(FTUNE_SOURCE_DIR) / "tests" / "fixtures" / name;
-    std::ifstream in(src / "config.json");
+    const std::string src = files::Join(FTUNE_SOURCE_DIR, std::string("tests/fixtures/") + name);
+    std::ifstream in(files::Join(src, "config.json"));
     const json v5 = json::parse(in);
     ASSERT_TRUE(v5.contains("rope_parameters")) << name << " is not a transformers-5 config";
     ASSERT_FALSE(v5.contains("rope_scaling") || v5.contains("rope_theta")) << name;
-    const fs::path dir = TempDir(std::string("legacy_") + name);
-    fs::create_directories(dir);
-    fs::copy_file(src / "model.safetensors", dir / "model.safetensors");
-    std::ofstream(dir / "config.json") << LegacyTwin(v5).dump(2);
+    const std::string dir = TempDir(std::string("legacy_") + name);
+    files::CreateDirectories(dir);
+    files::CopyFile(files::Join(src, "model.safetensors"), files::Join(dir, "model.safetensors"),
+                    /*overwrite=*/true);
+    std::ofstream(files::Join(dir, "config.json")) << LegacyTwin(v5).dump(2);
 
-    auto a = ftune::models::LoadHf(src.string());
-    auto b = ftune::models::LoadHf(dir.string());
+    auto a = ftune::models::LoadHf(src);
+    auto b = ftune::models::LoadHf(dir);
     EXPECT_EQ(a.config.rope_scaling.rope_type, "llama3") << name;
     EXPECT_EQ(a.config.ToJson(), b.config.ToJson()) << name;
     EXPECT_TRUE(a.config.notes.warn.empty()) << name << ": " << a.config.notes.warn.front();
