@@ -84,7 +84,7 @@ fi
 t=$SECONDS
 env_np=$((GPUS > 1 ? GPUS : 1))
 if timeout 120 $MPIRUN -np "$env_np" "$FTUNE" env > "$OUT/env.log" 2>&1; then
-  libs=$(sed -n 's/^ *libtorch/libtorch/p' "$OUT/env.log" | head -n 1)
+  libs=$(sed -n 's/^ *libtorch/libtorch/p' "$OUT/env.log" | head -n 1 | sed 's/ | /, /g')
   dev=$(sed -n 's/.*rank 0\/[0-9]* .*| device \([^ |]*\).*/\1/p' "$OUT/env.log")
   row env "$libs; rank 0 on $dev" $((SECONDS - t)) PASS
 else
@@ -149,7 +149,7 @@ train_check() {
   # Reference, with the GPU memory ftune holds sampled meanwhile.
   local t0=$SECONDS
   (train ref ref.log) &
-  local pid=$! mem=0
+  local pid=$! mem=""
   while kill -0 "$pid" 2> /dev/null; do
     if [[ $DEVICE == cuda ]]; then
       nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits 2> /dev/null |
@@ -184,8 +184,7 @@ train_check() {
   local cmp
   cmp=$(compare_losses ref.losses cut.losses 1 "$tol") || { echo "$cmp"; fail "resumed losses differ: $cmp"; }
   local how="equal (run.deterministic)"
-  ((exact)) || how="within $tol (no run.deterministic): ${cmp#*(}"
-  how=${how%)}
+  ((exact)) || how="within $tol without run.deterministic: $cmp"
   echo "$RANKS rank(s) on $DEVICE, $STEPS steps in ${ref_s} s, killed after checkpoint step $at," \
     "resumed; losses $how${mem:+; GPU memory up to $mem MiB}" > result.txt
 }
