@@ -67,9 +67,9 @@ wide=$(config wide8b 4096 14336 "$WIDE_LAYERS" 32 8 false)
 
 rows=()
 tps=0
-ftune_row() {  # label config: appends a row, sets tps (tokens/s; 0 on failure)
-  local out=$LOG/bench_$1.log
-  if "$FTUNE" bench train --config "$2" --warmup "$WARMUP" --steps "$STEPS" > "$out" 2>&1; then
+ftune_row() {  # label config [--set k=v ...]: appends a row, sets tps (tokens/s; 0 on failure)
+  local out=$LOG/bench_${1//[^A-Za-z0-9]/_}.log
+  if "$FTUNE" bench train --config "$2" "${@:3}" --warmup "$WARMUP" --steps "$STEPS" > "$out" 2>&1; then
     local j; j=$(tail -1 "$out")
     # ftune plan's total for this very layout: the row "1 1 0 off" (dp tp zero ckpt).
     local plan; plan=$("$FTUNE" plan --config "$2" --nodes 1 --gpus-per-node 1 2>/dev/null |
@@ -87,6 +87,8 @@ ftune_row() {  # label config: appends a row, sets tps (tokens/s; 0 on failure)
 }
 ftune_row "ftune 1B bf16 (fp32 masters)" "$small"
 t_small=$tps
+# What the fused AdamW kernel buys (libtorch >= 2.4): the same step with the plain ops.
+ftune_row "ftune 1B, AdamW as plain ops" "$small" --set optim.fused=false
 ftune_row "ftune 8B-width x$WIDE_LAYERS layers" "$wide"
 
 hf_amp=0

@@ -106,6 +106,16 @@ inline torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& mask,
                                bool causal) {
   const int64_t h = q.size(1), hkv = k.size(1);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  // SDPA's own grouped-query attention (libtorch >= 2.5): the flash kernel reads each K/V head
+  // for its group of query heads, so the repeated K/V are never materialised. Only on the
+  // maskless path, where flash runs; with a mask the memory-efficient kernel, which lacks GQA,
+  // would give way to the math fallback.
+  if (h != hkv && !mask.defined() && (!causal || q.size(2) == k.size(2))) {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal, std::nullopt,
+                                            /*enable_gqa=*/true);
+  }
+#endif
   torch::Tensor kk = k, vv = v;
   if (h != hkv) {
     // (B, Hkv, S, D) -> (B, H, S, D) as an expand+reshape (one copy, no repeat_interleave loop).
@@ -141,6 +151,27 @@ inline torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(att, vv);
 #endif
 }
+
+// AdamW's update of one flat fp32 slice as one fused kernel (libtorch >= 2.4, CUDA and CPU):
+// param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps) after the moments'
+// update, the plain ops' arithmetic in one pass instead of eight. Weight decay is the caller's
+// (only some elements decay). `step` is a 0-dim fp32 tensor on the slice's device holding t,
+// read there (no host synchronisation). Returns false where libtorch has no such kernel.
+inline bool FusedAdamW(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                       const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr,
+                       double beta1, double beta2, double eps) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::_fused_adamw_({param}, {grad}, {exp_avg}, {exp_avg_sq}, {}, {step}, lr, beta1, beta2,
+                    /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
+  return true;
+#else
+  (void)param, (void)grad, (void)exp_avg, (void)exp_avg_sq, (void)step;
+  (void)lr, (void)beta1, (void)beta2, (void)eps;
+  return false;
+#endif
+}
+inline constexpr bool kFusedAdamW =
+    TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4);
 
 // Counts the device synchronisations libtorch reports while alive (CUDA's sync debug mode, set
 // to warn, with a warning handler that records instead of printing): how a test sees what a

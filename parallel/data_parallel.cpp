@@ -295,6 +295,12 @@ void DataParallel::Step(const AdamWStep& s) {
   at::NoGradGuard ng;
   const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
   const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  // The step for the fused kernel, on the device: filled without waiting for it.
+  at::Tensor step_t;
+  if (s.fused && compat::kFusedAdamW) {
+    step_t = at::scalar_tensor(static_cast<double>(s.step),
+                               at::TensorOptions(at::kFloat).device(opt_.device));
+  }
   for (auto& bp : buckets_) {
     Bucket& b = *bp;
     const int64_t own = b.hi - b.lo;
@@ -310,10 +316,13 @@ void DataParallel::Step(const AdamWStep& s) {
         if (p1 > p0) b.master.narrow(0, p0 - b.lo, p1 - p0).mul_(1.0 - s.lr * s.weight_decay);
       }
     }
-    b.exp_avg.mul_(s.beta1).add_(g, 1.0 - s.beta1);
-    b.exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
-    auto denom = (b.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(s.eps);
-    b.master.addcdiv_(b.exp_avg, denom, -s.lr / bc1);
+    if (!s.fused || !compat::FusedAdamW(b.master, g, b.exp_avg, b.exp_avg_sq, step_t, s.lr,
+                                        s.beta1, s.beta2, s.eps)) {
+      b.exp_avg.mul_(s.beta1).add_(g, 1.0 - s.beta1);
+      b.exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
+      auto denom = (b.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(s.eps);
+      b.master.addcdiv_(b.exp_avg, denom, -s.lr / bc1);
+    }
     PublishParams(b);
     if (opt_.zero >= 2) b.grad_shard.zero_();
     if (b.grad.defined()) b.grad.zero_();

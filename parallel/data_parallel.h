@@ -72,6 +72,9 @@ struct AdamWStep {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
   double grad_scale = 1.0;  // gradients are multiplied by this first (clipping)
   int64_t step = 1;         // 1-based, for bias correction
+  // One fused kernel per bucket where libtorch has one (compat::FusedAdamW), else the plain ops
+  // (the same arithmetic, rounded alike to within an ulp or two).
+  bool fused = true;
 };
 
 class DataParallel {

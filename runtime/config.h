@@ -76,6 +76,7 @@ struct OptimConfig {
   std::string schedule = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;    // linear warmup from 0
   double min_lr_ratio = 0.1;   // floor of the decay, as a fraction of lr
+  bool fused = true;           // one fused AdamW kernel per bucket where libtorch has it (>= 2.4)
 
   template <class V>
   void VisitFields(V& v) {
@@ -87,6 +88,7 @@ struct OptimConfig {
     v("schedule", schedule, "cosine | linear | constant");
     v("warmup_steps", warmup_steps, "linear warmup steps");
     v("min_lr_ratio", min_lr_ratio, "final lr as a fraction of lr");
+    v("fused", fused, "fused AdamW kernel where libtorch has one (>= 2.4); false: plain ops");
   }
   void Validate() const {
     CheckRange("lr", lr, 0.0, 10.0);

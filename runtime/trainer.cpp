@@ -120,7 +120,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
     const double clip = cfg_.train.clip;
     const double scale = clip > 0 ? std::min(1.0, clip / (s.grad_norm + 1e-6)) : 1.0;
     dp.Step({s.lr, cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps, cfg_.optim.weight_decay,
-             scale, s.step - bad_total_});
+             scale, s.step - bad_total_, cfg_.optim.fused});
     bad_steps_ = 0;
     last_finite_loss_ = s.loss;
   } else {

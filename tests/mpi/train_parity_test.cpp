@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "models/llama.h"
+#include "parallel/compat.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/parallelize.h"
@@ -206,6 +207,16 @@ TEST_F(TrainParity, Bf16TracksFp32WithFp32MasterWeights) {
     EXPECT_GT(off.item<int64_t>(), 0) << what << ": master weights hold no more than bf16";
     if (TestWorld().rank() == 0) std::printf("%s: max relative loss difference to fp32 %.3g, %ld master elements beyond bf16\n",
                 what.c_str(), worst, static_cast<long>(off.item<int64_t>()));
+  }
+}
+
+TEST_F(TrainParity, FusedAdamWMatchesThePlainOps) {
+  // The reference ran with optim.fused (the default); the plain ops must give the same run.
+  if (!compat::kFusedAdamW) GTEST_SKIP() << "libtorch " << compat::TorchVersion() << " has no fused AdamW";
+  for (int zero : {0, 3}) {
+    auto cfg = TinyConfig(2 * TestWorld().world_size(), 1, zero);
+    cfg.optim.fused = false;
+    ExpectSameRun(Train(*self_, cfg, kSteps), *reference_, fmt::format("plain AdamW zero={}", zero));
   }
 }
 
