@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -186,6 +187,94 @@ std::string ReadAttrString(hid_t obj, const char* name, const std::string& ctx) 
   return end == std::string::npos ? buf : buf.substr(0, end);
 }
 
+// "step_00000042.h5" -> 42; -1 for any other name.
+int64_t StepOfFile(const std::string& name) {
+  static const std::regex re(R"(^step_(\d+)\.h5$)");
+  std::smatch m;
+  if (!std::regex_match(name, m, re)) return -1;
+  return std::stoll(m[1].str());
+}
+
+// The state checksum (format_version >= 2): crc32 over every attribute of /state but
+// `state_crc32` itself, in name order: its name, its type as HDF5 encodes it (byte order, size,
+// sign), its element count and its raw stored bytes; then the names of the objects in /state.
+// /state/rng has its own crc32 attribute (its data is written by every rank, see RunJob). The
+// writer computes it by reading back what it wrote, so writer and reader run the same code.
+uint32_t StateDigest(hid_t group, const std::string& ctx) {
+  struct Acc {
+    uLong crc = crc32(0, Z_NULL, 0);
+    void Add(const void* p, size_t n) { crc = crc32_z(crc, static_cast<const Bytef*>(p), n); }
+    void AddStr(const std::string& s) { Add(s.c_str(), s.size() + 1); }
+  } acc;
+  std::vector<std::string> attrs, links;
+  H5_CHECK_AS(CorruptCheckpointError,
+              H5Aiterate2(
+                  group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+                  [](hid_t, const char* name, const H5A_info_t*, void* out) -> herr_t {
+                    static_cast<std::vector<std::string>*>(out)->push_back(name);
+                    return 0;
+                  },
+                  &attrs),
+              ctx);
+  H5_CHECK_AS(CorruptCheckpointError,
+              H5Literate(
+                  group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+                  [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+                    static_cast<std::vector<std::string>*>(out)->push_back(name);
+                    return 0;
+                  },
+                  &links),
+              ctx);
+  for (const auto& name : attrs) {
+    if (name == "state_crc32") continue;
+    const std::string actx = fmt::format("{} attribute {}", ctx, name);
+    H5Id a(H5_CHECK_AS(CorruptCheckpointError, H5Aopen(group, name.c_str(), H5P_DEFAULT), actx),
+           H5Aclose);
+    H5Id type(H5_CHECK_AS(CorruptCheckpointError, H5Aget_type(a.get()), actx), H5Tclose);
+    H5Id space(H5_CHECK_AS(CorruptCheckpointError, H5Aget_space(a.get()), actx), H5Sclose);
+    size_t encoded = 0;
+    H5_CHECK_AS(CorruptCheckpointError, H5Tencode(type.get(), nullptr, &encoded), actx);
+    std::string enc(encoded, '\0');
+    H5_CHECK_AS(CorruptCheckpointError, H5Tencode(type.get(), enc.data(), &encoded), actx);
+    const int64_t n =
+        H5_CHECK_AS(CorruptCheckpointError, H5Sget_simple_extent_npoints(space.get()), actx);
+    if (H5Tis_variable_str(type.get()) > 0) {
+      FT_THROW(CorruptCheckpointError, "{} is a variable-length string", actx);
+    }
+    std::string raw(static_cast<size_t>(n) * H5Tget_size(type.get()), '\0');
+    H5_CHECK_AS(CorruptCheckpointError, H5Aread(a.get(), type.get(), raw.data()), actx);
+    acc.AddStr(name);
+    acc.AddStr(enc);
+    acc.Add(&n, sizeof n);
+    acc.Add(raw.data(), raw.size());
+  }
+  for (const auto& name : links) acc.AddStr(name);
+  return static_cast<uint32_t>(acc.crc);
+}
+
+// Checks the /state checksum of a checkpoint of `version`; `ctx` names the file. A version-1
+// file (written before state checksums) has none: accepted with a warning, unverified.
+void VerifyState(hid_t g, int64_t version, const std::string& ctx) {
+  const bool has = H5Aexists(g, "state_crc32") > 0;
+  H5Eclear2(H5E_DEFAULT);
+  if (version == 1 && !has) {
+    LogWarn(
+        "{}: written by an ftune before state checksums (format_version 1): its training "
+        "state (step, loader, RNG, config) cannot be verified; the tensors are",
+        ctx);
+    return;
+  }
+  if (!has) FT_THROW(CorruptCheckpointError, "{}: attribute 'state_crc32' is missing", ctx);
+  const uint32_t stored = ReadAttrU32(g, "state_crc32", ctx);
+  const uint32_t got = StateDigest(g, ctx);
+  if (got != stored) {
+    FT_THROW(CorruptCheckpointError,
+             "{}: checksum mismatch in the training state (crc32 {:08x}, "
+             "stored {:08x}): step, loader position, RNG, layout or config are damaged",
+             ctx, got, stored);
+  }
+}
+
 CheckpointMeta ReadMetaFrom(hid_t file, const std::string& path) {
   CheckpointMeta m;
   m.path = path;
@@ -202,8 +291,19 @@ CheckpointMeta ReadMetaFrom(hid_t file, const std::string& path) {
              path, magic, kCheckpointMagic);
   }
   m.format_version = ReadAttrInt(g.get(), "format_version", ctx);
-  if (m.format_version != kCheckpointFormatVersion) {
-    FT_THROW(ModelError, "checkpoint {} has format_version {}; this ftune reads version {}: use "
+  if (m.format_version == 1 || m.format_version == kCheckpointFormatVersion) {
+    VerifyState(g.get(), m.format_version, ctx);
+  } else if (m.format_version < 1 || H5Aexists(g.get(), "state_crc32") <= 0 ||
+             StateDigest(g.get(), ctx) != ReadAttrU32(g.get(), "state_crc32", ctx)) {
+    // An unknown version whose state does not verify is a damaged known one, not a newer one.
+    H5Eclear2(H5E_DEFAULT);
+    FT_THROW(CorruptCheckpointError,
+             "{}: format_version {} is not a known version and the state "
+             "checksum does not match: the file is damaged",
+             ctx, m.format_version);
+  } else {
+    FT_THROW(ModelError,
+             "checkpoint {} has format_version {}; this ftune reads version {}: use "
              "the ftune that wrote it (or export it to an HF directory with that one)",
              path, m.format_version, kCheckpointFormatVersion);
   }
@@ -225,6 +325,13 @@ CheckpointMeta ReadMetaFrom(hid_t file, const std::string& path) {
   m.config_yaml = ReadAttrString(g.get(), "config_yaml", ctx);
   m.model_config_json = ReadAttrString(g.get(), "model_config", ctx);
   m.tokenizer_dir = ReadAttrString(g.get(), "tokenizer_dir", ctx);
+  const int64_t named = StepOfFile(files::BaseName(path));
+  if (named >= 0 && named != s.step) {
+    FT_THROW(CorruptCheckpointError,
+             "{}: the file name says step {} but the checkpoint holds step "
+             "{} (renamed or damaged)",
+             ctx, named, s.step);
+  }
   return m;
 }
 
@@ -489,13 +596,6 @@ void FsyncPath(const std::string& path, bool dir) {
   if (rc != 0) FT_THROW(IoError, "fsync of {} failed: {}", path, std::strerror(err));
 }
 
-int64_t StepOfFile(const std::string& name) {
-  static const std::regex re(R"(^step_(\d+)\.h5$)");
-  std::smatch m;
-  if (!std::regex_match(name, m, re)) return -1;
-  return std::stoll(m[1].str());
-}
-
 std::vector<std::pair<int64_t, std::string>> CompleteFiles(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> out;
   if (!files::IsDirectory(dir)) return out;
@@ -747,6 +847,11 @@ void CheckpointManager::RunJob(WriteJob& job) {
         }
       }
     }
+    // And of /state/rng: one row per rank (the last id).
+    const int64_t rng_id = static_cast<int64_t>(bytes.size()), rng_bytes = job.rng.numel();
+    bytes.push_back(rng_bytes * comm.size());
+    entries.insert(entries.end(), {rng_id, rng_bytes * comm.rank(), rng_bytes,
+                                   static_cast<int64_t>(Crc32(job.rng.data_ptr(), rng_bytes))});
     const std::vector<uint32_t> crc = CombineCrcs(comm, entries, bytes);
     job.stats.crc_s = Since(t_crc);
 
@@ -871,6 +976,11 @@ void CheckpointManager::RunJob(WriteJob& job) {
       H5_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), dxpl.get(),
                         job.rng.data_ptr()),
                ctx);
+      const uint32_t rng_crc = crc[rng_id];
+      WriteAttr(ds.get(), "crc32", H5T_NATIVE_UINT32, H5T_STD_U32LE, &rng_crc, ctx);
+      // Last: the checksum of everything above (read back, as a loader will read it).
+      const uint32_t state_crc = StateDigest(g.get(), ctx);
+      WriteAttr(g.get(), "state_crc32", H5T_NATIVE_UINT32, H5T_STD_U32LE, &state_crc, ctx);
     });
     const auto t_close = Clock::now();
     Phase(comm, "closing " + tmp, [&]() {
@@ -1064,16 +1174,25 @@ CheckpointMeta CheckpointManager::Load(const std::string& path) {
       FT_THROW(CorruptCheckpointError, "{} is not 2-D", ctx);
     }
     H5Sget_simple_extent_dims(fspace.get(), dims, nullptr);
-    // Same world size: each rank its own state; else everyone takes rank 0's.
-    const hsize_t row = dims[0] == static_cast<hsize_t>(comm.size()) ? comm.rank() : 0;
-    hsize_t start[2] = {row, 0}, count[2] = {1, dims[1]};
-    H5_CHECK(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr),
-             ctx);
-    H5Id mspace(H5_CHECK(H5Screate_simple(2, count, nullptr), ctx), H5Sclose);
-    rng = torch::empty({static_cast<int64_t>(dims[1])}, torch::kUInt8);
-    H5_CHECK_AS(CorruptCheckpointError, H5Dread(ds.get(), H5T_NATIVE_UINT8, mspace.get(),
-                                                fspace.get(), dxpl.get(), rng.data_ptr()),
+    // Every rank reads all rows (a few KB each) to verify them against their crc32 (format 2).
+    auto all =
+        torch::empty({static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1])}, torch::kUInt8);
+    H5_CHECK_AS(CorruptCheckpointError,
+                H5Dread(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, dxpl.get(), all.data_ptr()),
                 ctx);
+    if (meta.format_version >= 2) {
+      const uint32_t stored = ReadAttrU32(ds.get(), "crc32", ctx);
+      const uint32_t got = Crc32(all.data_ptr(), all.numel());
+      if (got != stored) {
+        FT_THROW(CorruptCheckpointError,
+                 "{}: checksum mismatch in the RNG states (crc32 {:08x}, "
+                 "stored {:08x}): the file is damaged",
+                 ctx, got, stored);
+      }
+    }
+    // Same world size: each rank its own state; else everyone takes rank 0's.
+    const int64_t row = dims[0] == static_cast<hsize_t>(comm.size()) ? comm.rank() : 0;
+    rng = all[row].clone();
   });
   Phase(comm, "closing " + path, [&]() {
     H5Lock lock;
@@ -1151,11 +1270,32 @@ std::string CheckpointFileName(int64_t step) { return fmt::format("step_{:08d}.h
 std::vector<std::string> CheckpointCandidates(const std::string& dir) {
   std::vector<std::string> out;
   const auto complete = CompleteFiles(dir);
-  std::ifstream in(files::Join(dir, "latest"));
-  std::string latest;
-  if (in && std::getline(in, latest)) {
-    for (const auto& f : complete) {
-      if (files::BaseName(f.second) == latest) out.push_back(f.second);
+  const std::string latest_path = files::Join(dir, "latest");
+  if (files::Exists(latest_path)) {
+    // A `latest` that names no usable file is passed over, and said so: the newest complete
+    // step_*.h5 is tried first instead.
+    std::ifstream in(latest_path);
+    std::string latest, reason;
+    if (!in || !std::getline(in, latest) || latest.empty()) {
+      reason = "is empty or unreadable";
+    } else if (StepOfFile(latest) < 0) {
+      std::string shown;  // printable, and short: the file may be binary garbage
+      for (char c : latest.substr(0, 64)) {
+        shown += std::isprint(static_cast<unsigned char>(c)) ? c : '?';
+      }
+      reason = fmt::format("names '{}'{}, which is not a checkpoint file name (step_N.h5)", shown,
+                           latest.size() > 64 ? "..." : "");
+    } else {
+      for (const auto& f : complete) {
+        if (files::BaseName(f.second) == latest) out.push_back(f.second);
+      }
+      if (out.empty()) reason = fmt::format("names {}, which does not exist", latest);
+    }
+    if (!reason.empty()) {
+      LogWarn("checkpoint pointer {} {}: {}", latest_path, reason,
+              complete.empty() ? std::string("and no checkpoint file (step_*.h5) is left there")
+                               : "falling back to the newest checkpoint file, " +
+                                     files::BaseName(complete.front().second));
     }
   }
   for (const auto& f : complete) {
