@@ -263,17 +263,23 @@ TEST_F(CheckpointTest, ReshardsBetweenLayouts) {
   }
 }
 
-// Flips bytes in the middle of a dataset's data (contiguous layout) without touching metadata.
-void CorruptDataset(const std::string& path, const std::string& dataset) {
+// The file offset of the middle of a dataset's data (contiguous layout).
+std::streamoff MiddleOfDataset(const std::string& path, const std::string& dataset) {
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t ds = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
   const haddr_t off = H5Dget_offset(ds);
   const hsize_t size = H5Dget_storage_size(ds);
   H5Dclose(ds);
   H5Fclose(f);
-  ASSERT_NE(off, HADDR_UNDEF);
+  EXPECT_NE(off, HADDR_UNDEF) << path << " " << dataset;
+  return static_cast<std::streamoff>(off + size / 2);
+}
+
+// Flips bytes in the middle of a dataset's data (contiguous layout) without touching metadata.
+void CorruptDataset(const std::string& path, const std::string& dataset) {
+  const std::streamoff at = MiddleOfDataset(path, dataset);
   std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
-  io.seekp(static_cast<std::streamoff>(off + size / 2));
+  io.seekp(at);
   const char junk[4] = {'\x13', '\x37', '\x42', '\x24'};
   io.write(junk, 4);
 }
@@ -366,19 +372,13 @@ void FlipAttrBit(const std::string& path, const std::string& attr, int bit) {
 
 // Flips one bit in the middle of dataset `dataset`'s data (contiguous layout).
 void FlipDatasetBit(const std::string& path, const std::string& dataset) {
-  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  hid_t ds = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
-  const haddr_t off = H5Dget_offset(ds);
-  const hsize_t size = H5Dget_storage_size(ds);
-  H5Dclose(ds);
-  H5Fclose(f);
-  ASSERT_NE(off, HADDR_UNDEF);
+  const std::streamoff at = MiddleOfDataset(path, dataset);
   std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
-  io.seekg(static_cast<std::streamoff>(off + size / 2));
+  io.seekg(at);
   char c = 0;
   io.read(&c, 1);
   c = static_cast<char>(c ^ 0x10);
-  io.seekp(static_cast<std::streamoff>(off + size / 2));
+  io.seekp(at);
   io.write(&c, 1);
 }
 
