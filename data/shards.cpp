@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "data/hdf5.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
 
@@ -20,76 +21,12 @@ std::mutex& Hdf5Mutex() {
 
 namespace {
 
-// The innermost message of HDF5's error stack (automatic printing is turned off).
-herr_t WalkError(unsigned n, const H5E_error2_t* err, void* data) {
-  auto* out = static_cast<std::string*>(data);
-  if (n == 0 && err->desc) *out = err->desc;
-  return 0;
-}
-
-std::string Hdf5Message() {
-  std::string msg;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, WalkError, &msg);
-  H5Eclear2(H5E_DEFAULT);
-  return msg.empty() ? "HDF5 call failed" : msg;
-}
-
-void QuietHdf5() {
-  static bool done = false;
-  if (!done) {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    done = true;
-  }
-}
-
-// An HDF5 handle closed by its matching H5*close on scope exit.
-class Hid {
- public:
-  Hid() = default;
-  Hid(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  ~Hid() { reset(); }
-  Hid(const Hid&) = delete;
-  Hid& operator=(const Hid&) = delete;
-  Hid(Hid&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
-  Hid& operator=(Hid&& o) noexcept {
-    if (this != &o) {
-      reset();
-      id_ = o.id_;
-      close_ = o.close_;
-      o.id_ = -1;
-    }
-    return *this;
-  }
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-  hid_t release() {
-    hid_t id = id_;
-    id_ = -1;
-    return id;
-  }
-  void reset() {
-    if (id_ >= 0 && close_) close_(id_);
-    id_ = -1;
-  }
-
- private:
-  hid_t id_ = -1;
-  herr_t (*close_)(hid_t) = nullptr;
-};
-
-// Throws `Type` naming the file and HDF5's message when `status` < 0.
-#define H5_CHECK(Type, status, file, what)                                         \
-  do {                                                                             \
-    if ((status) < 0) {                                                            \
-      throw ::ftune::Type(::fmt::format("{}: {} failed ({}:{}): {}", file, what,   \
-                                        __FILE__, __LINE__, Hdf5Message()));       \
-    }                                                                              \
-  } while (0)
+using Hid = H5Id;
 
 Hid Checked(hid_t id, herr_t (*close)(hid_t), const std::string& file, const char* what,
             bool data_error) {
   if (id < 0) {
-    const std::string msg = fmt::format("{}: {} failed: {}", file, what, Hdf5Message());
+    const std::string msg = fmt::format("{}: {} failed: {}", file, what, H5ErrorStack());
     if (data_error) throw DataError(msg);
     throw IoError(msg);
   }
@@ -218,7 +155,7 @@ void WriteShard(const std::string& path, const DatasetMeta& meta, const std::str
            "malformed shard contents for {}", path);
   const std::string tmp = path + ".tmp";
   {
-    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    H5Lock lock;
     QuietHdf5();
     Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
     H5_CHECK(IoError, H5Pset_obj_track_times(fcpl.get(), false), tmp, "H5Pset_obj_track_times");
@@ -253,7 +190,7 @@ void WriteShard(const std::string& path, const DatasetMeta& meta, const std::str
 }
 
 ShardReader::ShardReader(const std::string& path) : path_(path) {
-  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  H5Lock lock;
   QuietHdf5();
   if (!files::Exists(path)) FT_THROW(DataError, "shard {} does not exist", path);
   if (H5Fis_hdf5(path.c_str()) <= 0) {
@@ -301,7 +238,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
 }
 
 ShardReader::~ShardReader() {
-  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  H5Lock lock;
   if (tokens_ >= 0) H5Dclose(tokens_);
   if (mask_ >= 0) H5Dclose(mask_);
   if (file_ >= 0) H5Fclose(file_);
@@ -313,7 +250,7 @@ void ShardReader::Read(int64_t start, int64_t count, int32_t* tokens, uint8_t* m
              num_tokens_);
   }
   if (count == 0) return;
-  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  H5Lock lock;
   ReadSlab(tokens_, H5T_NATIVE_INT32, start, count, tokens, path_, "tokens");
   ReadSlab(mask_, H5T_NATIVE_UINT8, start, count, mask, path_, "loss_mask");
 }
@@ -321,7 +258,7 @@ void ShardReader::Read(int64_t start, int64_t count, int32_t* tokens, uint8_t* m
 void ShardReader::ReadAll(std::vector<int32_t>* tokens, std::vector<uint8_t>* mask) {
   tokens->resize(num_tokens_);
   mask->resize(num_tokens_);
-  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  H5Lock lock;
   H5_CHECK(DataError,
            H5Dread(tokens_, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens->data()),
            path_, "H5Dread tokens");

@@ -5,33 +5,10 @@
 #include "launch/commands.h"
 
 #include "parallel/communicator.h"
+#include "parallel/gather_strings.h"
 #include "runtime/log.h"
 
 namespace ftune::launch {
-namespace {
-
-// Gathers one string per rank on every rank, in rank order.
-std::vector<std::string> GatherStrings(parallel::Communicator& comm, const std::string& mine) {
-  auto len = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
-  auto lens = torch::empty({comm.size()}, torch::kLong);
-  comm.AllGather(len, lens)->Wait();
-  std::vector<int64_t> counts(lens.data_ptr<int64_t>(), lens.data_ptr<int64_t>() + comm.size());
-  int64_t total = 0;
-  for (auto c : counts) total += c;
-  auto in = torch::empty({static_cast<int64_t>(mine.size())}, torch::kByte);
-  std::memcpy(in.data_ptr(), mine.data(), mine.size());
-  auto out = torch::empty({total}, torch::kByte);
-  comm.AllGatherV(in, out, counts)->Wait();
-  std::vector<std::string> result;
-  int64_t off = 0;
-  for (auto c : counts) {
-    result.emplace_back(reinterpret_cast<const char*>(out.data_ptr<uint8_t>()) + off, c);
-    off += c;
-  }
-  return result;
-}
-
-}  // namespace
 
 void AddCommonOptions(CLI::App* sub, runtime::CommonArgs& args) {
   sub->add_option("--config,-c", args.config_path, "YAML config file")->check(CLI::ExistingFile);
@@ -55,7 +32,7 @@ void AddEnvCommand(CLI::App& app, runtime::World& world) {
         "OMP_WAIT_POLICY {}", world.rank(), world.world_size(), world.local_rank(),
         world.local_size(), world.host(), world.device().str(), world.threads(),
         wait != nullptr ? wait : "unset (train, bench, eval and generate run with PASSIVE)");
-    auto lines = GatherStrings(world.comm(), line);
+    auto lines = parallel::AllGatherStrings(world.comm(), line);
     if (world.rank() != 0) return;
     fmt::print("ftune env\n");
     fmt::print("  libtorch {} | MPI: {} (thread level {}) | HDF5 {} | NCCL {}\n",

@@ -11,8 +11,10 @@
 //   /state  attrs: magic "ftune-checkpoint", format_version, step, total_steps, tokens_seen,
 //           skipped_steps, lr, loader_epoch, loader_cursor, loader_seed, dp, tp, zero,
 //           world_size, seed, dtype, config_yaml (resolved config), model_config (HF
-//           config.json), tokenizer_dir, checksum (the scheme, in words), created_by
-//   /state/rng  uint8 [world_size, n]: each rank's torch CPU generator state
+//           config.json), tokenizer_dir, checksum (the scheme, in words), created_by,
+//           state_crc32 (uint32: the state checksum, see Checksums)
+//   /state/rng  uint8 [world_size, n]: each rank's torch CPU generator state; attribute crc32
+//           of the whole dataset
 // Each rank writes the elements it owns as hyperslabs of the full tensor: ZeRO >= 1 ranks their
 // flat slice of the TP-local tensor, mapped to full coordinates through the TensorParallelLayout;
 // under ZeRO-0 dp rank 0 only, and tensors replicated over tp from tp rank 0 only. So every
@@ -29,6 +31,12 @@
 // recomputes it the same way over the elements each rank reads (with the new layout's
 // ownership); a collective export the same over its row slices; and a one-process reader
 // (export, generate) simply takes crc32 of the whole tensor: the same number.
+// Everything else that decides how training continues is covered too: state_crc32 is a crc32
+// over every other /state attribute (name, encoded type, raw bytes, in name order) and the names
+// of the objects in /state; /state/rng has the crc32 of its bytes (combined from the ranks'
+// rows as above). Every reader verifies state_crc32 and that the step in the file name
+// (step_N.h5) is the stored step; Load verifies the RNG states too. Any mismatch is a
+// CorruptCheckpointError naming what is damaged, so loading falls back as for a damaged tensor.
 //
 // Atomicity: written as `step_N.h5.tmp`, closed (flushed), fsync'ed, renamed to `step_N.h5`, the
 // directory fsync'ed; then `latest` (a text file naming step_N.h5) is replaced by write + rename.
@@ -80,7 +88,13 @@ namespace ftune::runtime {
 
 using ftune::CorruptCheckpointError;
 
-inline constexpr int64_t kCheckpointFormatVersion = 1;
+// Version 2 added the state checksum (/state attribute state_crc32, /state/rng attribute crc32).
+// Version-1 checkpoints (written before it) still load, with a warning that their state cannot
+// be verified: refusing them would strand every run in flight at the upgrade, and their tensors
+// are still verified. A damaged version number does not open that door: a v2 file's version is
+// covered by its state checksum, v1 and v2 differ in two bits, and a "v1" file that carries a
+// state_crc32 is treated as damaged.
+inline constexpr int64_t kCheckpointFormatVersion = 2;
 inline constexpr const char* kCheckpointMagic = "ftune-checkpoint";
 
 // The training loop's state besides the tensors.

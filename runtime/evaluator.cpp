@@ -17,6 +17,7 @@
 #include "models/hf_io.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
+#include "parallel/gather_strings.h"
 #include "runtime/checkpoint.h"
 #include "runtime/model_setup.h"
 #include "runtime/log.h"
@@ -42,26 +43,7 @@ std::string DecodeText(const data::Tokenizer& tok, std::vector<int32_t> ids) {
   return Trim(tok.Decode(ids, /*skip_special_tokens=*/true));
 }
 
-// Every rank's bytes, in rank order, on every rank of `comm`.
-std::vector<std::string> AllGatherStrings(parallel::Communicator& comm, const std::string& mine) {
-  auto n = torch::tensor({static_cast<int64_t>(mine.size())}, torch::kLong);
-  auto counts_t = torch::zeros({comm.size()}, torch::kLong);
-  comm.AllGather(n, counts_t)->Wait();
-  std::vector<int64_t> counts(comm.size());
-  int64_t total = 0;
-  for (int r = 0; r < comm.size(); ++r) total += counts[r] = counts_t[r].item<int64_t>();
-  auto in = torch::empty({static_cast<int64_t>(mine.size())}, torch::kByte);
-  std::memcpy(in.data_ptr<uint8_t>(), mine.data(), mine.size());
-  auto out = torch::empty({total}, torch::kByte);
-  comm.AllGatherV(in, out, counts)->Wait();
-  std::vector<std::string> res;
-  const char* p = reinterpret_cast<const char*>(out.data_ptr<uint8_t>());
-  for (int r = 0; r < comm.size(); ++r) {
-    res.emplace_back(p, counts[r]);
-    p += counts[r];
-  }
-  return res;
-}
+using parallel::AllGatherStrings;
 
 bool IsStepFile(const std::string& name, bool* complete) {
   if (name.rfind("step_", 0) != 0) return false;

@@ -12,6 +12,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <iterator>
 #include <thread>
 
 #include "models/hf_io.h"
@@ -261,17 +263,23 @@ TEST_F(CheckpointTest, ReshardsBetweenLayouts) {
   }
 }
 
-// Flips bytes in the middle of a dataset's data (contiguous layout) without touching metadata.
-void CorruptDataset(const std::string& path, const std::string& dataset) {
+// The file offset of the middle of a dataset's data (contiguous layout).
+std::streamoff MiddleOfDataset(const std::string& path, const std::string& dataset) {
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t ds = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
   const haddr_t off = H5Dget_offset(ds);
   const hsize_t size = H5Dget_storage_size(ds);
   H5Dclose(ds);
   H5Fclose(f);
-  ASSERT_NE(off, HADDR_UNDEF);
+  EXPECT_NE(off, HADDR_UNDEF) << path << " " << dataset;
+  return static_cast<std::streamoff>(off + size / 2);
+}
+
+// Flips bytes in the middle of a dataset's data (contiguous layout) without touching metadata.
+void CorruptDataset(const std::string& path, const std::string& dataset) {
+  const std::streamoff at = MiddleOfDataset(path, dataset);
   std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
-  io.seekp(static_cast<std::streamoff>(off + size / 2));
+  io.seekp(at);
   const char junk[4] = {'\x13', '\x37', '\x42', '\x24'};
   io.write(junk, 4);
 }
@@ -325,6 +333,160 @@ TEST_F(CheckpointTest, FallsBackPastDamagedCheckpoints) {
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("none of the 3"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("--no-resume"), std::string::npos) << e.what();
+  }
+}
+
+// Flips bit `bit` of the stored value of /state attribute `attr` in the file itself: the value
+// bytes follow the attribute's name in its object header message (HDF5 stores small attributes
+// there), so the first occurrence of the value's bytes within 128 bytes after the name is it.
+// Checks through HDF5 that exactly that attribute changed, by that bit.
+void FlipAttrBit(const std::string& path, const std::string& attr, int bit) {
+  int64_t value = 0;
+  auto read = [&]() {
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t a = H5Aopen_by_name(f, "/state", attr.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+    int64_t v = 0;
+    EXPECT_GE(H5Aread(a, H5T_NATIVE_INT64, &v), 0) << path << " " << attr;
+    H5Aclose(a);
+    H5Fclose(f);
+    return v;
+  };
+  value = read();
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  const std::string name = attr + std::string(1, '\0');
+  const size_t at = bytes.find(name);
+  ASSERT_NE(at, std::string::npos) << attr << " not found in " << path;
+  ASSERT_EQ(bytes.find(name, at + 1), std::string::npos) << attr << " found twice in " << path;
+  const std::string pattern(reinterpret_cast<const char*>(&value), sizeof value);  // little endian
+  const size_t v = bytes.find(pattern, at + name.size());
+  ASSERT_TRUE(v != std::string::npos && v < at + name.size() + 128) << attr << " value not found";
+  std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekp(static_cast<std::streamoff>(v + bit / 8));
+  const char c = static_cast<char>(bytes[v + bit / 8] ^ (1 << (bit % 8)));
+  io.write(&c, 1);
+  io.close();
+  ASSERT_EQ(read(), value ^ (int64_t{1} << bit)) << "the flip missed " << attr;
+}
+
+// Flips one bit in the middle of dataset `dataset`'s data (contiguous layout).
+void FlipDatasetBit(const std::string& path, const std::string& dataset) {
+  const std::streamoff at = MiddleOfDataset(path, dataset);
+  std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekg(at);
+  char c = 0;
+  io.read(&c, 1);
+  c = static_cast<char>(c ^ 0x10);
+  io.seekp(at);
+  io.write(&c, 1);
+}
+
+// Issue 18, defects 1 and 2: damage outside the tensors (the /state attributes and RNG states,
+// the file name, the `latest` pointer) is detected and named, loading falls back to the previous
+// good checkpoint, and training continues from it bit-identically.
+TEST_F(CheckpointTest, DamagedStateAndLatestFallBackWithAWarning) {
+  auto& world = TestWorld().comm();
+  const std::string good = Dir("good");
+  std::map<std::string, at::Tensor> params2, params3;
+  double loss3 = 0, loss4 = 0;
+  {
+    Job a(world, 1, 1, good);
+    for (int s = 1; s <= 3; ++s) {
+      const double loss = a.Step();
+      if (s == 3) loss3 = loss;
+      a.Save();
+      if (s == 2) params2 = a.FullParams();
+    }
+    params3 = a.FullParams();
+    loss4 = a.Step();
+  }
+  const std::string p3 = "step_00000003.h5";
+  struct Case {
+    std::string name;
+    std::function<void(const std::string&)> damage;  // on rank 0, of a copy of `good`
+    int64_t want_step;                               // where loading lands
+    std::vector<std::string> want_warnings;          // substrings of rank 0's stderr
+  };
+  const std::vector<Case> cases = {
+      {"loader cursor", [&](const std::string& d) { FlipAttrBit(d + "/" + p3, "loader_cursor", 1); },
+       2, {p3 + " is unusable", "checksum mismatch in the training state"}},
+      {"step", [&](const std::string& d) { FlipAttrBit(d + "/" + p3, "step", 0); },
+       2, {p3 + " is unusable", "checksum mismatch in the training state"}},
+      {"tokens seen", [&](const std::string& d) { FlipAttrBit(d + "/" + p3, "tokens_seen", 9); },
+       2, {p3 + " is unusable", "checksum mismatch in the training state"}},
+      {"rng", [&](const std::string& d) { FlipDatasetBit(d + "/" + p3, "/state/rng"); },
+       2, {p3 + " is unusable", "checksum mismatch in the RNG states"}},
+      {"renamed",
+       [&](const std::string& d) {
+         files::Rename(d + "/" + p3, d + "/step_00000004.h5");
+         std::ofstream(d + "/latest") << "step_00000004.h5\n";
+       },
+       2, {"step_00000004.h5 is unusable", "file name says step 4 but the checkpoint holds step 3"}},
+      {"latest missing",
+       [&](const std::string& d) { std::ofstream(d + "/latest") << "step_00000007.h5\n"; },
+       3, {"latest names step_00000007.h5, which does not exist", "falling back to the newest "
+           "checkpoint file, " + p3}},
+      {"latest garbage",
+       [&](const std::string& d) { std::ofstream(d + "/latest") << "\x01\xfe" "garbage\n"; },
+       3, {"latest names '??garbage', which is not a checkpoint file name"}},
+      {"latest names a garbage file",
+       [&](const std::string& d) {
+         std::ofstream(d + "/step_00000007.h5") << "not an HDF5 file\n";
+         std::ofstream(d + "/latest") << "step_00000007.h5\n";
+       },
+       3, {"step_00000007.h5 is unusable"}},
+  };
+  for (const auto& c : cases) {
+    const std::string dir = Dir("case_" + std::to_string(&c - cases.data()));
+    if (Root()) {
+      files::CreateDirectories(dir);
+      for (const auto& f : files::ListDir(good)) {
+        files::CopyFile(files::Join(good, f), files::Join(dir, f), false);
+      }
+      c.damage(dir);
+    }
+    Barrier();
+    Job b(world, 1, 1, dir);
+    if (Root()) ::testing::internal::CaptureStderr();
+    const auto meta = b.ckpt->LoadLatest();
+    const std::string err = Root() ? ::testing::internal::GetCapturedStderr() : "";
+    ASSERT_TRUE(meta.has_value()) << c.name;
+    EXPECT_EQ(meta->state.step, c.want_step) << c.name;
+    EXPECT_EQ(meta->state.loader.cursor, c.want_step * kGlobalBatch) << c.name;
+    for (const auto& w : c.want_warnings) {
+      if (!Root()) break;
+      EXPECT_NE(err.find(w), std::string::npos) << c.name << ": no '" << w << "' in:\n" << err;
+    }
+    // Continues exactly as the undamaged run did.
+    b.trainer->set_step(meta->state.step);
+    ExpectEqualMaps(b.FullParams(), c.want_step == 2 ? params2 : params3, c.name + ": loaded");
+    const double next = b.Step();
+    EXPECT_EQ(next, c.want_step == 2 ? loss3 : loss4) << c.name << ": the next step's loss";
+    if (c.want_step == 2) ExpectEqualMaps(b.FullParams(), params3, c.name + ": after a step");
+    Barrier();
+  }
+}
+
+// A checkpoint whose state checksum verifies but whose version is unknown is a newer format
+// (ModelError, no fallback); one whose version is unknown and whose state does not verify is a
+// damaged one.
+TEST_F(CheckpointTest, FormatVersionDamageIsCorruption) {
+  auto& world = TestWorld().comm();
+  const std::string dir = Dir("ckpt");
+  Job a(world, 1, 0, dir);
+  a.Step();
+  a.Save();
+  Barrier();
+  if (Root()) {
+    const std::string p = dir + "/step_00000001.h5";
+    FlipAttrBit(p, "format_version", 2);  // 2 -> 6
+    try {
+      ReadCheckpointMeta(p);
+      ADD_FAILURE() << "a damaged format_version was accepted";
+    } catch (const CorruptCheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find("format_version 6"), std::string::npos) << e.what();
+    }
   }
 }
 
