@@ -12,7 +12,6 @@ namespace ftune::parallel {
 
 // Every rank's `mine`, in rank order, on every rank of `comm` (any bytes, any
 // lengths).
-std::vector<std::string> AllGatherStrings(Communicator &comm,
-                                          const std::string &mine);
+std::vector<std::string> AllGatherStrings(Communicator& comm, const std::string& mine);
 
-} // namespace ftune::parallel
+}  // namespace ftune::parallel

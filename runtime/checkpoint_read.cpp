@@ -1,4 +1,4 @@
-#include <fmt/ranges.h> // fmt::join (in <fmt/ranges.h> since fmt 11)
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <zlib.h>
 
 #include <algorithm>
@@ -13,59 +13,49 @@ namespace ftune::runtime {
 namespace checkpoint_detail {
 namespace {
 
-H5Id OpenAttr(hid_t obj, const char *name, const std::string &ctx) {
+H5Id OpenAttr(hid_t obj, const char* name, const std::string& ctx) {
   if (H5Aexists(obj, name) <= 0) {
     H5Eclear2(H5E_DEFAULT);
-    FT_THROW(CorruptCheckpointError, "{}: attribute '{}' is missing", ctx,
-             name);
+    FT_THROW(CorruptCheckpointError, "{}: attribute '{}' is missing", ctx, name);
   }
-  return H5Id(
-      H5_CHECK(CorruptCheckpointError, H5Aopen(obj, name, H5P_DEFAULT), ctx),
-      H5Aclose);
+  return H5Id(H5_CHECK(CorruptCheckpointError, H5Aopen(obj, name, H5P_DEFAULT), ctx), H5Aclose);
 }
 // An H5Aiterate2 / H5Literate callback: appends each name to the vector<string>
 // `out`.
 template <class Info>
-herr_t CollectName(hid_t, const char *name, const Info *, void *out) {
-  static_cast<std::vector<std::string> *>(out)->push_back(name);
+herr_t CollectName(hid_t, const char* name, const Info*, void* out) {
+  static_cast<std::vector<std::string>*>(out)->push_back(name);
   return 0;
 }
 
-} // namespace
+}  // namespace
 
-int64_t ReadAttrInt(hid_t obj, const char *name, const std::string &ctx) {
+int64_t ReadAttrInt(hid_t obj, const char* name, const std::string& ctx) {
   H5Id a = OpenAttr(obj, name, ctx);
   int64_t v = 0;
   H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_INT64, &v), ctx);
   return v;
 }
-double ReadAttrDouble(hid_t obj, const char *name, const std::string &ctx) {
+double ReadAttrDouble(hid_t obj, const char* name, const std::string& ctx) {
   H5Id a = OpenAttr(obj, name, ctx);
   double v = 0;
-  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v),
-           ctx);
+  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v), ctx);
   return v;
 }
-uint32_t ReadAttrU32(hid_t obj, const char *name, const std::string &ctx) {
+uint32_t ReadAttrU32(hid_t obj, const char* name, const std::string& ctx) {
   H5Id a = OpenAttr(obj, name, ctx);
   uint32_t v = 0;
-  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_UINT32, &v),
-           ctx);
+  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), H5T_NATIVE_UINT32, &v), ctx);
   return v;
 }
-std::string ReadAttrString(hid_t obj, const char *name,
-                           const std::string &ctx) {
+std::string ReadAttrString(hid_t obj, const char* name, const std::string& ctx) {
   H5Id a = OpenAttr(obj, name, ctx);
-  H5Id type(H5_CHECK(CorruptCheckpointError, H5Aget_type(a.get()), ctx),
-            H5Tclose);
-  if (H5Tget_class(type.get()) != H5T_STRING ||
-      H5Tis_variable_str(type.get()) > 0) {
-    FT_THROW(CorruptCheckpointError,
-             "{}: attribute '{}' is not a fixed-length string", ctx, name);
+  H5Id type(H5_CHECK(CorruptCheckpointError, H5Aget_type(a.get()), ctx), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
+    FT_THROW(CorruptCheckpointError, "{}: attribute '{}' is not a fixed-length string", ctx, name);
   }
   std::string buf(H5Tget_size(type.get()), '\0');
-  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), type.get(), buf.data()),
-           ctx);
+  H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), type.get(), buf.data()), ctx);
   const auto end = buf.find('\0');
   return end == std::string::npos ? buf : buf.substr(0, end);
 }
@@ -77,55 +67,43 @@ std::string ReadAttrString(hid_t obj, const char *name,
 // attribute (its data is written by every rank, see RunJob). The writer
 // computes it by reading back what it wrote, so writer and reader run the same
 // code.
-uint32_t StateDigest(hid_t group, const std::string &ctx) {
+uint32_t StateDigest(hid_t group, const std::string& ctx) {
   struct Acc {
     uLong crc = crc32(0, Z_NULL, 0);
-    void Add(const void *p, size_t n) {
-      crc = crc32_z(crc, static_cast<const Bytef *>(p), n);
-    }
-    void AddStr(const std::string &s) { Add(s.c_str(), s.size() + 1); }
+    void Add(const void* p, size_t n) { crc = crc32_z(crc, static_cast<const Bytef*>(p), n); }
+    void AddStr(const std::string& s) { Add(s.c_str(), s.size() + 1); }
   } acc;
   std::vector<std::string> attrs, links;
   H5_CHECK(CorruptCheckpointError,
-           H5Aiterate2(group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
-                       CollectName<H5A_info_t>, &attrs),
+           H5Aiterate2(group, H5_INDEX_NAME, H5_ITER_INC, nullptr, CollectName<H5A_info_t>, &attrs),
            ctx);
   H5_CHECK(CorruptCheckpointError,
-           H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
-                      CollectName<H5L_info_t>, &links),
+           H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, nullptr, CollectName<H5L_info_t>, &links),
            ctx);
-  for (const auto &name : attrs) {
-    if (name == "state_crc32")
-      continue;
+  for (const auto& name : attrs) {
+    if (name == "state_crc32") continue;
     const std::string actx = fmt::format("{} attribute {}", ctx, name);
-    H5Id a(H5_CHECK(CorruptCheckpointError,
-                    H5Aopen(group, name.c_str(), H5P_DEFAULT), actx),
+    H5Id a(H5_CHECK(CorruptCheckpointError, H5Aopen(group, name.c_str(), H5P_DEFAULT), actx),
            H5Aclose);
-    H5Id type(H5_CHECK(CorruptCheckpointError, H5Aget_type(a.get()), actx),
-              H5Tclose);
-    H5Id space(H5_CHECK(CorruptCheckpointError, H5Aget_space(a.get()), actx),
-               H5Sclose);
+    H5Id type(H5_CHECK(CorruptCheckpointError, H5Aget_type(a.get()), actx), H5Tclose);
+    H5Id space(H5_CHECK(CorruptCheckpointError, H5Aget_space(a.get()), actx), H5Sclose);
     size_t encoded = 0;
-    H5_CHECK(CorruptCheckpointError, H5Tencode(type.get(), nullptr, &encoded),
-             actx);
+    H5_CHECK(CorruptCheckpointError, H5Tencode(type.get(), nullptr, &encoded), actx);
     std::string enc(encoded, '\0');
-    H5_CHECK(CorruptCheckpointError,
-             H5Tencode(type.get(), enc.data(), &encoded), actx);
-    const int64_t n = H5_CHECK(CorruptCheckpointError,
-                               H5Sget_simple_extent_npoints(space.get()), actx);
+    H5_CHECK(CorruptCheckpointError, H5Tencode(type.get(), enc.data(), &encoded), actx);
+    const int64_t n =
+        H5_CHECK(CorruptCheckpointError, H5Sget_simple_extent_npoints(space.get()), actx);
     if (H5Tis_variable_str(type.get()) > 0) {
       FT_THROW(CorruptCheckpointError, "{} is a variable-length string", actx);
     }
     std::string raw(static_cast<size_t>(n) * H5Tget_size(type.get()), '\0');
-    H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), type.get(), raw.data()),
-             actx);
+    H5_CHECK(CorruptCheckpointError, H5Aread(a.get(), type.get(), raw.data()), actx);
     acc.AddStr(name);
     acc.AddStr(enc);
     acc.Add(&n, sizeof n);
     acc.Add(raw.data(), raw.size());
   }
-  for (const auto &name : links)
-    acc.AddStr(name);
+  for (const auto& name : links) acc.AddStr(name);
   return static_cast<uint32_t>(acc.crc);
 }
 
@@ -134,7 +112,7 @@ namespace {
 // Checks the /state checksum of a checkpoint of `version`; `ctx` names the
 // file. A version-1 file (written before state checksums) has none: accepted
 // with a warning, unverified.
-void VerifyState(hid_t g, int64_t version, const std::string &ctx) {
+void VerifyState(hid_t g, int64_t version, const std::string& ctx) {
   const bool has = H5Aexists(g, "state_crc32") > 0;
   H5Eclear2(H5E_DEFAULT);
   if (version == 1 && !has) {
@@ -145,9 +123,7 @@ void VerifyState(hid_t g, int64_t version, const std::string &ctx) {
         ctx);
     return;
   }
-  if (!has)
-    FT_THROW(CorruptCheckpointError, "{}: attribute 'state_crc32' is missing",
-             ctx);
+  if (!has) FT_THROW(CorruptCheckpointError, "{}: attribute 'state_crc32' is missing", ctx);
   const uint32_t stored = ReadAttrU32(g, "state_crc32", ctx);
   const uint32_t got = StateDigest(g, ctx);
   if (got != stored) {
@@ -159,31 +135,27 @@ void VerifyState(hid_t g, int64_t version, const std::string &ctx) {
   }
 }
 
-} // namespace
+}  // namespace
 
-CheckpointMeta ReadMetaFrom(hid_t file, const std::string &path) {
+CheckpointMeta ReadMetaFrom(hid_t file, const std::string& path) {
   CheckpointMeta m;
   m.path = path;
   if (H5Lexists(file, "/state", H5P_DEFAULT) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     FT_THROW(CorruptCheckpointError, "checkpoint {} has no /state group", path);
   }
-  H5Id g(H5_CHECK(CorruptCheckpointError, H5Gopen2(file, "/state", H5P_DEFAULT),
-                  path),
-         H5Gclose);
+  H5Id g(H5_CHECK(CorruptCheckpointError, H5Gopen2(file, "/state", H5P_DEFAULT), path), H5Gclose);
   const std::string ctx = path + " /state";
   const std::string magic = ReadAttrString(g.get(), "magic", ctx);
   if (magic != kCheckpointMagic) {
-    FT_THROW(CorruptCheckpointError,
-             "{} is not an ftune checkpoint (magic '{}', expected '{}')", path,
-             magic, kCheckpointMagic);
+    FT_THROW(CorruptCheckpointError, "{} is not an ftune checkpoint (magic '{}', expected '{}')",
+             path, magic, kCheckpointMagic);
   }
   m.format_version = ReadAttrInt(g.get(), "format_version", ctx);
   if (m.format_version == 1 || m.format_version == kCheckpointFormatVersion) {
     VerifyState(g.get(), m.format_version, ctx);
   } else if (m.format_version < 1 || H5Aexists(g.get(), "state_crc32") <= 0 ||
-             StateDigest(g.get(), ctx) !=
-                 ReadAttrU32(g.get(), "state_crc32", ctx)) {
+             StateDigest(g.get(), ctx) != ReadAttrU32(g.get(), "state_crc32", ctx)) {
     // An unknown version whose state does not verify is a damaged known one,
     // not a newer one.
     H5Eclear2(H5E_DEFAULT);
@@ -192,14 +164,13 @@ CheckpointMeta ReadMetaFrom(hid_t file, const std::string &path) {
              "checksum does not match: the file is damaged",
              ctx, m.format_version);
   } else {
-    FT_THROW(
-        ModelError,
-        "checkpoint {} has format_version {}; this ftune reads version {}: use "
-        "the ftune that wrote it (or export it to an HF directory with that "
-        "one)",
-        path, m.format_version, kCheckpointFormatVersion);
+    FT_THROW(ModelError,
+             "checkpoint {} has format_version {}; this ftune reads version {}: use "
+             "the ftune that wrote it (or export it to an HF directory with that "
+             "one)",
+             path, m.format_version, kCheckpointFormatVersion);
   }
-  auto &s = m.state;
+  auto& s = m.state;
   s.step = ReadAttrInt(g.get(), "step", ctx);
   s.total_steps = ReadAttrInt(g.get(), "total_steps", ctx);
   s.tokens_seen = ReadAttrInt(g.get(), "tokens_seen", ctx);
@@ -227,27 +198,26 @@ CheckpointMeta ReadMetaFrom(hid_t file, const std::string &path) {
   return m;
 }
 
-H5Id OpenForCollectiveRead(parallel::Communicator &comm,
-                           const std::string &path, CheckpointMeta &meta) {
+H5Id OpenForCollectiveRead(parallel::Communicator& comm, const std::string& path,
+                           CheckpointMeta& meta) {
   if (!files::IsFile(path)) {
     FT_THROW(CorruptCheckpointError, "checkpoint {} does not exist", path);
   }
   H5Id fapl(parallel::MakeMpioFileAccess(comm), H5Pclose);
-  H5Id file(H5_CHECK(CorruptCheckpointError,
-                     H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
+  H5Id file(H5_CHECK(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
                      "opening checkpoint " + path),
             H5Fclose);
   meta = ReadMetaFrom(file.get(), path);
   return file;
 }
 
-} // namespace checkpoint_detail
+}  // namespace checkpoint_detail
 
 using namespace checkpoint_detail;
 
-CheckpointMeta CheckpointManager::Load(const std::string &path) {
+CheckpointMeta CheckpointManager::Load(const std::string& path) {
   Wait();
-  auto &comm = *comm_;
+  auto& comm = *comm_;
   LoadStats stats;
   const auto t_read = Clock::now();
   CheckpointMeta meta;
@@ -264,63 +234,49 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
   std::vector<uint32_t> stored(3 * plan_->tensors.size(), 0);
   Deferred reads;
   for (size_t i = 0; i < plan_->tensors.size(); ++i) {
-    const auto &t = plan_->tensors[i];
+    const auto& t = plan_->tensors[i];
     for (int k = 0; k < 3; ++k) {
       const std::string name = DatasetName(t.name, k);
-      const std::string ctx =
-          fmt::format("checkpoint {} dataset {}", path, name);
+      const std::string ctx = fmt::format("checkpoint {} dataset {}", path, name);
       const int64_t id = static_cast<int64_t>(3 * i + k);
       bytes.push_back(t.numel * 4);
-      float *buf = nullptr;
+      float* buf = nullptr;
       if (t.view >= 0) {
-        const auto &v = plan_->views[t.view];
-        buf = (k == 0   ? v.master
-               : k == 1 ? v.exp_avg
-                        : v.exp_avg_sq)
-                  .data_ptr<float>();
+        const auto& v = plan_->views[t.view];
+        buf = (k == 0 ? v.master : k == 1 ? v.exp_avg : v.exp_avg_sq).data_ptr<float>();
       }
       reads.Run([&]() {
         H5Lock lock;
         if (H5Lexists(file.get(), name.c_str(), H5P_DEFAULT) <= 0) {
           H5Eclear2(H5E_DEFAULT);
-          FT_THROW(CorruptCheckpointError,
-                   "{} is missing (a truncated or damaged file?)", ctx);
+          FT_THROW(CorruptCheckpointError, "{} is missing (a truncated or damaged file?)", ctx);
         }
-        H5Id ds(H5_CHECK(CorruptCheckpointError,
-                         H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), ctx),
-                H5Dclose);
-        H5Id fspace(
-            H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx),
-            H5Sclose);
+        H5Id ds(
+            H5_CHECK(CorruptCheckpointError, H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), ctx),
+            H5Dclose);
+        H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
         const int nd = H5Sget_simple_extent_ndims(fspace.get());
         std::vector<hsize_t> dims(std::max(nd, 0));
-        if (nd > 0)
-          H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
+        if (nd > 0) H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
         if (std::vector<int64_t>(dims.begin(), dims.end()) != t.full_shape) {
           FT_THROW(ModelError,
                    "{} has shape [{}] but the model's {} is [{}]: the "
                    "checkpoint was "
                    "written for another architecture (model.arch / model.path)",
-                   ctx, fmt::join(dims, ", "), t.name,
-                   fmt::join(t.full_shape, ", "));
+                   ctx, fmt::join(dims, ", "), t.name, fmt::join(t.full_shape, ", "));
         }
         stored[id] = ReadAttrU32(ds.get(), "crc32", ctx);
         if (t.contiguous) {
-          if (buf)
-            ReadSliceOf(ds.get(), fspace.get(), t.blocks, t.count, buf,
-                        H5P_DEFAULT, ctx);
+          if (buf) ReadSliceOf(ds.get(), fspace.get(), t.blocks, t.count, buf, H5P_DEFAULT, ctx);
         } else {
-          ReadSliceOf(ds.get(), fspace.get(), t.blocks, t.count, buf,
-                      dxpl.get(), ctx);
+          ReadSliceOf(ds.get(), fspace.get(), t.blocks, t.count, buf, dxpl.get(), ctx);
         }
-        if (!t.owner)
-          return;
+        if (!t.owner) return;
         const auto t_crc = Clock::now();
-        for (const auto &r : t.runs) {
-          entries.insert(
-              entries.end(),
-              {id, r.full_offset * 4, r.count * 4,
-               static_cast<int64_t>(Crc32(buf + r.local_offset, r.count * 4))});
+        for (const auto& r : t.runs) {
+          entries.insert(entries.end(),
+                         {id, r.full_offset * 4, r.count * 4,
+                          static_cast<int64_t>(Crc32(buf + r.local_offset, r.count * 4))});
         }
         stats.crc_s += Since(t_crc);
       });
@@ -333,13 +289,11 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
   Phase(comm, "verifying " + path, [&]() {
     for (size_t id = 0; id < crc.size(); ++id) {
       if (crc[id] != stored[id]) {
-        FT_THROW(
-            CorruptCheckpointError,
-            "checkpoint {}: checksum mismatch in {} (crc32 {:08x}, "
-            "stored {:08x}): the file is damaged",
-            path,
-            DatasetName(plan_->tensors[id / 3].name, static_cast<int>(id % 3)),
-            crc[id], stored[id]);
+        FT_THROW(CorruptCheckpointError,
+                 "checkpoint {}: checksum mismatch in {} (crc32 {:08x}, "
+                 "stored {:08x}): the file is damaged",
+                 path, DatasetName(plan_->tensors[id / 3].name, static_cast<int>(id % 3)), crc[id],
+                 stored[id]);
       }
     }
   });
@@ -349,11 +303,9 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
   Phase(comm, "reading " + path + " /state/rng", [&]() {
     H5Lock lock;
     const std::string ctx = path + " /state/rng";
-    H5Id ds(H5_CHECK(CorruptCheckpointError,
-                     H5Dopen2(file.get(), "/state/rng", H5P_DEFAULT), ctx),
+    H5Id ds(H5_CHECK(CorruptCheckpointError, H5Dopen2(file.get(), "/state/rng", H5P_DEFAULT), ctx),
             H5Dclose);
-    H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx),
-                H5Sclose);
+    H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
     hsize_t dims[2] = {0, 0};
     if (H5Sget_simple_extent_ndims(fspace.get()) != 2) {
       FT_THROW(CorruptCheckpointError, "{} is not 2-D", ctx);
@@ -361,12 +313,10 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
     H5Sget_simple_extent_dims(fspace.get(), dims, nullptr);
     // Every rank reads all rows (a few KB each) to verify them against their
     // crc32 (format 2).
-    auto all = torch::empty(
-        {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1])},
-        torch::kUInt8);
+    auto all =
+        torch::empty({static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1])}, torch::kUInt8);
     H5_CHECK(CorruptCheckpointError,
-             H5Dread(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, dxpl.get(),
-                     all.data_ptr()),
+             H5Dread(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, dxpl.get(), all.data_ptr()),
              ctx);
     if (meta.format_version >= 2) {
       const uint32_t stored = ReadAttrU32(ds.get(), "crc32", ctx);
@@ -379,8 +329,7 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
       }
     }
     // Same world size: each rank its own state; else everyone takes rank 0's.
-    const int64_t row =
-        dims[0] == static_cast<hsize_t>(comm.size()) ? comm.rank() : 0;
+    const int64_t row = dims[0] == static_cast<hsize_t>(comm.size()) ? comm.rank() : 0;
     rng = all[row].clone();
   });
   Phase(comm, "closing " + path, [&]() {
@@ -393,11 +342,12 @@ CheckpointMeta CheckpointManager::Load(const std::string &path) {
     auto gen = CpuGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng);
-  } catch (const std::exception &e) {
-    LogWarn("checkpoint {}: the saved RNG state does not fit this torch ({}); "
-            "keeping the current "
-            "one",
-            path, e.what());
+  } catch (const std::exception& e) {
+    LogWarn(
+        "checkpoint {}: the saved RNG state does not fit this torch ({}); "
+        "keeping the current "
+        "one",
+        path, e.what());
   }
   stats.params_s = Since(t_params);
   last_load_ = stats;
@@ -410,7 +360,7 @@ std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
   // order.
   std::vector<int64_t> steps;
   if (comm_->rank() == 0) {
-    for (const auto &p : CheckpointCandidates(dir_)) {
+    for (const auto& p : CheckpointCandidates(dir_)) {
       steps.push_back(StepOfFile(files::BaseName(p)));
     }
   }
@@ -418,22 +368,17 @@ std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
   comm_->Broadcast(n, 0)->Wait();
   auto st = torch::zeros({n.item<int64_t>()}, torch::kLong);
   if (comm_->rank() == 0) {
-    for (size_t i = 0; i < steps.size(); ++i)
-      st[i] = steps[i];
+    for (size_t i = 0; i < steps.size(); ++i) st[i] = steps[i];
   }
-  if (st.numel() > 0)
-    comm_->Broadcast(st, 0)->Wait();
-  if (st.numel() == 0)
-    return std::nullopt;
+  if (st.numel() > 0) comm_->Broadcast(st, 0)->Wait();
+  if (st.numel() == 0) return std::nullopt;
   std::vector<std::string> bad;
   for (int64_t i = 0; i < st.numel(); ++i) {
-    const std::string path =
-        files::Join(dir_, CheckpointFileName(st[i].item<int64_t>()));
+    const std::string path = files::Join(dir_, CheckpointFileName(st[i].item<int64_t>()));
     try {
       return Load(path);
-    } catch (const CorruptCheckpointError &e) {
-      LogWarn("checkpoint {} is unusable, falling back to the previous one: {}",
-              path, e.what());
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, falling back to the previous one: {}", path, e.what());
       bad.push_back(path);
     }
   }
@@ -445,4 +390,4 @@ std::optional<CheckpointMeta> CheckpointManager::LoadLatest() {
            bad.size(), dir_, fmt::join(bad, ", "));
 }
 
-} // namespace ftune::runtime
+}  // namespace ftune::runtime

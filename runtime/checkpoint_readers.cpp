@@ -1,4 +1,4 @@
-#include <fmt/ranges.h> // fmt::join (in <fmt/ranges.h> since fmt 11)
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
 
@@ -17,9 +17,8 @@ using namespace checkpoint_detail;
 // range of the file, by an independent MPI-IO transfer), the crc32s of the
 // slices are combined and checked against the stored ones on every rank, and
 // the tensors are gathered on rank 0 (empty list elsewhere).
-models::NamedTensors ReadModelCollective(parallel::Communicator &comm,
-                                         const std::string &path,
-                                         CheckpointMeta &meta) {
+models::NamedTensors ReadModelCollective(parallel::Communicator& comm, const std::string& path,
+                                         CheckpointMeta& meta) {
   H5Id file;
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   Phase(comm, "opening " + path, [&]() {
@@ -27,8 +26,7 @@ models::NamedTensors ReadModelCollective(parallel::Communicator &comm,
     H5Lock lock;
     file = OpenForCollectiveRead(comm, path, meta);
     shapes = models::HfTensorShapes(models::LlamaConfig::FromJson(
-        nlohmann::json::parse(meta.model_config_json),
-        path + " /state model_config"));
+        nlohmann::json::parse(meta.model_config_json), path + " /state model_config"));
   });
   const int64_t rank = comm.rank(), size = comm.size();
   std::vector<at::Tensor> mine(shapes.size());
@@ -36,10 +34,9 @@ models::NamedTensors ReadModelCollective(parallel::Communicator &comm,
   std::vector<uint32_t> stored(shapes.size(), 0);
   Deferred reads;
   for (size_t i = 0; i < shapes.size(); ++i) {
-    const auto &[name, shape] = shapes[i];
+    const auto& [name, shape] = shapes[i];
     int64_t numel = 1;
-    for (int64_t d : shape)
-      numel *= d;
+    for (int64_t d : shape) numel *= d;
     for (int64_t r = 0; r < size; ++r) {
       counts_of[i * size + r] = numel * (r + 1) / size - numel * r / size;
     }
@@ -47,46 +44,38 @@ models::NamedTensors ReadModelCollective(parallel::Communicator &comm,
     mine[i] = torch::empty({b - a}, torch::kFloat);
     bytes.push_back(numel * 4);
     const std::string ds_name = DatasetName(name, 0);
-    const std::string ctx =
-        fmt::format("checkpoint {} dataset {}", path, ds_name);
+    const std::string ctx = fmt::format("checkpoint {} dataset {}", path, ds_name);
     reads.Run([&]() {
       H5Lock lock;
       if (H5Lexists(file.get(), ds_name.c_str(), H5P_DEFAULT) <= 0) {
         H5Eclear2(H5E_DEFAULT);
         FT_THROW(CorruptCheckpointError, "{} is missing", ctx);
       }
-      H5Id ds(H5_CHECK(CorruptCheckpointError,
-                       H5Dopen2(file.get(), ds_name.c_str(), H5P_DEFAULT), ctx),
-              H5Dclose);
-      H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx),
-                  H5Sclose);
-      std::vector<hsize_t> dims(
-          std::max(0, H5Sget_simple_extent_ndims(fspace.get())));
-      if (!dims.empty())
-        H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
+      H5Id ds(
+          H5_CHECK(CorruptCheckpointError, H5Dopen2(file.get(), ds_name.c_str(), H5P_DEFAULT), ctx),
+          H5Dclose);
+      H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
+      std::vector<hsize_t> dims(std::max(0, H5Sget_simple_extent_ndims(fspace.get())));
+      if (!dims.empty()) H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
       if (std::vector<int64_t>(dims.begin(), dims.end()) != shape) {
-        FT_THROW(CorruptCheckpointError,
-                 "{} has shape [{}], its config.json says [{}]", ctx,
+        FT_THROW(CorruptCheckpointError, "{} has shape [{}], its config.json says [{}]", ctx,
                  fmt::join(dims, ", "), fmt::join(shape, ", "));
       }
       stored[i] = ReadAttrU32(ds.get(), "crc32", ctx);
-      if (b == a)
-        return;
+      if (b == a) return;
       std::vector<Block> blocks;
       std::vector<hsize_t> prefix;
       Decompose(shape, 0, a, b, prefix, blocks);
       SelectBlocks(fspace.get(), blocks, ctx);
       hsize_t n = static_cast<hsize_t>(b - a);
-      H5Id mspace(H5_CHECK(IoError, H5Screate_simple(1, &n, nullptr), ctx),
-                  H5Sclose);
+      H5Id mspace(H5_CHECK(IoError, H5Screate_simple(1, &n, nullptr), ctx), H5Sclose);
       H5_CHECK(CorruptCheckpointError,
-               H5Dread(ds.get(), H5T_NATIVE_FLOAT, mspace.get(), fspace.get(),
-                       H5P_DEFAULT, mine[i].data_ptr<float>()),
+               H5Dread(ds.get(), H5T_NATIVE_FLOAT, mspace.get(), fspace.get(), H5P_DEFAULT,
+                       mine[i].data_ptr<float>()),
                ctx);
       entries.insert(entries.end(),
                      {static_cast<int64_t>(i), a * 4, (b - a) * 4,
-                      static_cast<int64_t>(
-                          Crc32(mine[i].data_ptr<float>(), (b - a) * 4))});
+                      static_cast<int64_t>(Crc32(mine[i].data_ptr<float>(), (b - a) * 4))});
     });
   }
   reads.Agree(comm, "reading " + path);
@@ -101,127 +90,106 @@ models::NamedTensors ReadModelCollective(parallel::Communicator &comm,
       }
     }
   });
-  Phase(comm, "closing " + path,
-        [&]() { H5_CHECK(IoError, file.Close(), "closing " + path); });
+  Phase(comm, "closing " + path, [&]() { H5_CHECK(IoError, file.Close(), "closing " + path); });
   models::NamedTensors out;
   for (size_t i = 0; i < shapes.size(); ++i) {
     auto full = torch::empty(shapes[i].second, torch::kFloat);
     auto flat = full.view({-1});
-    comm.AllGatherV(mine[i], flat,
-                    std::vector<int64_t>(counts_of.begin() + i * size,
-                                         counts_of.begin() + (i + 1) * size))
+    comm.AllGatherV(
+            mine[i], flat,
+            std::vector<int64_t>(counts_of.begin() + i * size, counts_of.begin() + (i + 1) * size))
         ->Wait();
     mine[i] = at::Tensor();
-    if (rank == 0)
-      out.emplace_back(shapes[i].first, std::move(full));
+    if (rank == 0) out.emplace_back(shapes[i].first, std::move(full));
   }
   return out;
 }
 
-} // namespace
+}  // namespace
 
 using namespace checkpoint_detail;
 
-CheckpointModel ReadNewestCheckpointModel(const std::string &arg,
-                                          const std::string &option) {
+CheckpointModel ReadNewestCheckpointModel(const std::string& arg, const std::string& option) {
   const auto candidates = ResolveCheckpointArg(arg, option);
-  for (const auto &path : candidates) {
+  for (const auto& path : candidates) {
     try {
       CheckpointModel out;
       out.meta = ReadCheckpointMeta(path);
       out.tensors = ReadCheckpointModel(path, out.meta);
       return out;
-    } catch (const CorruptCheckpointError &e) {
-      LogWarn("checkpoint {} is unusable, trying the previous one: {}", path,
-              e.what());
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, trying the previous one: {}", path, e.what());
     }
   }
-  FT_THROW(
-      IoError,
-      "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
-      option, arg, candidates.size());
+  FT_THROW(IoError, "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
+           option, arg, candidates.size());
 }
 
-CheckpointModel ReadNewestCheckpointModel(parallel::Communicator &comm,
-                                          const std::string &arg,
-                                          const std::string &option) {
+CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
+                                          const std::string& option) {
   std::string joined;
   Phase(comm, "finding the checkpoints of " + arg, [&]() {
-    if (comm.rank() != 0)
-      return;
-    for (const auto &p : ResolveCheckpointArg(arg, option))
-      joined += p + '\n';
+    if (comm.rank() != 0) return;
+    for (const auto& p : ResolveCheckpointArg(arg, option)) joined += p + '\n';
   });
   joined = parallel::AllGatherStrings(comm, comm.rank() == 0 ? joined : "")[0];
   std::vector<std::string> candidates;
-  for (size_t a = 0, b; (b = joined.find('\n', a)) != std::string::npos;
-       a = b + 1) {
+  for (size_t a = 0, b; (b = joined.find('\n', a)) != std::string::npos; a = b + 1) {
     candidates.push_back(joined.substr(a, b - a));
   }
-  for (const auto &path : candidates) {
+  for (const auto& path : candidates) {
     try {
       CheckpointModel out;
       out.tensors = ReadModelCollective(comm, path, out.meta);
       return out;
-    } catch (const CorruptCheckpointError &e) {
-      LogWarn("checkpoint {} is unusable, trying the previous one: {}", path,
-              e.what());
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, trying the previous one: {}", path, e.what());
     }
   }
-  FT_THROW(
-      IoError,
-      "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
-      option, arg, candidates.size());
+  FT_THROW(IoError, "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
+           option, arg, candidates.size());
 }
 
-CheckpointMeta ReadCheckpointMeta(const std::string &path) {
+CheckpointMeta ReadCheckpointMeta(const std::string& path) {
   data::QuietHdf5();
   H5Lock lock;
-  H5Id file(H5_CHECK(CorruptCheckpointError,
-                     H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+  H5Id file(H5_CHECK(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
                      "opening checkpoint " + path),
             H5Fclose);
   return ReadMetaFrom(file.get(), path);
 }
 
-models::NamedTensors ReadCheckpointModel(const std::string &path,
-                                         const CheckpointMeta &meta) {
-  const auto cfg = models::LlamaConfig::FromJson(
-      nlohmann::json::parse(meta.model_config_json),
-      path + " /state model_config");
+models::NamedTensors ReadCheckpointModel(const std::string& path, const CheckpointMeta& meta) {
+  const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
+                                                 path + " /state model_config");
   data::QuietHdf5();
   H5Lock lock;
-  H5Id file(H5_CHECK(CorruptCheckpointError,
-                     H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+  H5Id file(H5_CHECK(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
                      "opening checkpoint " + path),
             H5Fclose);
   models::NamedTensors out;
-  for (const auto &[name, shape] : models::HfTensorShapes(cfg)) {
+  for (const auto& [name, shape] : models::HfTensorShapes(cfg)) {
     const std::string ds_name = DatasetName(name, 0);
-    const std::string ctx =
-        fmt::format("checkpoint {} dataset {}", path, ds_name);
+    const std::string ctx = fmt::format("checkpoint {} dataset {}", path, ds_name);
     if (H5Lexists(file.get(), ds_name.c_str(), H5P_DEFAULT) <= 0) {
       H5Eclear2(H5E_DEFAULT);
       FT_THROW(CorruptCheckpointError, "{} is missing", ctx);
     }
-    H5Id ds(H5_CHECK(CorruptCheckpointError,
-                     H5Dopen2(file.get(), ds_name.c_str(), H5P_DEFAULT), ctx),
-            H5Dclose);
+    H5Id ds(
+        H5_CHECK(CorruptCheckpointError, H5Dopen2(file.get(), ds_name.c_str(), H5P_DEFAULT), ctx),
+        H5Dclose);
     H5Id space(H5_CHECK(IoError, H5Dget_space(ds.get()), ctx), H5Sclose);
-    std::vector<hsize_t> dims(
-        std::max(0, H5Sget_simple_extent_ndims(space.get())));
-    if (!dims.empty())
-      H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    std::vector<hsize_t> dims(std::max(0, H5Sget_simple_extent_ndims(space.get())));
+    if (!dims.empty()) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
     if (std::vector<int64_t>(dims.begin(), dims.end()) != shape) {
-      FT_THROW(CorruptCheckpointError,
-               "{} has shape [{}], its config.json says [{}]", ctx,
+      FT_THROW(CorruptCheckpointError, "{} has shape [{}], its config.json says [{}]", ctx,
                fmt::join(dims, ", "), fmt::join(shape, ", "));
     }
     auto t = torch::empty(shape, torch::kFloat);
-    H5_CHECK(CorruptCheckpointError,
-             H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                     t.data_ptr<float>()),
-             ctx);
+    H5_CHECK(
+        CorruptCheckpointError,
+        H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr<float>()),
+        ctx);
     const uint32_t want = ReadAttrU32(ds.get(), "crc32", ctx);
     const uint32_t got = Crc32(t.data_ptr<float>(), t.numel() * 4);
     if (got != want) {
@@ -235,4 +203,4 @@ models::NamedTensors ReadCheckpointModel(const std::string &path,
   return out;
 }
 
-} // namespace ftune::runtime
+}  // namespace ftune::runtime
