@@ -232,6 +232,10 @@ CheckpointMeta CheckpointManager::Load(const std::string& path) {
   // contiguous.
   std::vector<int64_t> entries, bytes;
   std::vector<uint32_t> stored(3 * plan_->tensors.size(), 0);
+  // Views on a GPU are read into host memory (HDF5 and the checksums need host pointers) and
+  // copied to the device once the file verified.
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged;  // (device view, host copy)
+  staged.reserve(3 * plan_->tensors.size());
   Deferred reads;
   for (size_t i = 0; i < plan_->tensors.size(); ++i) {
     const auto& t = plan_->tensors[i];
@@ -243,7 +247,13 @@ CheckpointMeta CheckpointManager::Load(const std::string& path) {
       float* buf = nullptr;
       if (t.view >= 0) {
         const auto& v = plan_->views[t.view];
-        buf = (k == 0 ? v.master : k == 1 ? v.exp_avg : v.exp_avg_sq).data_ptr<float>();
+        const at::Tensor& live = k == 0 ? v.master : k == 1 ? v.exp_avg : v.exp_avg_sq;
+        if (live.is_cpu()) {
+          buf = live.data_ptr<float>();
+        } else {
+          staged.emplace_back(live, torch::empty(live.sizes(), torch::kFloat));
+          buf = staged.back().second.data_ptr<float>();
+        }
       }
       reads.Run([&]() {
         H5Lock lock;
@@ -337,6 +347,7 @@ CheckpointMeta CheckpointManager::Load(const std::string& path) {
     dxpl.Close();
     H5_CHECK(IoError, file.Close(), "closing " + path);
   });
+  for (auto& [device_view, host] : staged) device_view.copy_(host);
   dp_.LoadMasterIntoParams();
   try {
     auto gen = CpuGenerator();

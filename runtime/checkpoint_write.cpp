@@ -365,19 +365,20 @@ void CheckpointManager::Save(const TrainState& state) {
   job->tmp = job->path + ".tmp";
   const bool async = cfg_.checkpoint.async;
   job->data.resize(plan_->tensors.size());
-  if (async) async_copy_.resize(plan_->tensors.size());
+  async_copy_.resize(plan_->tensors.size());
   for (size_t i = 0; i < plan_->tensors.size(); ++i) {
     const auto& t = plan_->tensors[i];
     if (!t.owner) continue;
     const auto& w = plan_->views[t.view];
     const std::array<at::Tensor, 3> live{w.master, w.exp_avg, w.exp_avg_sq};
-    if (!async) {
+    if (!async && live[0].is_cpu()) {
       job->data[i] = live;
       continue;
     }
-    // Async: a copy, so training can go on updating the live tensors. The
-    // previous save is done (Wait above), so its copy is reused: no fresh pages
-    // to fault in at every save.
+    // Async: a copy, so training can go on updating the live tensors; on a GPU: a host copy
+    // (HDF5, the checksums and O_DIRECT write from host memory; one wait for the device here).
+    // The previous save is done (Wait above), so its copy is reused: no fresh pages to fault in
+    // at every save.
     for (int k = 0; k < 3; ++k) {
       auto& c = async_copy_[i][k];
       if (!c.defined()) c = PageAlignedLike(live[k], t.runs.empty() ? 0 : t.runs[0].full_offset);
@@ -386,6 +387,9 @@ void CheckpointManager::Save(const TrainState& state) {
     job->data[i] = async_copy_[i];
   }
   {
+    // The CPU generator only: nothing in training draws from a CUDA generator (no dropout; weight
+    // init and sampling use CPU generators of their own seeds), so there is no device RNG state
+    // that a resume would need.
     auto gen = CpuGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     job->rng = gen.get_state().contiguous();
