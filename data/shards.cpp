@@ -131,7 +131,10 @@ std::string ReadStringAttr(hid_t obj, const char* name, const std::string& file)
   // H5Aread writes every element: an array of strings would overrun the one-string buffer.
   if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0 ||
       H5Sget_simple_extent_npoints(space.get()) != 1) {
-    FT_THROW(DataError, "{}: attribute '{}' is not a fixed-length string", file, name);
+    FT_THROW(DataError,
+             "{}: attribute '{}' is not one fixed-length string (a damaged shard, or not "
+             "written by ftune prepare: re-run ftune prepare)",
+             file, name);
   }
   std::string buf(H5Tget_size(type.get()), '\0');
   H5_CHECK(DataError, H5Aread(attr.get(), type.get(), buf.data()), file, name);
@@ -353,8 +356,8 @@ json SplitToJson(const SplitEntry& s) {
 int64_t IntAt(const json& j, const char* key, const std::string& path) {
   const json& v = j.at(key);
   if (!v.is_number_integer()) {
-    FT_THROW(DataError, "{}: malformed manifest: {} is {}, not an integer", path, key,
-             v.dump().substr(0, 80));
+    FT_THROW(DataError, "{}: malformed manifest: {} is {}, not an integer (re-run ftune prepare)",
+             path, key, v.dump().substr(0, 80));
   }
   return v.get<int64_t>();
 }
@@ -429,13 +432,15 @@ Manifest ReadManifest(const std::string& dir) {
     m.meta.bos_id = IntAt(j, "bos_id", path);
     const json& eos = j.at("eos_ids");
     if (!eos.is_array()) {
-      FT_THROW(DataError, "{}: malformed manifest: eos_ids is {}, not a list", path,
+      FT_THROW(DataError,
+               "{}: malformed manifest: eos_ids is {}, not a list (re-run ftune prepare)", path,
                eos.dump().substr(0, 80));
     }
     for (const auto& id : eos) {
       if (!id.is_number_integer()) {
-        FT_THROW(DataError, "{}: malformed manifest: eos_ids holds {}, not an integer", path,
-                 id.dump().substr(0, 80));
+        FT_THROW(DataError,
+                 "{}: malformed manifest: eos_ids holds {}, not an integer (re-run ftune prepare)",
+                 path, id.dump().substr(0, 80));
       }
       m.meta.eos_ids.push_back(id.get<int64_t>());
     }
@@ -443,7 +448,8 @@ Manifest ReadManifest(const std::string& dir) {
     m.meta.template_name = j.at("template").get<std::string>();
     const int64_t compression = IntAt(j, "compression", path);
     if (compression < 0 || compression > 9) {
-      FT_THROW(DataError, "{}: compression {} is not a gzip level 0-9", path, compression);
+      FT_THROW(DataError, "{}: compression {} is not a gzip level 0-9 (re-run ftune prepare)", path,
+               compression);
     }
     m.meta.compression = static_cast<int>(compression);
     m.meta.sources_json = j.at("sources").dump();

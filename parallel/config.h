@@ -26,10 +26,7 @@ struct ParallelConfig {
     v("timeout_s", timeout_s, "seconds a collective may wait before the job aborts");
   }
   void Validate() const {
-    // Bounded like tp, so that dp * tp cannot overflow.
-    if (dp != -1 && (dp < 1 || dp > (1 << 24))) {
-      throw ConfigKeyError("dp", "must be in [1, 16777216] or -1 (auto)");
-    }
+    if (dp != -1 && dp < 1) throw ConfigKeyError("dp", "must be >= 1 or -1 (auto)");
     CheckRange<int64_t>("tp", tp, 1, 1 << 16);
     CheckRange<int64_t>("zero", zero, 0, 3);
     CheckRange("bucket_mb", bucket_mb, 0.001, 1e6);

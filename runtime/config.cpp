@@ -447,7 +447,9 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
   const auto& p = cfg.parallel;
   const int64_t dp = p.dp == -1 ? (check.world_size % p.tp == 0 ? check.world_size / p.tp : -1)
                                 : p.dp;
-  if (check.layout && dp * p.tp != check.world_size) {
+  // dp == world_size / tp, not dp * tp == world_size: that product of two user numbers can
+  // overflow (parallel.dp=2^62+1 with tp 4 "fit" 4 ranks).
+  if (check.layout && (check.world_size % p.tp != 0 || dp != check.world_size / p.tp)) {
     FT_THROW(ConfigError,
              "{}: parallel.dp * parallel.tp = {} * {} does not equal the world size {} (ranks "
              "launched); set parallel.dp: -1 or launch parallel.dp * parallel.tp ranks",

@@ -184,7 +184,7 @@ TEST(Shards, StringAttributeArrayIsAnError) {
     ShardReader r(path);
     FAIL() << "an array of strings accepted as the split";
   } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("'split' is not a fixed-length string"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("'split' is not one fixed-length string"), std::string::npos)
         << e.what();
   }
 }
