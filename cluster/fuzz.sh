@@ -7,7 +7,7 @@
 #
 #   cluster/fuzz.sh                      # every harness, 600 s each
 #   cluster/fuzz.sh 60 tokenizer config  # 60 s, these harnesses
-#   FUZZ_BUILD_DIR=build-fuzz WORK=/tmp/ftune-fuzz JOBS=2 NICE=19 MERGE=0 cluster/fuzz.sh ...
+#   FUZZ_BUILD_DIR=build-fuzz WORK=/tmp/ftune-fuzz JOBS=2 NICE=19 MERGE=0 BUILD=0 cluster/fuzz.sh ...
 #
 # Needs clang and libclang-rt-dev (Debian: apt-get install clang libclang-rt-14-dev).
 set -euo pipefail
@@ -19,15 +19,20 @@ WORK=${WORK:-/tmp/ftune-fuzz}
 NICE=${NICE:-19}
 ROOT=$PWD
 
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-  -DFTUNE_FUZZ=ON >/dev/null
-nice -n "$NICE" cmake --build "$BUILD_DIR" --target fuzz_all -j"${JOBS:-$(nproc)}"
+# BUILD=0: the fuzz binaries are already built (by another process); use them as they are.
+if [ "${BUILD:-1}" = 1 ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+    -DFTUNE_FUZZ=ON >/dev/null
+fi
 
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in tests/fuzz/*_fuzz.cpp; do names+=("$(basename "$f" _fuzz.cpp)"); done
+fi
+if [ "${BUILD:-1}" = 1 ]; then
+  nice -n "$NICE" cmake --build "$BUILD_DIR" -j"${JOBS:-$(nproc)}" --target "${names[@]/#/fuzz_}"
 fi
 mkdir -p "$WORK"
 python3 tests/fuzz/make_seeds.py "$ROOT" "$WORK/seeds"
@@ -36,7 +41,8 @@ export LSAN_OPTIONS="suppressions=$ROOT/tests/sanitize/lsan.supp:print_suppressi
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS=1
 
-printf '%-18s %6s %10s %8s %6s %6s %s\n' harness time_s execs exec/s cov ft artifacts
+printf '%-18s %6s %10s %8s %6s %6s %9s %7s %9s %s\n' harness time_s execs exec/s cov ft slowest_s rss_mb artifacts \
+  corpus
 for name in "${names[@]}"; do
   corpus=$WORK/corpus/$name artifacts=$WORK/artifacts/$name log=$WORK/$name.log
   mkdir -p "$corpus" "$artifacts"
@@ -54,8 +60,11 @@ for name in "${names[@]}"; do
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(sed -n 's/.* cov: \([0-9]*\) .*/\1/p' "$log" | tail -1)
   ft=$(sed -n 's/.* ft: \([0-9]*\) .*/\1/p' "$log" | tail -1)
-  printf '%-18s %6s %10s %8s %6s %6s %s\n' "$name" "$elapsed" "${execs:-?}" "${rate:-?}" \
-    "${cov:-?}" "${ft:-?}" "$(ls "$artifacts" | wc -l)"
+  slowest=$(sed -n 's/^stat::slowest_unit_time_sec: *//p' "$log" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
+  # Crashes, leaks, timeouts and out-of-memory inputs all leave an artifact (crash-, leak-,
+  # timeout-, oom-, slow-unit-).
+  n_artifacts=$(find "$artifacts" -type f | wc -l)
   if [ "${MERGE:-1}" = 1 ]; then
     merged=$WORK/merged/$name
     rm -rf "$merged" && mkdir -p "$merged"
@@ -68,5 +77,8 @@ for name in "${names[@]}"; do
       echo "fuzz: merging $name failed (see $WORK/$name.merge.log); corpus left as it was"
     fi
   fi
+  printf '%-18s %6s %10s %8s %6s %6s %9s %7s %9s %s\n' "$name" "$elapsed" "${execs:-?}" \
+    "${rate:-?}" "${cov:-?}" "${ft:-?}" "${slowest:-?}" "${rss:-?}" "$n_artifacts" \
+    "$(find tests/fuzz/corpus/"$name" -type f | wc -l)"
 done
 echo "fuzz: logs and artifacts in $WORK; corpora in tests/fuzz/corpus/"

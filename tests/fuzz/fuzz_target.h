@@ -56,21 +56,20 @@ void ExpectInputErrors(F&& f) {
 }  // namespace ftune::fuzz
 
 // A consistency check of a harness: prints and aborts (a crash for libFuzzer) when false.
-#define FTUNE_FUZZ_CHECK(cond)                                                    \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #cond, __FILE__,    \
-                   __LINE__);                                                     \
-      std::abort();                                                               \
-    }                                                                             \
+#define FTUNE_FUZZ_CHECK(cond)                                                            \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
+      std::fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
+      std::abort();                                                                       \
+    }                                                                                     \
   } while (0)
 
 #ifdef FTUNE_LIBFUZZER
 #define FTUNE_FUZZ_TARGET(name) \
   extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 #else
-#define FTUNE_FUZZ_TARGET(name)                                                         \
-  static int FuzzTarget_##name(const uint8_t* data, size_t size);                        \
+#define FTUNE_FUZZ_TARGET(name)                                                             \
+  static int FuzzTarget_##name(const uint8_t* data, size_t size);                           \
   static const bool kRegistered_##name = ::ftune::fuzz::Register(#name, FuzzTarget_##name); \
   static int FuzzTarget_##name(const uint8_t* data, size_t size)
 #endif
