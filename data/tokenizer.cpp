@@ -1584,7 +1584,7 @@ void Tokenizer::Impl::LoadGenerationConfig(const std::string& file) {
     }
     const auto& noops = GenerationNoOps();
     const auto it = std::find_if(noops.begin(), noops.end(),
-                                 [&](const auto& k) { return key == k.first; });
+                                 [&key = key](const auto& k) { return key == k.first; });
     if (it == noops.end()) {
       unknown.push_back(key);
     } else if (!IsNoOp(value, it->second)) {
