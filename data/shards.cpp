@@ -64,8 +64,14 @@ std::string ReadStringAttr(hid_t obj, const char* name, const std::string& file)
   if (H5Aexists(obj, name) <= 0) FT_THROW(DataError, "{}: attribute '{}' is missing", file, name);
   Hid attr = Checked(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose, file, name, true);
   Hid type = Checked(H5Aget_type(attr.get()), H5Tclose, file, name, true);
-  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
-    FT_THROW(DataError, "{}: attribute '{}' is not a fixed-length string", file, name);
+  Hid space = Checked(H5Aget_space(attr.get()), H5Sclose, file, name, true);
+  // H5Aread writes every element: an array of strings would overrun the one-string buffer.
+  if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0 ||
+      H5Sget_simple_extent_npoints(space.get()) != 1) {
+    FT_THROW(DataError,
+             "{}: attribute '{}' is not one fixed-length string (a damaged shard, or not "
+             "written by ftune prepare: re-run ftune prepare)",
+             file, name);
   }
   std::string buf(H5Tget_size(type.get()), '\0');
   H5_CHECK(DataError, H5Aread(attr.get(), type.get(), buf.data()), file, name);
@@ -282,13 +288,24 @@ json SplitToJson(const SplitEntry& s) {
   return {{"num_docs", s.num_docs}, {"num_tokens", s.num_tokens}, {"shards", shards}};
 }
 
-SplitEntry SplitFromJson(const json& j) {
+// j[key] as an integer. (json's get<int64_t>() of a float truncates it, and is undefined
+// behaviour when it is out of range.)
+int64_t IntAt(const json& j, const char* key, const std::string& path) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) {
+    FT_THROW(DataError, "{}: malformed manifest: {} is {}, not an integer (re-run ftune prepare)",
+             path, key, v.dump().substr(0, 80));
+  }
+  return v.get<int64_t>();
+}
+
+SplitEntry SplitFromJson(const json& j, const std::string& path) {
   SplitEntry s;
-  s.num_docs = j.at("num_docs").get<int64_t>();
-  s.num_tokens = j.at("num_tokens").get<int64_t>();
+  s.num_docs = IntAt(j, "num_docs", path);
+  s.num_tokens = IntAt(j, "num_tokens", path);
   for (const auto& e : j.at("shards")) {
-    s.shards.push_back({e.at("file").get<std::string>(), e.at("num_docs").get<int64_t>(),
-                        e.at("num_tokens").get<int64_t>(), e.at("bytes").get<int64_t>()});
+    s.shards.push_back({e.at("file").get<std::string>(), IntAt(e, "num_docs", path),
+                        IntAt(e, "num_tokens", path), IntAt(e, "bytes", path)});
   }
   return s;
 }
@@ -340,7 +357,7 @@ Manifest ReadManifest(const std::string& dir) {
   if (j.is_discarded() || !j.is_object()) FT_THROW(DataError, "{}: invalid JSON", path);
   try {
     Manifest m;
-    m.format_version = j.at("format_version").get<int64_t>();
+    m.format_version = IntAt(j, "format_version", path);
     if (m.format_version != kShardFormatVersion) {
       FT_THROW(DataError, "{}: format_version {} is not {} (re-run ftune prepare)", path,
                m.format_version, kShardFormatVersion);
@@ -348,17 +365,35 @@ Manifest ReadManifest(const std::string& dir) {
     m.fingerprint = j.at("fingerprint").get<std::string>();
     m.meta.created_by = j.at("created_by").get<std::string>();
     m.meta.tokenizer_sha256 = j.at("tokenizer_sha256").get<std::string>();
-    m.meta.vocab_size = j.at("vocab_size").get<int64_t>();
-    m.meta.bos_id = j.at("bos_id").get<int64_t>();
-    m.meta.eos_ids = j.at("eos_ids").get<std::vector<int64_t>>();
-    m.meta.pad_id = j.at("pad_id").get<int64_t>();
+    m.meta.vocab_size = IntAt(j, "vocab_size", path);
+    m.meta.bos_id = IntAt(j, "bos_id", path);
+    const json& eos = j.at("eos_ids");
+    if (!eos.is_array()) {
+      FT_THROW(DataError,
+               "{}: malformed manifest: eos_ids is {}, not a list (re-run ftune prepare)", path,
+               eos.dump().substr(0, 80));
+    }
+    for (const auto& id : eos) {
+      if (!id.is_number_integer()) {
+        FT_THROW(DataError,
+                 "{}: malformed manifest: eos_ids holds {}, not an integer (re-run ftune prepare)",
+                 path, id.dump().substr(0, 80));
+      }
+      m.meta.eos_ids.push_back(id.get<int64_t>());
+    }
+    m.meta.pad_id = IntAt(j, "pad_id", path);
     m.meta.template_name = j.at("template").get<std::string>();
-    m.meta.compression = j.at("compression").get<int>();
+    const int64_t compression = IntAt(j, "compression", path);
+    if (compression < 0 || compression > 9) {
+      FT_THROW(DataError, "{}: compression {} is not a gzip level 0-9 (re-run ftune prepare)", path,
+               compression);
+    }
+    m.meta.compression = static_cast<int>(compression);
     m.meta.sources_json = j.at("sources").dump();
-    m.max_seq_len = j.at("max_seq_len").get<int64_t>();
+    m.max_seq_len = IntAt(j, "max_seq_len", path);
     m.train_on_prompt = j.at("train_on_prompt").get<bool>();
-    m.train = SplitFromJson(j.at("splits").at("train"));
-    m.test = SplitFromJson(j.at("splits").at("test"));
+    m.train = SplitFromJson(j.at("splits").at("train"), path);
+    m.test = SplitFromJson(j.at("splits").at("test"), path);
     return m;
   } catch (const json::exception& e) {
     FT_THROW(DataError, "{}: malformed manifest: {}", path, e.what());

@@ -1046,6 +1046,16 @@ struct Tokenizer::Impl {
     FT_THROW(DataError, "{}: {}", path, what);
   }
 
+  // A token id or count: an integer in [0, INT32_MAX]. (json's get<int32_t>() of a float
+  // truncates it, and is undefined behaviour when it is out of range.)
+  int32_t NonNegative(const json& v, const std::string& what) const {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
+      Fail(fmt::format("{} is {}, not an integer in [0, {}]", what, v.dump().substr(0, 80),
+                       INT32_MAX));
+    }
+    return v.get<int32_t>();
+  }
+
   void LoadModel(const json& m);
   void LoadNormalizer(const json& n);
   void LoadPreTokenizer(const json& p);
@@ -1106,10 +1116,16 @@ void Tokenizer::Impl::LoadModel(const json& m) {
   int64_t max_id = -1;
   vocab_items.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > INT32_MAX) Fail(fmt::format("vocab id {} out of range", id));
-    vocab_items.emplace_back(it.key(), static_cast<int32_t>(id));
-    max_id = std::max(max_id, id);
+    const int32_t id = NonNegative(it.value(), "the vocab id of " + json(it.key()).dump());
+    vocab_items.emplace_back(it.key(), id);
+    max_id = std::max<int64_t>(max_id, id);
+  }
+  // The tables below are indexed by id: one large id in a small vocab would allocate gigabytes.
+  if (max_id >= 2 * int64_t(vocab_items.size()) + 1024) {
+    Fail(
+        fmt::format("model.vocab is sparse: {} tokens with ids up to {} (ftune indexes tokens "
+                    "by id and accepts ids below twice the token count + 1024)",
+                    vocab_items.size(), max_id));
   }
   vocab_ids.Build(vocab_items);
   id_to_token.assign(max_id + 1, std::string());
@@ -1274,8 +1290,8 @@ void Tokenizer::Impl::LoadDecoder(const json& d) {
   } else if (type == "Strip") {
     dec.kind = Decoder::kStrip;
     dec.content = d.at("content");
-    dec.start = d.value("start", 0);
-    dec.stop = d.value("stop", 0);
+    dec.start = d.contains("start") ? NonNegative(d["start"], "Strip decoder start") : 0;
+    dec.stop = d.contains("stop") ? NonNegative(d["stop"], "Strip decoder stop") : 0;
   } else if (type == "ByteLevel") {
     dec.kind = Decoder::kByteLevel;
   } else if (type == "Metaspace") {
@@ -1314,7 +1330,9 @@ void Tokenizer::Impl::LoadPostProcessor(const json& p, std::vector<int32_t>* pre
         const std::string name = item["SpecialToken"].at("id");
         std::vector<int32_t> ids;
         if (specials.is_object() && specials.contains(name)) {
-          for (const auto& id : specials[name].at("ids")) ids.push_back(id.get<int32_t>());
+          for (const auto& id : specials[name].at("ids")) {
+            ids.push_back(NonNegative(id, "post_processor id of " + json(name).dump()));
+          }
         } else if (const int32_t id = Lookup(name); id >= 0) {
           ids.push_back(id);
         } else {
@@ -1337,8 +1355,7 @@ void Tokenizer::Impl::LoadAddedTokens(const json& tokens) {
   if (tokens.is_null()) return;
   for (const auto& t : tokens) {
     const std::string content = t.at("content");
-    const int32_t id = t.at("id").get<int32_t>();
-    if (id < 0) Fail(fmt::format("added token {} has a negative id", json(content).dump()));
+    const int32_t id = NonNegative(t.at("id"), "the id of added token " + json(content).dump());
     const bool special = t.value("special", false);
     const bool normalized = t.value("normalized", !special);
     added_to_id[content] = id;
@@ -1567,7 +1584,7 @@ void Tokenizer::Impl::LoadGenerationConfig(const std::string& file) {
     }
     const auto& noops = GenerationNoOps();
     const auto it = std::find_if(noops.begin(), noops.end(),
-                                 [&](const auto& k) { return key == k.first; });
+                                 [&key = key](const auto& k) { return key == k.first; });
     if (it == noops.end()) {
       unknown.push_back(key);
     } else if (!IsNoOp(value, it->second)) {
@@ -1635,7 +1652,7 @@ Tokenizer Tokenizer::FromPath(const std::string& path) {
     std::vector<int32_t> tpl_prefix, tpl_suffix;
     impl->LoadPostProcessor(Field(j, "post_processor"), &tpl_prefix, &tpl_suffix);
     if (j.contains("padding") && j["padding"].is_object() && j["padding"].contains("pad_id")) {
-      impl->pad_id = j["padding"]["pad_id"].get<int32_t>();
+      impl->pad_id = impl->NonNegative(j["padding"]["pad_id"], "padding.pad_id");
     }
     const size_t slash = file.find_last_of('/');
     impl->LoadConfigs(slash == std::string::npos ? "." : file.substr(0, slash), tpl_prefix,

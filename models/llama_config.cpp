@@ -322,7 +322,8 @@ LlamaConfig LlamaConfig::FromJson(const json& j, const std::string& source) {
       "torch_dtype", "initializer_range", "rope_theta", "rope_scaling", "rope_parameters",
       "layer_types"};
   std::vector<std::string> unknown;
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& key = item.key();  // (a lambda cannot capture a structured binding in C++17)
     const bool fixed = std::any_of(FixedKeys().begin(), FixedKeys().end(),
                                    [&](const FixedKey& f) { return key == f.key; });
     if (!kRead.count(key) && !fixed && !kMetadataKeys.count(key)) unknown.push_back(key);

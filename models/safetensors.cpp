@@ -53,13 +53,17 @@ TensorInfo ParseEntry(const std::string& path, const std::string& name, const js
   info.dtype =
       SafetensorsDtype(e["dtype"].get<std::string>(), fmt::format("{}: tensor '{}'", path, name));
   if (!e["shape"].is_array()) throw bad("shape is not an array");
-  uint64_t numel = 1;
+  // `span`: the bytes of the shape with each 0 dimension counted as 1, so that a zero-size
+  // tensor cannot hide dimensions whose strides (and slice offsets) overflow int64.
+  uint64_t numel = 1, span = c10::elementSize(info.dtype);
   for (const auto& d : e["shape"]) {
     if (!d.is_number_unsigned()) throw bad("shape has a non-integer or negative dimension");
     const uint64_t v = d.get<uint64_t>();
-    if (v > (uint64_t(1) << 62) || __builtin_mul_overflow(numel, v, &numel)) {
+    if (__builtin_mul_overflow(span, std::max<uint64_t>(v, 1), &span) ||
+        span > uint64_t(INT64_MAX)) {
       throw bad("shape is too large");
     }
+    numel *= v;  // <= span
     info.shape.push_back(static_cast<int64_t>(v));
   }
   const auto& off = e["data_offsets"];

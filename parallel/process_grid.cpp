@@ -51,11 +51,11 @@ ProcessGrid::ProcessGrid(Communicator& world, const GridOptions& opt)
              tp, n);
   }
   if (dp == -1) dp = n / tp;
-  if (dp * tp != n) {
+  if (dp != n / tp) {  // not dp * tp != n: the product of two user numbers can overflow
     FT_THROW(ConfigError,
-             "parallel.dp * parallel.tp = {} * {} = {} but the job has {} ranks; set parallel.dp "
-             "to {} (or -1), or launch {} ranks",
-             dp, tp, dp * tp, n, n / tp, dp * tp);
+             "parallel.dp * parallel.tp = {} * {} but the job has {} ranks; set parallel.dp to {} "
+             "(or -1), or launch parallel.dp * parallel.tp ranks",
+             dp, tp, n, n / tp);
   }
   backend_ = ResolveBackend(opt);
   dp_ = static_cast<int>(dp);

@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -36,7 +37,7 @@ template <class T>
 const char* TypeName() {
   if constexpr (std::is_same_v<T, bool>) return "a boolean (true/false)";
   else if constexpr (std::is_integral_v<T>) return "an integer";
-  else if constexpr (std::is_floating_point_v<T>) return "a number";
+  else if constexpr (std::is_floating_point_v<T>) return "a finite number";
   else if constexpr (std::is_same_v<T, std::string>) return "a string";
   else if constexpr (std::is_same_v<T, std::vector<std::string>>) return "a list of strings";
   else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return "a list of integers";
@@ -246,7 +247,11 @@ class Reader {
         if (pos != s.size()) throw std::invalid_argument(s);
         return static_cast<T>(v);
       } else if constexpr (std::is_floating_point_v<T>) {
-        return n.as<T>();
+        // .nan and .inf are YAML numbers, but no key means them (a range check lets NaN
+        // through) and ConfigToYaml could not write them back.
+        const T v = n.as<T>();
+        if (!std::isfinite(v)) throw std::invalid_argument(n.Scalar());
+        return v;
       } else {
         return n.as<std::string>();
       }
@@ -442,7 +447,9 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
   const auto& p = cfg.parallel;
   const int64_t dp = p.dp == -1 ? (check.world_size % p.tp == 0 ? check.world_size / p.tp : -1)
                                 : p.dp;
-  if (check.layout && dp * p.tp != check.world_size) {
+  // dp == world_size / tp, not dp * tp == world_size: that product of two user numbers can
+  // overflow (parallel.dp=2^62+1 with tp 4 "fit" 4 ranks).
+  if (check.layout && (check.world_size % p.tp != 0 || dp != check.world_size / p.tp)) {
     FT_THROW(ConfigError,
              "{}: parallel.dp * parallel.tp = {} * {} does not equal the world size {} (ranks "
              "launched); set parallel.dp: -1 or launch parallel.dp * parallel.tp ranks",

@@ -158,7 +158,7 @@ TEST_F(ConfigTest, WrongTypeNamesExpectedType) {
   auto p4 = Write("train: 5\n");
   EXPECT_NE(ErrorOf(p4).find("expected a section"), std::string::npos);
   auto p5 = Write("optim:\n  lr: [1, 2]\n");
-  EXPECT_NE(ErrorOf(p5).find("expected a number"), std::string::npos);
+  EXPECT_NE(ErrorOf(p5).find("expected a finite number"), std::string::npos);
 }
 
 TEST_F(ConfigTest, OutOfRangeNamesRangeAndLine) {
@@ -210,6 +210,27 @@ TEST_F(ConfigTest, LayoutMustMatchWorldSize) {
   // dp = -1 derives dp from the world size.
   EXPECT_EQ(ErrorOf("", {"parallel.tp=2"}, {4, false}), "");
   EXPECT_NE(ErrorOf("", {"parallel.tp=2"}, {3, false}).find("world size 3"), std::string::npos);
+}
+
+// .nan passed `epochs == 0 || epochs < -1`, and ConfigToYaml wrote "nan", which did not load
+// again (found with fuzz_config: the written config must load back).
+TEST_F(ConfigTest, NonFiniteNumbersAreErrors) {
+  auto p = Write("train:\n  epochs: .nan\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":2"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.epochs: expected a finite number, got '.nan'"), std::string::npos) << e;
+  e = ErrorOf("", {"model.arch.rope_theta=-.inf"});
+  EXPECT_NE(e.find("model.arch.rope_theta: expected a finite number"), std::string::npos) << e;
+}
+
+// dp * tp overflowed int64 (undefined; in practice 2^62 + 1 times 4 wrapped to 4, a layout
+// that "fit" 4 ranks; found with fuzz_config under UBSan).
+TEST_F(ConfigTest, HugeDpDoesNotFitTheWorld) {
+  auto e = ErrorOf("", {"parallel.dp=4611686018427387905", "parallel.tp=4"}, {4, false});
+  EXPECT_NE(e.find("parallel.dp * parallel.tp = 4611686018427387905 * 4 does not equal the world "
+                   "size 4"),
+            std::string::npos)
+      << e;
 }
 
 TEST_F(ConfigTest, TpMustDivideTheModel) {

@@ -217,6 +217,19 @@ TEST(Safetensors, ShapeBytesMismatch) {
   ExpectBad(files::Join(dir, "miss.safetensors"), {"'w'", "data_offsets"});
 }
 
+// A zero dimension made the element count 0, so the size check never saw the other
+// dimensions: their byte strides overflowed int64 in GetSlice (found by fuzz_safetensors).
+TEST(Safetensors, ZeroDimensionDoesNotHideAnOverflowingShape) {
+  auto dir = TempDir("zero_dim");
+  WriteRaw(files::Join(dir, "z.safetensors"),
+           R"({"z":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})", "");
+  ExpectBad(files::Join(dir, "z.safetensors"), {"'z'", "too large"});
+  WriteRaw(files::Join(dir, "ok.safetensors"),
+           R"({"z":{"dtype":"F32","shape":[0,1024,4],"data_offsets":[0,0]}})", "");
+  SafetensorsFile f(files::Join(dir, "ok.safetensors"));
+  EXPECT_EQ(f.GetSlice("z", 1, 512, 1024).sizes().vec(), (std::vector<int64_t>{0, 512, 4}));
+}
+
 TEST(Safetensors, MetadataAllowed) {
   auto dir = TempDir("meta");
   WriteRaw(

@@ -1,11 +1,13 @@
 // HDF5 shards and the manifest (data/shards.h): round trip, hyperslab reads, byte-identical
 // rewrites, truncated and corrupt files.
+#include "data/shards.h"
+
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include <fstream>
 #include <thread>
 
-#include "data/shards.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
 
@@ -150,6 +152,69 @@ TEST(Shards, ManifestRoundTripAndMissing) {
   EXPECT_EQ(r.train.shards.at(0).bytes, 1234);
   EXPECT_EQ(r.test.shards.size(), 0u);
   EXPECT_EQ(r.meta.eos_ids, std::vector<int64_t>{2});
+}
+
+// ReadStringAttr read an array of strings into a buffer for one: a heap overflow (found with
+// fuzz_shard under ASan). Any attribute that is not one fixed-length string is now an error.
+TEST(Shards, StringAttributeArrayIsAnError) {
+  const auto dir = Scratch("string_array");
+  std::vector<int32_t> tok;
+  std::vector<uint8_t> mask;
+  std::vector<int64_t> off;
+  Sample(100, &tok, &mask, &off);
+  const std::string path = dir + "/train-00000.h5";
+  WriteShard(path, Meta(), "train", 0, tok, mask, off);
+  {
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    ASSERT_GE(H5Adelete(file, "split"), 0);
+    const hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, 5);
+    const hsize_t n = 4;
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const hid_t attr = H5Acreate2(file, "split", type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Awrite(attr, type, "trainvalidtest_xyz_"), 0);
+    H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Fclose(file);
+  }
+  try {
+    ShardReader r(path);
+    FAIL() << "an array of strings accepted as the split";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("'split' is not one fixed-length string"), std::string::npos)
+        << e.what();
+  }
+}
+
+// Integers of the manifest given as floats: json's get<int64_t>() truncated 2.5 and was undefined
+// for 1e300 (found with fuzz_manifest under UBSan).
+TEST(Shards, ManifestNumbersMustBeIntegers) {
+  const auto dir = Scratch("manifest_ints");
+  Manifest m;
+  m.meta = Meta();
+  m.train.shards.push_back({"train-00000.h5", 3, 30, 1234});
+  WriteManifest(dir, m);
+  const std::string path = dir + "/" + kManifestName;
+  const std::string good = ReadBytes(path);
+  auto expect = [&](const std::string& from, const std::string& to, const std::string& what) {
+    std::string text = good;
+    const size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    std::ofstream(path, std::ios::binary) << text.replace(at, from.size(), to);
+    try {
+      ReadManifest(dir);
+      ADD_FAILURE() << "accepted " << to;
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect("\"vocab_size\": 1000", "\"vocab_size\": 1e300", "vocab_size is 1e+300, not an integer");
+  expect("\"bytes\": 1234", "\"bytes\": 12.5", "bytes is 12.5, not an integer");
+  expect("\"compression\": 0", "\"compression\": 4294967296", "compression 4294967296 is not");
+  expect("\"eos_ids\": [\n  2\n ]", "\"eos_ids\": [2.5]", "eos_ids holds 2.5");
 }
 
 }  // namespace

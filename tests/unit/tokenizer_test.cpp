@@ -558,6 +558,48 @@ TEST(TokenizerErrors, UnsupportedComponents) {
             std::string::npos);
 }
 
+// Ids and counts that are not integers in [0, 2^31) are errors naming the field. Before, json's
+// get<int32_t>() converted them: a float out of range is undefined behaviour (found with
+// fuzz_tokenizer under UBSan), 2.5 silently became 2.
+TEST(TokenizerErrors, NonIntegerIds) {
+  auto expect = [](json j, const std::string& what) {
+    const std::string msg = ErrorOf<DataError>(WriteTokenizer(j));
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    EXPECT_NE(msg.find("not an integer in [0, 2147483647]"), std::string::npos) << msg;
+  };
+  json j = Llama2Json();
+  j["model"]["vocab"]["zz"] = 1e300;
+  expect(j, "the vocab id of \"zz\" is 1e+300");
+  j = Llama2Json();
+  j["model"]["vocab"]["zz"] = 2.5;
+  expect(j, "the vocab id of \"zz\"");
+  j = Llama2Json();
+  j["added_tokens"][0]["id"] = -1;
+  expect(j, "the id of added token \"<unk>\"");
+  j = Llama2Json();
+  j["padding"] = {{"pad_id", 1e300}};
+  expect(j, "padding.pad_id");
+  j = Llama2Json();
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {4294967296.0};
+  expect(j, "post_processor id of \"<s>\"");
+  j = Llama2Json();
+  j["decoder"]["decoders"][3]["start"] = -1e300;
+  expect(j, "Strip decoder start");
+}
+
+// One large id in a small vocab sized the id-indexed tables by that id: 2^31 - 1 allocated
+// 64 GiB and ended the process (found with fuzz_tokenizer: out of memory).
+TEST(TokenizerErrors, SparseVocab) {
+  json j = Llama2Json();
+  j["model"]["vocab"]["zz"] = 2147483647;
+  const std::string msg = ErrorOf<DataError>(WriteTokenizer(j));
+  EXPECT_NE(msg.find("model.vocab is sparse"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("ids up to 2147483647"), std::string::npos) << msg;
+  j = Llama2Json();
+  j["model"]["vocab"]["zz"] = 1000;  // a hole of ~700 ids is fine
+  EXPECT_EQ(Tokenizer::FromPath(WriteTokenizer(j)).TokenToId("zz"), 1000);
+}
+
 TEST(TokenizerErrors, MissingAndMalformedFiles) {
   const std::string dir = MakeTempDir();
   std::string msg = ErrorOf<IoError>(dir);
