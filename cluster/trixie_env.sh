@@ -121,6 +121,14 @@ if [ "$want" != "$(cat "$ROOT/.ftune-packages" 2> /dev/null)" ]; then
 fi
 
 # --- build + tests: the README's test command, inside the root ---------------------------------
+# The build directory belongs to one clone: ninja trusts file times, so another clone's sources,
+# older on disk than objects built from a newer tree, would look up to date (a stale object then
+# fails to link). A different clone starts the directory afresh; ccache keeps that quick.
+if [ "$(cat "$ROOT/build/.ftune-src" 2> /dev/null)" != "$SRC" ]; then
+  rm -rf "$ROOT/build"
+  mkdir -p "$ROOT/build"
+  echo "$SRC" > "$ROOT/build/.ftune-src"
+fi
 # ccache in the root (the host's cache holds other compilers' objects); its sloppiness lets the
 # precompiled libtorch header be cached too. FTUNE_NPM_DIR keeps the tokenizer test's reference
 # packages between runs.
