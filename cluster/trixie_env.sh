@@ -96,6 +96,10 @@ mnt /dev/shm -t tmpfs -o mode=1777 tmpfs   # OpenMPI's shared-memory transport, 
 mnt /src --bind "$SRC"
 # Name resolution as on the host: npm's registry, and mpirun resolving this host's name.
 cp /etc/resolv.conf /etc/hosts "$ROOT/etc/"
+# TLS as on the host: where the host reaches the npm registry through CAs of its own (a proxy's,
+# under /usr/local/share/ca-certificates), node in the root trusts the host's bundle too
+# (NODE_EXTRA_CA_CERTS below); without it the tokenizer parity test found no registry and skipped.
+[ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ftune-host-ca.crt"
 
 in_root() {
   chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
@@ -138,6 +142,7 @@ env_inside=(
   CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
   FTUNE_NPM_DIR=/npm FTUNE_SKIP_APT=1 BUILD_DIR=/build
 )
+[ -f "$ROOT/etc/ftune-host-ca.crt" ] && env_inside+=(NODE_EXTRA_CA_CERTS=/etc/ftune-host-ca.crt)
 [ -n "${CCACHE_DISABLE:-}" ] && env_inside+=(CCACHE_DISABLE=1)
 if [ -n "${FTUNE_TRIXIE_SHELL:-}" ]; then
   in_root env "${env_inside[@]}" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
