@@ -46,8 +46,11 @@ class Communicator {
   int size() const { return size_; }
   const std::string& name() const { return name_; }
   // Seconds a Wait() may block: past it the job is declared broken (a lost
-  // rank) and aborted with a message naming the collective (MPI backend: a
-  // watchdog thread calls MPI_Abort; the wait itself is a plain MPI_Wait).
+  // rank) and aborted with a report naming the collective (op, sequence number,
+  // communicator), the ranks that did not arrive and every rank's last
+  // collective (parallel/watchdog.h; MPI backend: the watchdog thread calls
+  // MPI_Abort; the wait itself is a plain MPI_Wait). Every collective is
+  // recorded in the process's FlightRecorder (parallel/flight_recorder.h).
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
 

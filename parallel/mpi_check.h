@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <vector>
 
 #include "parallel/error.h"
 
@@ -16,6 +17,8 @@ class Communicator;
 // The MPI_Comm behind a communicator of the MPI backend (for MPI-IO: parallel/hdf5_mpio.h).
 // Throws CommError for a communicator of another backend. The handle stays owned by `c`.
 MPI_Comm NativeMpiComm(Communicator& c);
+// The world ranks of `comm`'s members, in `comm`'s rank order.
+std::vector<int> WorldRanksOf(MPI_Comm comm);
 
 // Adds `waited` to CommWaitSeconds() (for the Work::Wait of every backend).
 void AddCommWait(std::chrono::steady_clock::duration waited);

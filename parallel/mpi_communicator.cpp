@@ -4,13 +4,11 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
-#include <map>
-#include <mutex>
-#include <thread>
 
 #include "parallel/communicator.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/mpi_check.h"
+#include "parallel/watchdog.h"
 
 namespace ftune::parallel {
 
@@ -79,67 +77,6 @@ int CountOf(int64_t n, const char* what) {
   return static_cast<int>(n);
 }
 
-// Bounds every blocking wait: one thread per process watches the deadlines of
-// the waits in progress and, when one passes parallel.timeout_s (a rank died or
-// stopped calling collectives), prints what was waited for and aborts the whole
-// job. Waiting itself is a plain MPI_Wait, so MPI progresses at full speed.
-class Watchdog {
- public:
-  static Watchdog& Get() {
-    static Watchdog* w = new Watchdog();  // never destroyed: its thread outlives main
-    return *w;
-  }
-  void Arm(const std::string& what, double timeout_s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    waits_[std::this_thread::get_id()] = {Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                              std::chrono::duration<double>(timeout_s)),
-                                          what, timeout_s};
-  }
-  void Disarm() {
-    std::lock_guard<std::mutex> lock(mu_);
-    waits_.erase(std::this_thread::get_id());
-  }
-
- private:
-  using Clock = std::chrono::steady_clock;
-  struct Pending {
-    Clock::time_point deadline;
-    std::string what;
-    double timeout_s;
-  };
-  Watchdog() {
-    std::thread([this]() { Run(); }).detach();
-  }
-  void Run() {
-    while (true) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      std::string msg;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (const auto& [id, p] : waits_) {
-          if (Clock::now() > p.deadline) {
-            msg = fmt::format(
-                "{} did not complete within parallel.timeout_s = {} s: a rank has probably died "
-                "or stopped calling collectives (see the other ranks' logs); aborting the job",
-                p.what, p.timeout_s);
-            break;
-          }
-        }
-      }
-      if (msg.empty()) continue;
-      int finalized = 0, rank = -1;
-      MPI_Finalized(&finalized);
-      if (finalized) return;
-      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-      std::fprintf(stderr, "[rank %d] error: %s\n", rank, msg.c_str());
-      std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, 3);
-    }
-  }
-  std::mutex mu_;
-  std::map<std::thread::id, Pending> waits_;
-};
-
 std::atomic<int64_t> comm_wait_ns{0};  // CommWaitSeconds(), summed by WaitRequest
 
 // Adds the lifetime of this object to comm_wait_ns.
@@ -155,20 +92,26 @@ class WaitTimer {
   std::chrono::steady_clock::time_point t0_;
 };
 
-void WaitRequest(MPI_Request* req, double timeout_s, const std::string& what) {
+// Waits for `req`, the collective `t`. Bounded by the watchdog (parallel/watchdog.h): past
+// `timeout_s` it reports which ranks did not arrive and aborts the job. Waiting itself is a plain
+// MPI_Wait, so MPI progresses at full speed.
+void WaitRequest(MPI_Request* req, const FlightRecorder::Ticket& t, double timeout_s) {
   WaitTimer timer;
+  auto& recorder = FlightRecorder::Get();
   int done = 0;
-  MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));  // most small collectives end here
-  if (done) return;
-  Watchdog::Get().Arm(what, timeout_s);
-  const int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
-  Watchdog::Get().Disarm();
+  int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);  // most small collectives end here
+  if (rc == MPI_SUCCESS && !done) {
+    recorder.Block(t, timeout_s, /*watched=*/true);
+    rc = MPI_Wait(req, MPI_STATUS_IGNORE);
+  }
+  recorder.Complete(t);
   MPI_CHECK(rc);
 }
 
 class MpiWork : public Work {
  public:
-  MpiWork(std::string what, double timeout_s) : what_(std::move(what)), timeout_s_(timeout_s) {}
+  MpiWork(FlightRecorder::Ticket ticket, double timeout_s)
+      : ticket_(ticket), timeout_s_(timeout_s) {}
   ~MpiWork() override {
     if (!done_) {
       try {
@@ -181,7 +124,7 @@ class MpiWork : public Work {
   void Wait() override {
     if (done_) return;
     done_ = true;
-    WaitRequest(&req_, timeout_s_, what_);
+    WaitRequest(&req_, ticket_, timeout_s_);
     if (finish_) finish_();
   }
   MPI_Request req_ = MPI_REQUEST_NULL;
@@ -190,7 +133,7 @@ class MpiWork : public Work {
   std::vector<int> counts_, displs_;
 
  private:
-  std::string what_;
+  FlightRecorder::Ticket ticket_;
   double timeout_s_;
   bool done_ = false;
 };
@@ -215,8 +158,13 @@ at::Tensor HostBuffer(const at::Tensor& t, bool copy_in) {
 class MpiCommunicator : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, std::string name)
-      : Communicator(RankOf(comm), SizeOf(comm), std::move(name)), comm_(comm) {}
+      : Communicator(RankOf(comm), SizeOf(comm), std::move(name)),
+        comm_(comm),
+        flight_(FlightRecorder::Get().AddCommunicator(name_, WorldRanksOf(comm))) {
+    StartWatchdog();
+  }
   ~MpiCommunicator() override {
+    FlightRecorder::Get().RemoveCommunicator(flight_);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -225,7 +173,7 @@ class MpiCommunicator : public Communicator {
   WorkPtr AllReduce(at::Tensor& t, ReduceOp op) override {
     CheckTensor(t, "AllReduce");
     CheckAvg(op, t, "AllReduce");
-    auto w = NewWork("AllReduce");
+    auto w = NewWork("AllReduce", t);
     at::Tensor buf = WireBuffer(t);
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data_ptr(), CountOf(buf.numel(), "AllReduce"),
                              ToMpi(buf.scalar_type()), ToMpi(op), comm_, &w->req_));
@@ -254,7 +202,7 @@ class MpiCommunicator : public Communicator {
     CheckAvg(op, input, "ReduceScatter");
     CheckSameDtype(input, output, "ReduceScatter");
     CheckCounts(counts, input.numel(), output.numel(), "ReduceScatter");
-    auto w = NewWork("ReduceScatter");
+    auto w = NewWork("ReduceScatter", input);
     at::Tensor in = WireBuffer(input);
     at::Tensor out = WireBuffer(output);
     for (int64_t c : counts) w->counts_.push_back(CountOf(c, "ReduceScatter"));
@@ -280,7 +228,7 @@ class MpiCommunicator : public Communicator {
     CheckTensor(output, "AllGather output");
     CheckSameDtype(input, output, "AllGather");
     CheckCounts(counts, output.numel(), input.numel(), "AllGather");
-    auto w = NewWork("AllGather");
+    auto w = NewWork("AllGather", input);
     int64_t off = 0;
     for (int64_t c : counts) {
       w->counts_.push_back(CountOf(c, "AllGather"));
@@ -306,7 +254,7 @@ class MpiCommunicator : public Communicator {
   WorkPtr Broadcast(at::Tensor& t, int root) override {
     CheckTensor(t, "Broadcast");
     if (root < 0 || root >= size_) FT_THROW(CommError, "Broadcast: root {} out of range", root);
-    auto w = NewWork("Broadcast");
+    auto w = NewWork("Broadcast", t);
     MPI_Datatype type = IsHalf(t.scalar_type()) ? MPI_UINT16_T : ToMpi(t.scalar_type());
     at::Tensor buf = HostBuffer(t, /*copy_in=*/true);
     MPI_CHECK(MPI_Ibcast(buf.data_ptr(), CountOf(t.numel(), "Broadcast"), type, root, comm_,
@@ -320,7 +268,7 @@ class MpiCommunicator : public Communicator {
   }
 
   WorkPtr Barrier() override {
-    auto w = NewWork("Barrier");
+    auto w = NewWork("Barrier", at::Tensor());
     MPI_CHECK(MPI_Ibarrier(comm_, &w->req_));
     return w;
   }
@@ -346,9 +294,12 @@ class MpiCommunicator : public Communicator {
     MPI_CHECK(MPI_Comm_size(c, &s));
     return s;
   }
-  std::unique_ptr<MpiWork> NewWork(const char* op) {
-    return std::make_unique<MpiWork>(fmt::format("{} on communicator '{}'", op, name_),
-                                     timeout_s_);
+  // Records the collective `op` (a string literal) on `t` and returns its Work.
+  std::unique_ptr<MpiWork> NewWork(const char* op, const at::Tensor& t) {
+    const auto ticket = t.defined()
+                            ? FlightRecorder::Get().Start(flight_, op, t.numel(), t.scalar_type())
+                            : FlightRecorder::Get().Start(flight_, op, 0, at::kByte);
+    return std::make_unique<MpiWork>(ticket, timeout_s_);
   }
   static void CheckSameDtype(const at::Tensor& a, const at::Tensor& b, const char* what) {
     if (a.scalar_type() != b.scalar_type()) {
@@ -370,9 +321,24 @@ class MpiCommunicator : public Communicator {
   }
 
   MPI_Comm comm_;
+  int flight_;  // this communicator in FlightRecorder::Get()
 };
 
 }  // namespace
+
+std::vector<int> WorldRanksOf(MPI_Comm comm) {
+  MPI_Group group, world;
+  MPI_CHECK(MPI_Comm_group(comm, &group));
+  MPI_CHECK(MPI_Comm_group(MPI_COMM_WORLD, &world));
+  int n = 0;
+  MPI_CHECK(MPI_Group_size(group, &n));
+  std::vector<int> ranks(n), out(n);
+  for (int i = 0; i < n; ++i) ranks[i] = i;
+  MPI_CHECK(MPI_Group_translate_ranks(group, n, ranks.data(), world, out.data()));
+  MPI_Group_free(&group);
+  MPI_Group_free(&world);
+  return out;
+}
 
 MPI_Comm NativeMpiComm(Communicator& c) {
   auto* m = dynamic_cast<MpiCommunicator*>(&c);

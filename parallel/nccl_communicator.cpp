@@ -5,9 +5,10 @@
 // makes the communicator's stream wait for it, so the collective sees every kernel queued
 // before the call; the collective then runs on the communicator's stream, overlapping what the
 // caller queues next (backward of earlier layers). Work::Wait() polls the collective's completion
-// event from the host, bounded by timeout() (a lost rank: the communicator is aborted and
-// Wait throws CommError naming the collective), then makes the caller's stream wait on it and
-// finishes (16-bit results copied back, kAvg done by NCCL itself).
+// event from the host, bounded by timeout() (a lost rank: the timeout report of
+// parallel/watchdog.h is printed, the communicator is aborted and Wait throws CommError naming
+// the collective), then makes the caller's stream wait on it and finishes (16-bit results copied
+// back, kAvg done by NCCL itself). Every collective is recorded in the FlightRecorder.
 //
 // bf16/fp16 reductions run in fp32 (copies made on the caller's stream) and are rounded once
 // when the Work is waited for, as the MPI backend does. The buffers a collective uses are
@@ -31,7 +32,9 @@
 #include <thread>
 
 #include "parallel/communicator.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/mpi_check.h"
+#include "parallel/watchdog.h"
 
 namespace ftune::parallel {
 namespace {
@@ -75,9 +78,12 @@ class NcclCommunicator;
 
 class NcclWork : public Work {
  public:
-  NcclWork(NcclCommunicator* comm, std::string what, at::cuda::CUDAEvent done,
+  NcclWork(NcclCommunicator* comm, FlightRecorder::Ticket ticket, at::cuda::CUDAEvent done,
            std::vector<at::Tensor> keep, std::function<void()> finish)
-      : comm_(comm), what_(std::move(what)), done_(std::move(done)), keep_(std::move(keep)),
+      : comm_(comm),
+        ticket_(ticket),
+        done_(std::move(done)),
+        keep_(std::move(keep)),
         finish_(std::move(finish)) {}
   ~NcclWork() override {
     try {
@@ -89,7 +95,7 @@ class NcclWork : public Work {
 
  private:
   NcclCommunicator* comm_;
-  std::string what_;
+  FlightRecorder::Ticket ticket_;
   at::cuda::CUDAEvent done_;
   std::vector<at::Tensor> keep_;  // alive until the collective is done
   std::function<void()> finish_;
@@ -102,7 +108,10 @@ class NcclCommunicator : public Communicator {
       : Communicator(bootstrap->rank(), bootstrap->size(), std::move(name)),
         bootstrap_(std::move(bootstrap)),
         device_(c10::cuda::current_device()),
-        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_)) {
+        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_)),
+        flight_(FlightRecorder::Get().AddCommunicator(name_,
+                                                      WorldRanksOf(NativeMpiComm(*bootstrap_)))) {
+    StartWatchdog();
     set_timeout(bootstrap_->timeout());
     ncclUniqueId id;
     auto buf = at::zeros({static_cast<int64_t>(sizeof(id))}, at::kByte);
@@ -116,6 +125,7 @@ class NcclCommunicator : public Communicator {
     NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_), nullptr);
   }
   ~NcclCommunicator() override {
+    FlightRecorder::Get().RemoveCommunicator(flight_);
     if (comm_ == nullptr) return;
     if (aborted_) return;
     ncclCommDestroy(comm_);
@@ -124,21 +134,35 @@ class NcclCommunicator : public Communicator {
   ncclComm_t nccl() const { return comm_; }
   c10::DeviceIndex device() const { return device_; }
 
-  // Called by NcclWork::Wait while its collective is not done: throws once timeout() passed
-  // or NCCL reported an asynchronous error (the communicator is aborted first, so that every
-  // kernel of it returns).
-  void CheckProgress(const std::string& what, std::chrono::steady_clock::time_point start) {
+  // Called by NcclWork::Wait while its collective `t` is not done: throws once its deadline
+  // passed (the timeout report printed first; the deadline moves on while this process is
+  // stopped) or NCCL reported an asynchronous error (the communicator is aborted first, so that
+  // every kernel of it returns).
+  // `overdue_since`: when this wait was first seen past its deadline (the deadline is acted on
+  // half a second later, by when the watchdog has moved it on if this process was stopped).
+  void CheckProgress(const FlightRecorder::Ticket& t, std::chrono::steady_clock::time_point start,
+                     std::chrono::steady_clock::time_point& overdue_since) {
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(comm_, &async);
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto now = std::chrono::steady_clock::now();
+    const double waited = std::chrono::duration<double>(now - start).count();
     if (async == ncclSuccess && waited < timeout()) return;
+    if (async == ncclSuccess) {
+      auto overdue = FlightRecorder::Get().OverdueWaitOf(t, now);
+      if (!overdue) return;
+      if (overdue_since == std::chrono::steady_clock::time_point{}) overdue_since = now;
+      if (now - overdue_since < std::chrono::milliseconds(500)) return;
+      ReportTimeout(*overdue);
+    }
+    const std::string what = fmt::format("{} #{}", t.op, t.seq);
     const std::string why =
         async != ncclSuccess
             ? fmt::format("NCCL reported {} ({})", ncclGetErrorString(async),
                           ncclGetLastError(comm_))
-            : fmt::format("no completion within parallel.timeout_s = {} s: a rank died or "
-                          "stopped calling collectives", timeout());
+            : fmt::format(
+                  "no completion within parallel.timeout_s = {} s (the report above "
+                  "names the ranks that did not arrive)",
+                  timeout());
     if (!aborted_) {
       aborted_ = true;
       ncclCommAbort(comm_);
@@ -303,20 +327,22 @@ class NcclCommunicator : public Communicator {
     at::cuda::CUDAEvent ready;
     ready.record(c10::cuda::getCurrentCUDAStream(device_));
     ready.block(stream_);
+    const auto ticket =
+        FlightRecorder::Get().Start(flight_, what, tensors[0].numel(), tensors[0].scalar_type());
     enqueue(stream_.stream());
     for (const auto& t : tensors) {
       c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
     }
     at::cuda::CUDAEvent done;
     done.record(stream_);
-    return std::make_unique<NcclWork>(this, fmt::format("{} of {} elements", what,
-                                                        tensors[0].numel()),
-                                      std::move(done), std::move(tensors), std::move(finish));
+    return std::make_unique<NcclWork>(this, ticket, std::move(done), std::move(tensors),
+                                      std::move(finish));
   }
 
   std::unique_ptr<Communicator> bootstrap_;  // MPI: ids, Split
   c10::DeviceIndex device_;
   c10::cuda::CUDAStream stream_;
+  int flight_;  // this communicator in FlightRecorder::Get()
   ncclComm_t comm_ = nullptr;
   bool aborted_ = false;
 };
@@ -325,10 +351,21 @@ void NcclWork::Wait() {
   if (waited_) return;
   waited_ = true;
   const auto start = std::chrono::steady_clock::now();
-  while (!done_.query()) {
-    comm_->CheckProgress(what_, start);
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  auto& recorder = FlightRecorder::Get();
+  if (!done_.query()) {
+    recorder.Block(ticket_, comm_->timeout(), /*watched=*/false);
+    std::chrono::steady_clock::time_point overdue_since{};
+    while (!done_.query()) {
+      try {
+        comm_->CheckProgress(ticket_, start, overdue_since);
+      } catch (...) {
+        recorder.Complete(ticket_);  // no longer waited for: the communicator is aborted
+        throw;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
   }
+  recorder.Complete(ticket_);
   AddCommWait(std::chrono::steady_clock::now() - start);
   c10::cuda::CUDAGuard guard(comm_->device());
   done_.block(c10::cuda::getCurrentCUDAStream(comm_->device()));

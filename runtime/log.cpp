@@ -40,23 +40,40 @@ void OpenLogFile(const std::string& path) {
   s.file.open(path, std::ios::app);
 }
 
+namespace {
+
+const char* Tag(LogLevel level) {
+  return level == LogLevel::kInfo ? "" : level == LogLevel::kWarn ? "warning: " : "error: ";
+}
+
+// Appends one line to the log file, if open; `s.mu` held.
+void WriteFileLine(LogState& s, LogLevel level, const std::string& msg) {
+  if (!s.file.is_open()) return;
+  std::time_t now = std::time(nullptr);
+  char ts[32];
+  std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
+  s.file << ts << " [rank " << s.rank << "] " << Tag(level) << msg << '\n';
+  s.file.flush();
+}
+
+}  // namespace
+
 void LogLine(LogLevel level, const std::string& msg, bool all_ranks) {
   auto& s = State();
   std::lock_guard<std::mutex> lock(s.mu);
-  const char* tag = level == LogLevel::kInfo ? "" : level == LogLevel::kWarn ? "warning: " : "error: ";
   std::string prefix = s.world_size > 1 ? fmt::format("[rank {}] ", s.rank) : "";
   if (s.rank == 0 || all_ranks) {
     std::FILE* out = level == LogLevel::kInfo ? stdout : stderr;
-    fmt::print(out, "{}{}{}\n", prefix, tag, msg);
+    fmt::print(out, "{}{}{}\n", prefix, Tag(level), msg);
     std::fflush(out);
   }
-  if (s.file.is_open()) {
-    std::time_t now = std::time(nullptr);
-    char ts[32];
-    std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
-    s.file << ts << " [rank " << s.rank << "] " << tag << msg << '\n';
-    s.file.flush();
-  }
+  WriteFileLine(s, level, msg);
+}
+
+void LogToFile(LogLevel level, const std::string& msg) {
+  auto& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  WriteFileLine(s, level, msg);
 }
 
 void LogNotesOnce(const LoadNotes& notes, bool info) {

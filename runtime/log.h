@@ -19,6 +19,8 @@ void OpenLogFile(const std::string& path);
 // Writes `msg`: to the console on rank 0 (or on every rank when all_ranks), and to this
 // rank's log file.
 void LogLine(LogLevel level, const std::string& msg, bool all_ranks = false);
+// Writes `msg` to this rank's log file only (for what was printed to the console otherwise).
+void LogToFile(LogLevel level, const std::string& msg);
 
 template <class... A>
 void LogInfo(fmt::format_string<A...> f, A&&... a) {

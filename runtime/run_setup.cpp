@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <fstream>
+#include <random>
 
 #include "parallel/compat.h"
 #include "parallel/files.h"
+#include "parallel/watchdog.h"
 #include "runtime/log.h"
 
 namespace ftune::runtime {
@@ -44,8 +46,21 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
     LogInfo("ftune {} | {} rank(s) | config {}\n{}", command, world.world_size(),
             args.config_path.empty() ? "(defaults)" : args.config_path, ConfigTable(cfg));
   }
-  world.comm().Barrier()->Wait();  // the run directory exists before any rank writes into it
+  // Rank 0 names this run's flight records (files an earlier run left in the directory are
+  // ignored); the broadcast also orders: the run directory exists before any rank writes into it.
+  auto run_token = at::zeros({1}, at::kLong);
+  if (world.rank() == 0) {
+    std::random_device random;
+    run_token[0] = static_cast<int64_t>((uint64_t{random()} << 32) | random());
+  }
+  world.comm().Broadcast(run_token, 0)->Wait();
   OpenLogFile(files::Join(dir, fmt::format("logs/rank_{}.log", world.rank())));
+  parallel::PublishFlightRecords(
+      files::Join(dir, "logs/flight"),
+      fmt::format("{:016x}", static_cast<uint64_t>(run_token[0].item<int64_t>())),
+      [](bool error, const std::string& text) {
+        LogToFile(error ? LogLevel::kError : LogLevel::kWarn, text);
+      });
   return cfg;
 }
 

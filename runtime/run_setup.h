@@ -1,6 +1,8 @@
 // What every config-driven subcommand does first: load the config (CLI > YAML
 // > defaults), set threads, create the run directory, write the resolved YAML
-// there and print it as a table on rank 0, and open this rank's log file.
+// there and print it as a table on rank 0, open this rank's log file, and start publishing this
+// rank's flight record into run_dir/logs/flight (parallel/watchdog.h: what a collective timeout
+// reports).
 #pragma once
 
 #include <memory>

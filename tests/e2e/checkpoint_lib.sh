@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Shared by the checkpoint e2e tests (resume, preempt, rank death, export, disk full); sourced,
-# not run (CTest runs *_test.sh only). Usage in a test: source "$(dirname "$0")/checkpoint_lib.sh" "$@"
+# Shared by the checkpoint e2e tests (resume, preempt, rank death, hung rank, export, disk
+# full); sourced, not run (CTest runs *_test.sh only). Usage in a test: source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 set -euo pipefail
 FTUNE=$1
 SCRATCH=$2
@@ -92,6 +92,9 @@ PY
   done
   fail "step $2 did not appear in $1 within $3 s"
 }
+
+# Whether pid $1 is a live process (a zombie waiting to be reaped is dead).
+alive() { local st; st=$(ps -o stat= -p "$1" 2> /dev/null) && [[ -n $st && $st != Z* ]]; }
 
 # PID of rank $2 among the children of mpirun $1 (by OMPI_COMM_WORLD_RANK).
 rank_pid() {

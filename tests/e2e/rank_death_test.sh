@@ -9,9 +9,6 @@ need_mpirun
 write_config
 TIMEOUT=5
 
-# Whether pid $1 is a live process (a zombie waiting to be reaped is dead).
-alive() { local st; st=$(ps -o stat= -p "$1" 2> /dev/null) && [[ -n $st && $st != Z* ]]; }
-
 # kill_rank <log> <extra mpirun args...>: starts a long run, kills rank 1 after step 2, returns the
 # seconds until mpirun (and with it every rank) is gone.
 kill_rank() {

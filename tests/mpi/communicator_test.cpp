@@ -1,14 +1,21 @@
 // Collectives under mpirun with closed-form expectations: input = f(rank) gives
 // a known result for every op x dtype x size, on the world and on both axes of
 // a dp x tp grid.
+#include <signal.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
 
 #include "parallel/communicator.h"
 #include "parallel/error.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/process_grid.h"
+#include "parallel/watchdog.h"
 #include "tests/mpi_test_env.h"
 
 namespace ftune::parallel {
@@ -178,6 +185,96 @@ TEST(Communicator, RejectsBadInputClearly) {
   auto odd = at::ones({comm.size() * 3 + 1});
   auto out = at::empty({3});
   EXPECT_THROW(comm.ReduceScatter(odd, out), ftune::CommError);
+}
+
+// Every rank of a communicator numbers its collectives alike, and knows its members' world ranks.
+TEST(FlightRecorder, SequenceNumbersAgreeAcrossRanks) {
+  auto& world = TestWorld().comm();
+  const int n = world.size(), r = world.rank();
+  auto odd = world.Split(r % 2, r, "parity");
+  for (int i = 0; i < 3 + r % 2; ++i) {  // the odd ranks' communicator gets one more
+    auto t = at::ones({8});
+    odd->AllReduce(t)->Wait();
+  }
+  odd->Barrier()->Wait();
+  const RankState s = FlightRecorder::Get().Snapshot();
+  const CommRecord* mine = nullptr;
+  int64_t world_started = -1;
+  for (const auto& c : s.comms) {
+    if (c.name == "parity") mine = &c;
+    if (c.name == "world") world_started = c.started;
+  }
+  ASSERT_NE(mine, nullptr);
+  std::vector<int> members;
+  for (int m = r % 2; m < n; m += 2) members.push_back(m);
+  EXPECT_EQ(mine->members, members);
+  EXPECT_EQ(mine->started, 4 + r % 2);  // 3 or 4 all-reduces and a barrier
+  EXPECT_EQ(mine->completed, mine->started);
+  EXPECT_EQ(s.recent.back().op, "Barrier");
+  EXPECT_EQ(s.recent.back().comm, "parity");
+  // The world communicator's count is the same on every rank (whatever the tests before did).
+  auto counts = at::full({2}, world_started, at::kLong);
+  counts[1] = -world_started;
+  world.AllReduce(counts, ReduceOp::kMax)->Wait();
+  EXPECT_EQ(counts[0].item<int64_t>(), -counts[1].item<int64_t>())
+      << "world sequence numbers differ";
+}
+
+// The published records: every rank's file is there, from this run, and its heartbeat moves.
+TEST(FlightRecorder, PublishedRecordsAreReadableByEveryRank) {
+  auto& world = TestWorld().comm();
+  const std::string dir = fmt::format("{}/flight_mpi_test_np{}", FTUNE_BINARY_DIR, world.size());
+  const std::string run = fmt::format("test-{}", ::getppid());  // mpirun's pid: one per job
+  PublishFlightRecords(dir, run, nullptr);
+  auto read = [&](int rank) {
+    std::ifstream in(fmt::format("{}/rank_{}.json", dir, rank));
+    std::stringstream text;
+    text << in.rdbuf();
+    return RankStateFromJson(text.str(), fmt::format("rank_{}.json", rank));
+  };
+  world.Barrier()->Wait();  // every rank wrote its first record
+  std::vector<double> first;
+  for (int r = 0; r < world.size(); ++r) {
+    const RankState s = read(r);
+    EXPECT_EQ(s.run, run);
+    EXPECT_EQ(s.rank, r);
+    EXPECT_EQ(s.world_size, world.size());
+    EXPECT_GT(s.pid, 0);
+    first.push_back(s.heartbeat_unix);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // > one heartbeat period
+  world.Barrier()->Wait();
+  for (int r = 0; r < world.size(); ++r) {
+    const RankState s = read(r);
+    EXPECT_GT(s.heartbeat_unix, first[r]) << "rank " << r << "'s heartbeat did not move";
+    bool has_world = false;
+    for (const auto& c : s.comms) has_world = has_world || c.name == "world";
+    EXPECT_TRUE(has_world);
+  }
+}
+
+// A rank stopped (SIGSTOP) while it waits, past the timeout, then continued: the time it was
+// stopped is not time it waited for the others, so it must not abort the job (it used to, and
+// blamed the others for its own absence). Rank 0 stops and continues rank 1.
+TEST(Watchdog, TheTimeARankWasStoppedDoesNotCountAsWaiting) {
+  auto& world = TestWorld().comm();
+  auto pids = at::zeros({world.size()}, at::kLong);
+  auto mine = at::full({1}, static_cast<int64_t>(::getpid()), at::kLong);
+  world.AllGather(mine, pids)->Wait();
+  auto pair = world.Split(world.rank() < 2 ? 0 : 1, world.rank(), "pair");
+  pair->set_timeout(3);
+  if (world.rank() == 1) {
+    pair->Barrier()->Wait();  // stopped in here for 4 s
+  } else if (world.rank() == 0) {
+    const pid_t other = static_cast<pid_t>(pids[1].item<int64_t>());
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // rank 1 waits by now
+    ASSERT_EQ(::kill(other, SIGSTOP), 0);
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+    ASSERT_EQ(::kill(other, SIGCONT), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));  // rank 1's watchdog ticks
+    pair->Barrier()->Wait();
+  }
+  world.Barrier()->Wait();
 }
 
 TEST(ProcessGrid, BothAxesOfTheGrid) {
