@@ -62,7 +62,7 @@ Activity LastActivity(const RankState& s, double now) {
   if (s.recent.empty()) return {"no collective yet", -1, ""};
   const auto& c = s.recent.back();
   if (c.end_unix == 0) {
-    return {fmt::format("{} started ", Short(c)), now - c.start_unix,
+    return {fmt::format("{} enqueued ", Short(c)), now - c.start_unix,
             " s ago, not waited for yet (computing)"};
   }
   return {fmt::format("{} completed ", Short(c)), now - c.end_unix, " s ago (computing since)"};
@@ -82,14 +82,14 @@ std::string Render(const Activity& a) { return Render(a, a.seconds, a.seconds); 
 // --- JSON -------------------------------------------------------------------------------------
 
 // Keys are the member names. The format tag changes with any change of meaning.
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CollectiveRecord, comm, comm_gen, op, seq, bytes, dtype,
-                                   start_unix, wait_unix, end_unix, timeout_s)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CollectiveRecord, comm, comm_gen, op, seq, state, bytes,
+                                   dtype, start_unix, wait_unix, end_unix, timeout_s)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CommRecord, name, gen, members, started, completed)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RankState, run, rank, world_size, host, pid, heartbeat_unix,
                                    stalled_s, stalled_at_unix, comms, recent, blocked)
 
 namespace {
-constexpr const char* kFormat = "ftune-flight-1";
+constexpr const char* kFormat = "ftune-flight-2";
 }  // namespace
 
 std::string ToJson(const RankState& s) {
@@ -251,6 +251,7 @@ CollectiveRecord FlightRecorder::Describe(const Entry& e, Clock::time_point now_
   r.start_unix = to_unix(e.start);
   r.wait_unix = to_unix(e.wait);
   r.end_unix = to_unix(e.end);
+  r.state = r.end_unix != 0 ? "completed" : r.wait_unix != 0 ? "started" : "enqueued";
   return r;
 }
 

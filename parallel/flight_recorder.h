@@ -36,6 +36,10 @@ struct CollectiveRecord {
   int comm_gen = 0;       // CommRecord::gen of that communicator
   std::string op;         // "AllReduce", "Broadcast", ...
   int64_t seq = 0;        // 1-based, per communicator
+  // "enqueued": handed to the backend (MPI's nonblocking call posted, NCCL's kernel queued on
+  // the communicator's stream), no thread of this rank waits for it yet; "started": this rank
+  // is in it, a thread waits for its completion; "completed".
+  std::string state;
   int64_t bytes = 0;      // size of the (input) tensor
   std::string dtype;      // "Float", "BFloat16", ...
   double start_unix = 0;  // wall clock, seconds since the epoch, when it was started

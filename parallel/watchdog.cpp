@@ -223,10 +223,10 @@ std::string RecentLines(const RankState& me, double now) {
   const size_t first = me.recent.size() > 16 ? me.recent.size() - 16 : 0;
   for (size_t i = first; i < me.recent.size(); ++i) {
     const auto& c = me.recent[i];
-    out += fmt::format("\n  {} started {:.1f} s ago, {}", DescribeCollective(c, me),
-                       now - c.start_unix,
-                       c.end_unix != 0 ? fmt::format("completed {:.1f} s ago", now - c.end_unix)
-                                       : std::string("pending"));
+    out += fmt::format("\n  {}: {}; enqueued {:.1f} s ago", DescribeCollective(c, me), c.state,
+                       now - c.start_unix);
+    if (c.wait_unix != 0) out += fmt::format(", waited for from {:.1f} s ago", now - c.wait_unix);
+    if (c.end_unix != 0) out += fmt::format(", completed {:.1f} s ago", now - c.end_unix);
   }
   return out;
 }

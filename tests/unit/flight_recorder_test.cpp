@@ -42,7 +42,9 @@ TEST(FlightRecorder, NumbersCollectivesPerCommunicator) {
   EXPECT_EQ(s.recent[2].bytes, 24);
   EXPECT_EQ(s.recent[2].dtype, "Long");
   EXPECT_GT(s.recent[2].end_unix, 0);
+  EXPECT_EQ(s.recent[2].state, "completed");
   EXPECT_EQ(s.recent[1].end_unix, 0);  // not completed
+  EXPECT_EQ(s.recent[1].state, "enqueued");  // nobody waits for it either
 }
 
 TEST(FlightRecorder, RingBufferKeepsTheLastCollectivesOldestFirst) {
@@ -92,6 +94,7 @@ TEST(FlightRecorder, DeadlinesMoveOnWhileTheProcessWasStopped) {
   EXPECT_EQ(o->what.timeout_s, 1.0);
   EXPECT_TRUE(r.OverdueWaitOf(u, later));
   EXPECT_EQ(r.Snapshot().blocked.size(), 2u);
+  EXPECT_EQ(r.Snapshot().recent[0].state, "started");  // a thread waits for it
 
   r.Postpone(std::chrono::seconds(10));  // stopped for 10 s: nobody else is to blame
   EXPECT_FALSE(r.FirstOverdue(later));
@@ -132,6 +135,7 @@ CollectiveRecord Coll(const std::string& comm, const std::string& op, int64_t se
   c.start_unix = start;
   c.wait_unix = wait;
   c.end_unix = end;
+  c.state = end != 0 ? "completed" : wait != 0 ? "started" : "enqueued";
   return c;
 }
 
@@ -277,6 +281,7 @@ TEST(FlightRecord, JsonRoundTrip) {
   EXPECT_DOUBLE_EQ(t.recent[0].start_unix, kNow - 3);
   EXPECT_DOUBLE_EQ(t.recent[0].wait_unix, kNow - 2.5);
   EXPECT_DOUBLE_EQ(t.recent[0].end_unix, kNow - 2);
+  EXPECT_EQ(t.recent[0].state, "completed");
   ASSERT_EQ(t.blocked.size(), 1u);
   EXPECT_EQ(t.blocked[0].seq, 57);
   EXPECT_DOUBLE_EQ(t.blocked[0].timeout_s, 5);
@@ -285,7 +290,7 @@ TEST(FlightRecord, JsonRoundTrip) {
 
 TEST(FlightRecord, MalformedFileNamesItself) {
   try {
-    RankStateFromJson("{\"format\": \"ftune-flight-1\", \"run\": ", "/run/logs/flight/rank_3.json");
+    RankStateFromJson("{\"format\": \"ftune-flight-2\", \"run\": ", "/run/logs/flight/rank_3.json");
     FAIL() << "no error";
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("/run/logs/flight/rank_3.json"), std::string::npos);
