@@ -334,9 +334,10 @@ TimeoutDiagnosis DiagnoseTimeout(const CollectiveRecord& hung, const RankState& 
     const bool stale = age > stale_s;
     const bool behind = started < hung.seq;
     if (!stale && !behind) continue;
-    std::string why = stale
-                          ? fmt::format("no heartbeat for {:.1f} s (stopped, dead or exited)", age)
-                          : "has not arrived";
+    const bool waiting = !stale && !s->blocked.empty();
+    std::string why = stale     ? fmt::format("no heartbeat for {:.1f} s (stopped, dead or exited)", age)
+                      : waiting ? "has not arrived, held up itself"
+                                : "has not arrived";
     if (theirs == nullptr) {
       why += fmt::format("; it has no communicator '{}' (not created yet?)", hung.comm);
     } else if (behind) {
@@ -347,7 +348,7 @@ TimeoutDiagnosis DiagnoseTimeout(const CollectiveRecord& hung, const RankState& 
     }
     const Activity a = LastActivity(*s, now_unix);
     why += fmt::format("; {}: {}", stale ? "at its last heartbeat" : "now", Render(a));
-    d.absent.push_back({m, why});
+    (waiting ? d.held_up : d.absent).push_back({m, why});
   }
   return d;
 }
@@ -374,11 +375,24 @@ std::string FormatTimeoutReport(const CollectiveRecord& hung, const RankState& m
       const RankState* s = state_of(a.rank);
       out += fmt::format("\n  rank {} ({}, pid {}): {}", a.rank, s->host, s->pid, a.why);
     }
+  } else if (!d.held_up.empty()) {
+    out += fmt::format(
+        "\nEvery member of '{}' responds, and those that have not arrived at #{} are blocked in "
+        "other collectives themselves (below): the ranks call collectives in different orders, "
+        "or one of those collectives is stuck.",
+        hung.comm, hung.seq);
   } else if (d.unknown.empty() && FindComm(me, hung.comm, hung.comm_gen) != nullptr) {
     out += fmt::format(
         "\nEvery member of '{}' started #{} and responds: the collective itself is stuck "
         "(network, MPI progress), or a member started it but does not wait for it (see below).",
         hung.comm, hung.seq);
+  }
+  if (others_known && !d.held_up.empty()) {
+    out += "\nHeld up, waiting themselves (not the cause):";
+    for (const auto& a : d.held_up) {
+      const RankState* s = state_of(a.rank);
+      out += fmt::format("\n  rank {} ({}, pid {}): {}", a.rank, s->host, s->pid, a.why);
+    }
   }
   if (!d.unknown.empty()) {
     out += fmt::format(

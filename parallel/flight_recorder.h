@@ -175,14 +175,19 @@ struct TimeoutDiagnosis {
     int rank = -1;
     std::string why;  // "no heartbeat for 6.1 s (stopped, dead or exited); last started ..."
   };
-  std::vector<Absent> absent;  // members that did not arrive or do not respond, by rank
-  std::vector<int> unknown;    // members with no state from this run to judge by
+  std::vector<Absent> absent;   // members that did not arrive or do not respond, by rank
+  std::vector<Absent> held_up;  // members that did not arrive because they are blocked in
+                                // another collective themselves (waiting, not the cause)
+  std::vector<int> unknown;     // members with no state from this run to judge by
 };
 
 // `hung`: the collective this rank (`me`) timed out in. `ranks[r]`: rank r's published state, if
-// any (the caller drops files of other runs). A member has not arrived when its last started
-// sequence number on the hung communicator is lower, or when its heartbeat is older than
-// `stale_s` (a stopped rank also holds up collectives it started).
+// any (the caller drops files of other runs). A member is absent when its heartbeat is older
+// than `stale_s` (a stopped rank also holds up collectives it started), or when it responds but
+// has not arrived (its last started sequence number on the hung communicator is lower) and is
+// not blocked in any collective (it computes, reads, or is stuck outside communication). A member
+// that has not arrived because it is itself blocked in a collective is held up, not absent: it
+// waits for someone else (typically an earlier collective the absent rank holds up too).
 TimeoutDiagnosis DiagnoseTimeout(const CollectiveRecord& hung, const RankState& me,
                                  const std::vector<std::optional<RankState>>& ranks,
                                  double now_unix, double stale_s);

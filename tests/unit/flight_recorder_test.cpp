@@ -204,6 +204,64 @@ TEST(FlightReport, NamesTheStoppedAndTheLateRanks) {
   EXPECT_NE(report.find("(files in /x)"), std::string::npos);
 }
 
+// What hung_rank_test saw at 4 ranks: rank 0 waits in #57 while ranks 1 and 3 are still blocked
+// in #56, which the stopped rank 2 holds up as well. Only rank 2 is the cause; 1 and 3 are
+// listed apart, as held up.
+TEST(FlightReport, RanksBlockedInAnEarlierCollectiveAreHeldUpNotAbsent) {
+  std::vector<std::optional<RankState>> ranks(4);
+  ranks[0] = Rank(0, 0, 57);
+  BlockIn57(*ranks[0], 5.2);
+  auto block_in_56 = [](RankState& s, double waited) {
+    auto c = Coll("dp", "AllReduce", 56, kNow - waited - 0.1, kNow - waited, 0);
+    c.timeout_s = 5;
+    s.recent.push_back(c);
+    s.blocked.push_back(c);
+  };
+  for (int r : {1, 3}) {
+    ranks[r] = Rank(r, 0.2, 56);
+    block_in_56(*ranks[r], 4.8);
+  }
+  ranks[2] = Rank(2, 6.0, 56);
+  block_in_56(*ranks[2], 6.1);
+
+  const RankState& me = *ranks[0];
+  const TimeoutDiagnosis d = DiagnoseTimeout(me.blocked[0], me, ranks, kNow, 3.0);
+  ASSERT_EQ(d.absent.size(), 1u);
+  EXPECT_EQ(d.absent[0].rank, 2);
+  ASSERT_EQ(d.held_up.size(), 2u);
+  EXPECT_EQ(d.held_up[0].rank, 1);
+  EXPECT_EQ(d.held_up[1].rank, 3);
+  EXPECT_NE(d.held_up[0].why.find("held up itself"), std::string::npos) << d.held_up[0].why;
+  EXPECT_NE(d.held_up[0].why.find("now: blocked in AllReduce #56 on 'dp' for 4.8 s"),
+            std::string::npos)
+      << d.held_up[0].why;
+
+  const std::string report = FormatTimeoutReport(me.blocked[0], me, ranks, d, kNow, 3.0, "files");
+  const size_t absent_at = report.find("Not arrived or not responding:\n  rank 2 (node1, pid 102)");
+  const size_t held_at = report.find(
+      "Held up, waiting themselves (not the cause):\n  rank 1 (node0, pid 101): has not arrived, "
+      "held up itself; last started #56 on 'dp'");
+  ASSERT_NE(absent_at, std::string::npos) << report;
+  ASSERT_NE(held_at, std::string::npos) << report;
+  EXPECT_LT(absent_at, held_at);
+  EXPECT_NE(report.find("\n  rank 3 (node1, pid 103): has not arrived, held up itself"),
+            std::string::npos)
+      << report;
+
+  // Nobody stopped, everyone responds, and the late ones wait elsewhere: an order mismatch or a
+  // stuck collective, said as such, with no rank blamed.
+  ranks[2] = Rank(2, 0.1, 56);
+  block_in_56(*ranks[2], 4.9);
+  const TimeoutDiagnosis d2 = DiagnoseTimeout(me.blocked[0], me, ranks, kNow, 3.0);
+  EXPECT_TRUE(d2.absent.empty());
+  EXPECT_EQ(d2.held_up.size(), 3u);
+  const std::string report2 =
+      FormatTimeoutReport(me.blocked[0], me, ranks, d2, kNow, 3.0, "files");
+  EXPECT_EQ(report2.find("Not arrived or not responding:"), std::string::npos) << report2;
+  EXPECT_NE(report2.find("the ranks call collectives in different orders"), std::string::npos)
+      << report2;
+}
+
 TEST(FlightReport, AStoppedRankThatArrivedStillHoldsTheCollectiveUp) {
   std::vector<std::optional<RankState>> ranks(4);
   for (int r = 0; r < 4; ++r) {
