@@ -78,6 +78,13 @@ for x in ex1:
     assert x["prompt"].startswith("### Question:") and x["reference"]
 md = open(f"{s}/ft/report.md").read()
 assert "| metric | base | finetuned |" in md and "](loss_curve.svg)" in md, md[:500]
+# configs/demo/instructions.jsonl labels every record with a task: a per-task table and counts.
+assert "| task | examples | base | finetuned |" in md, md[:1500]
+for who in ("model", "base"):
+    t = e2[who]["tasks"]
+    assert sum(v["examples"] for v in t.values()) == 24 and "" not in t, t
+    assert sum(v["exact"] for v in t.values()) == e2[who]["exact"], t
+assert all(x["task"] for x in ex1), ex1[0]
 assert md.count("\n| ") >= 20 + 7, md
 root = ET.parse(f"{s}/ft/loss_curve.svg").getroot()
 assert root.tag.endswith("svg") and len([c for c in root if c.tag.endswith("polyline")]) == 2
@@ -91,6 +98,18 @@ s = sys.argv[1]
 a, b = json.load(open(f"{s}/ckpt_eval/eval.json"))["model"], json.load(open(f"{s}/ft/eval.json"))["model"]
 assert a["exact"] == b["exact"] and a["targets"] == b["targets"], (a, b)
 assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-9), (a, b)
+PY
+
+# The bundled inputs are what make_demo_data.py writes (its assertions: the before/after
+# questions and what they ask about are in neither file), and the questions are not in the data.
+python3 configs/demo/make_demo_data.py --out "$S/demo_data" > /dev/null
+check "configs/demo is what make_demo_data.py writes" \
+  "diff -r -x '*.py' -x '*.md' -x '*.tsv' configs/demo $S/demo_data"
+python3 - <<'PY' && echo "ok: before/after questions are not in configs/demo/instructions.jsonl" || { echo "FAIL: before/after questions leak"; fail=1; }
+import json
+asked = [l.split("\t")[0] for l in open("configs/demo/before_after.tsv")]
+known = {json.loads(l)["question"] for l in open("configs/demo/instructions.jsonl")}
+assert len(asked) == 5 and not set(asked) & known, set(asked) & known
 PY
 
 # 3. generate before/after and the C++ API examples.
