@@ -14,6 +14,8 @@
 #   NP=4 cluster/demo.sh            # another number of ranks
 #   FTUNE_SKIP_APT=1 cluster/demo.sh
 #   BUILD_DIR=build-x FTUNE_DEMO_SKIP_SETUP=1 cluster/demo.sh   # an existing build, no setup
+#   FTUNE_DEMO_PRETRAIN_SET="--set train.steps=4 --set train.epochs=-1" \
+#   FTUNE_DEMO_FINETUNE_SET="..." cluster/demo.sh   # extra --set overrides (a quick plumbing check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -21,8 +23,10 @@ NP=${NP:-2}
 export BUILD_DIR OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 FTUNE="$BUILD_DIR/ftune"
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NP")
-PRE=configs/demo_pretrain.yaml
-FT=configs/demo_finetune.yaml
+read -r -a PRE_SET <<< "${FTUNE_DEMO_PRETRAIN_SET:-}"
+read -r -a FT_SET <<< "${FTUNE_DEMO_FINETUNE_SET:-}"
+PRE=(--config configs/demo_pretrain.yaml "${PRE_SET[@]}")
+FT=(--config configs/demo_finetune.yaml "${FT_SET[@]}")
 BASE=runs/demo/pretrain/final
 RUN=runs/demo/finetune
 
@@ -49,15 +53,15 @@ if [ -z "${FTUNE_DEMO_SKIP_SETUP:-}" ]; then
 fi
 
 stage pretrain "pretrain the base model on configs/demo/corpus.jsonl"
-"${MPIRUN[@]}" "$FTUNE" prepare --config "$PRE"
-"${MPIRUN[@]}" "$FTUNE" train --config "$PRE"
+"${MPIRUN[@]}" "$FTUNE" prepare "${PRE[@]}"
+"${MPIRUN[@]}" "$FTUNE" train "${PRE[@]}"
 
 stage finetune "finetune $BASE on configs/demo/instructions.jsonl"
-"${MPIRUN[@]}" "$FTUNE" prepare --config "$FT"
-"${MPIRUN[@]}" "$FTUNE" train --config "$FT"
+"${MPIRUN[@]}" "$FTUNE" prepare "${FT[@]}"
+"${MPIRUN[@]}" "$FTUNE" train "${FT[@]}"
 
 stage eval "evaluate base vs finetuned on the held-out test split"
-"${MPIRUN[@]}" "$FTUNE" eval --config "$FT" --compare "$BASE"
+"${MPIRUN[@]}" "$FTUNE" eval "${FT[@]}" --compare "$BASE"
 
 stage before_after "before / after on questions from neither split (configs/demo/before_after.tsv)"
 mapfile -t PROMPTS < <(cut -f1 configs/demo/before_after.tsv)

@@ -36,6 +36,11 @@ run ft_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}"
 run ft_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}"
 check "finetune exported an HF dir" "[ -f $S/ft/final/config.json ]"
 check "eval during training logged" "grep -q 'eval at step 3' $S/ft_train.out"
+# The demo promises byte-identical models from two runs: the finetune again, in another directory.
+run ft2_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/ft2"
+run ft2_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}" --set run.output_dir="$S/ft2"
+check "a second finetune gives a byte-identical model" \
+  "cmp $S/ft/final/model.safetensors $S/ft2/final/model.safetensors"
 python3 - "$S/ft" <<'PY' && echo "ok: metrics.jsonl has eval records, best.json the best" || { echo "FAIL: eval records"; fail=1; }
 import json, sys, math
 d = sys.argv[1]

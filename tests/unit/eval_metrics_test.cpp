@@ -158,7 +158,8 @@ TEST(Report, ExactMatchPerTask) {
   std::stringstream md2;
   md2 << std::ifstream(md_path).rdbuf();
   EXPECT_EQ(md2.str().find("per task"), std::string::npos);
-  EXPECT_FALSE(nlohmann::json::parse(std::ifstream(files::Join(dir, "eval.json")))["model"].contains("tasks"));
+  const auto j2 = nlohmann::json::parse(std::ifstream(files::Join(dir, "eval.json")));
+  EXPECT_FALSE(j2["model"].contains("tasks"));
 }
 
 TEST(Report, MarkdownCell) {
