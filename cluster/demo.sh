@@ -81,16 +81,17 @@ import json, sys
 ev, times, total, tsv, before, after = sys.argv[1:]
 e = json.load(open(ev))
 b, f = e["base"], e["model"]
-def em(m):
-    return f"{100 * m['exact_match']:5.1f}% ({m['exact']}/{m['generated_examples']})"
+def cell(exact, n):
+    return f"{100 * exact / max(n, 1):5.1f}% ({exact}/{n})"
 print(f"test split: {e['test_examples']} held-out examples, exact match after normalisation "
       f"'{e['normalize']}'")
 print(f"  {'task':<14} {'base':>16} {'finetuned':>16}")
 for task, t in f.get("tasks", {}).items():
-    bt = b.get("tasks", {}).get(task, {"exact_match": 0, "exact": 0, "examples": t["examples"]})
-    print(f"  {task or '(no label)':<14} {100 * bt['exact_match']:8.1f}% ({bt['exact']:>2}/{bt['examples']:>2})"
-          f" {100 * t['exact_match']:8.1f}% ({t['exact']:>2}/{t['examples']:>2})")
-print(f"  {'all':<14} {em(b):>16} {em(f):>16}")
+    bt = b.get("tasks", {}).get(task, {"exact": 0})
+    print(f"  {task or '(no label)':<14} {cell(bt['exact'], t['examples']):>16} "
+          f"{cell(t['exact'], t['examples']):>16}")
+n = f["generated_examples"]
+print(f"  {'all':<14} {cell(b['exact'], n):>16} {cell(f['exact'], n):>16}")
 print(f"  perplexity     {b['eval_ppl']:16.3f} {f['eval_ppl']:16.3f}")
 print()
 rows = [l.rstrip("\n").split("\t") for l in open(tsv)]
@@ -100,7 +101,9 @@ right = 0
 for i, (q, want) in enumerate(rows):
     ok = aft[i].strip() == want
     right += ok
-    print(f"{q}   (expected: {want})\n  before: {bef[i]}\n  after:  {aft[i]}  {'right' if ok else 'wrong'}")
+    shown = [a.strip() or "(nothing)" for a in (bef[i], aft[i])]
+    print(f"{q}   (expected: {want})\n  before: {shown[0]}\n  after:  {shown[1]}   "
+          f"{'right' if ok else 'wrong'}")
 print(f"after finetuning {right} of {len(rows)} right (before: "
       f"{sum(bef[i].strip() == w for i, (_, w) in enumerate(rows))})")
 print()
