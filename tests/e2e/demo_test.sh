@@ -146,7 +146,7 @@ bad() {  # bad NAME PATTERN CMD...
   check "bad input '$name' wrote no eval.json" "[ ! -e $S/bad_$name/eval.json ]"
   echo "   ($name took $(( SECONDS - t0 )) s)"
 }
-mkdir -p "$S/tok2" && cp tests/fixtures/data/tokenizer/* "$S/tok2/"
+mkdir -p "$S/tok2" && cp configs/demo/tokenizer/* "$S/tok2/"
 python3 -c "import json,sys; p=sys.argv[1]; json.dump(json.load(open(p)), open(p,'w'), indent=1)" "$S/tok2/tokenizer.json"
 run tok2_prepare.out "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/tok2run" --set tokenizer.path="$S/tok2"
 BASECFG=(--config configs/demo_finetune.yaml --set model.path="$S/ft/final")
