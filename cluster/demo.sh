@@ -65,18 +65,17 @@ stage eval "evaluate base vs finetuned on the held-out test split"
 
 stage before_after "before / after on questions from neither split (configs/demo/before_after.tsv)"
 mapfile -t PROMPTS < <(cut -f1 configs/demo/before_after.tsv)
-# One answer per line: each prompt on its own, any newline in an answer turned into a space.
-answer() { "$FTUNE" generate --model "$1" --max-new-tokens 12 --prompt "$2" | tr '\n' ' '; }
-for p in "${PROMPTS[@]}"; do
-  echo "$(answer "$BASE" "$p")" >> runs/demo/before.txt
-  echo "$(answer "$RUN/final" "$p")" >> runs/demo/after.txt
-done
+ASK=()
+for p in "${PROMPTS[@]}"; do ASK+=(--prompt "$p"); done
+# One call per model, one JSON record per question (an answer may hold a newline).
+"$FTUNE" generate --model "$BASE" --max-new-tokens 12 --jsonl "${ASK[@]}" > runs/demo/before.jsonl
+"$FTUNE" generate --model "$RUN/final" --max-new-tokens 12 --jsonl "${ASK[@]}" > runs/demo/after.jsonl
 stage "" ""
 
 total=$(( $(date +%s) - start ))
 echo
-python3 - "$RUN/eval.json" "$TIMES" "$total" configs/demo/before_after.tsv runs/demo/before.txt \
-  runs/demo/after.txt <<'PY'
+python3 - "$RUN/eval.json" "$TIMES" "$total" configs/demo/before_after.tsv runs/demo/before.jsonl \
+  runs/demo/after.jsonl <<'PY'
 import json, sys
 ev, times, total, tsv, before, after = sys.argv[1:]
 e = json.load(open(ev))
@@ -95,8 +94,11 @@ print(f"  {'all':<14} {cell(b['exact'], n):>16} {cell(f['exact'], n):>16}")
 print(f"  perplexity     {b['eval_ppl']:16.3f} {f['eval_ppl']:16.3f}")
 print()
 rows = [l.rstrip("\n").split("\t") for l in open(tsv)]
-bef = open(before).read().split("\n")
-aft = open(after).read().split("\n")
+def answers(path):  # the answers in question order, checked against the questions asked
+    recs = [json.loads(l) for l in open(path)]
+    assert [r["prompt"] for r in recs] == [q for q, _ in rows], path
+    return [r["answer"].replace("\n", " ") for r in recs]
+bef, aft = answers(before), answers(after)
 right = 0
 for i, (q, want) in enumerate(rows):
     ok = aft[i].strip() == want

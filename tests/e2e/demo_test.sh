@@ -120,6 +120,20 @@ PY
 # 3. generate before/after and the C++ API examples.
 run gen.out "$FTUNE" generate --model "$S/ft/final" --prompt "Is 7 even or odd?" --max-new-tokens 4
 check "generate answers" "[ \$(wc -l < $S/gen.out) -ge 1 ]"
+# --jsonl (what cluster/demo.sh reads): one record per prompt, in order, each answer what the
+# prompt alone gets (batched with prompts of other lengths, left-padded).
+run gen_one.out "$FTUNE" generate --model "$S/ft/final" --prompt "Spell 'tune' backwards." \
+  --max-new-tokens 6
+run gen.jsonl "$FTUNE" generate --model "$S/ft/final" --max-new-tokens 6 --jsonl \
+  --prompt "Is 7 even or odd?" --prompt "Spell 'tune' backwards." --prompt "x"
+python3 - "$S/gen.jsonl" "$S/gen_one.out" <<'PY' && echo "ok: generate --jsonl" || { echo "FAIL: generate --jsonl"; fail=1; }
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["prompt"] for r in recs] == ["Is 7 even or odd?", "Spell 'tune' backwards.", "x"], recs
+assert all(isinstance(r["answer"], str) for r in recs), recs
+alone = open(sys.argv[2]).read().rstrip("\n")
+assert recs[1]["answer"] == alone, (recs[1]["answer"], alone)
+PY
 if [ -x "$BIN/runner_example" ]; then
   run runner.out "$BIN/runner_example" "$S/ft/final" "Spell 'cat' backwards." "Is 3 even or odd?"
   check "runner_example prints one answer per prompt" "[ \$(wc -l < $S/runner.out) -eq 2 ]"
