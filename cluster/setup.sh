@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
-# Installs every Debian package ftune's build, tests and demo need, then
-# configures and builds. Idempotent: re-running only rebuilds what changed.
+# Installs the Debian packages ftune needs, then configures and builds. Idempotent:
+# re-running only rebuilds what changed.
 #
-#   cluster/setup.sh            # install + build into ./build
+#   cluster/setup.sh            # every package; build every target (tests too) into ./build
+#   cluster/setup.sh ftune      # only what the named targets need: the packages of the ftune
+#                               # binary, tests not configured (cluster/demo.sh; ~half the build)
 #   BUILD_DIR=... cluster/setup.sh
 #   FTUNE_SKIP_APT=1 cluster/setup.sh   # build only (packages already there)
+#   FTUNE_SKIP_BUILD=1 cluster/setup.sh # packages only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
+TARGETS=("$@")
 
+# What the ftune binary needs to build and run (cluster/demo.sh).
 PACKAGES=(
-  g++ cmake ninja-build make pkg-config git ca-certificates
+  g++ cmake ninja-build pkg-config
   libtorch-dev                      # tensors + autograd (1.13, CPU)
   libopenblas0-pthread              # fast BLAS behind libtorch (reference BLAS is ~13x slower here)
   libopenmpi-dev openmpi-bin        # launch, CPU collectives
-  libhdf5-openmpi-dev hdf5-tools    # parallel HDF5 shards and checkpoints, h5dump/h5ls
+  libhdf5-openmpi-dev               # parallel HDF5 shards and checkpoints
   zlib1g-dev libdeflate-dev         # checkpoint crc32: libdeflate's (SIMD, ~3x zlib's), zlib's crc32_combine
   libyaml-cpp-dev                   # configs
-  libgtest-dev libgmock-dev         # tests
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libpcre2-dev                      # Llama-3 pre-tokenizer regex
   libssl-dev                        # sha256 of tokenizer files and inputs
   python3                           # small helper scripts (no pip packages needed)
+)
+# What the tests and the other scripts need besides.
+[ ${#TARGETS[@]} -gt 0 ] || PACKAGES+=(
+  make git ca-certificates
+  hdf5-tools                        # h5dump/h5ls
+  libgtest-dev libgmock-dev         # tests
   slurm-wlm munge iproute2          # slurm tests: a local cluster, netns hosts (cluster/local_slurm.sh)
 )
 
@@ -33,8 +43,10 @@ if [ -z "${FTUNE_SKIP_APT:-}" ]; then
   # Node.js + npm (tokenizer files and the reference tokenizer for tests): any install will do;
   # Debian's packages only when the commands are missing (a NodeSource nodejs bundles npm and
   # conflicts with Debian's npm package).
-  command -v node >/dev/null 2>&1 || missing+=(nodejs)
-  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  if [ ${#TARGETS[@]} -eq 0 ]; then
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -45,6 +57,17 @@ if [ -z "${FTUNE_SKIP_APT:-}" ]; then
   # OpenBLAS must be the BLAS libtorch loads (Debian's alternatives choose it when installed).
 fi
 
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)"
-echo "setup: built $BUILD_DIR/ftune"
+[ -z "${FTUNE_SKIP_BUILD:-}" ] || exit 0
+
+# Named targets: the test suites stay unconfigured (their packages may be missing); the full
+# build (no arguments, e.g. from cluster/run_tests.sh) configures them again.
+tests=ON
+[ ${#TARGETS[@]} -eq 0 ] || tests=OFF
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFTUNE_BUILD_TESTS=$tests >/dev/null
+if [ ${#TARGETS[@]} -gt 0 ]; then
+  cmake --build "$BUILD_DIR" -j"$(nproc)" --target "${TARGETS[@]}"
+  echo "setup: built ${TARGETS[*]} in $BUILD_DIR"
+else
+  cmake --build "$BUILD_DIR" -j"$(nproc)"
+  echo "setup: built $BUILD_DIR/ftune and the tests"
+fi

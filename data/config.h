@@ -51,6 +51,7 @@ struct DataConfig {
   int64_t shard_tokens = 1 << 22;       // tokens per HDF5 shard file
   int64_t compression = 0;              // gzip level of shard datasets (0 = uncompressed)
   int64_t shuffle_seed = 1234;          // per-epoch shuffling of training samples
+  std::string task_field = "task";      // record field holding the example's task label
   SplitConfig split;
 
   template <class V>
@@ -67,6 +68,8 @@ struct DataConfig {
     v("shard_tokens", shard_tokens, "tokens per HDF5 shard file");
     v("compression", compression, "gzip level 0-9 of shard datasets (0 = uncompressed)");
     v("shuffle_seed", shuffle_seed, "seed of the per-epoch shuffle of training samples");
+    v("task_field", task_field,
+      "record field with the example's task label, for per-task eval metrics ('' = none)");
     v("split", split, "train/test split");
   }
   void Validate() const {

@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -267,21 +268,31 @@ void SendSpool(const Coll& coll, int root, const std::string& local_path, int64_
 // exceed shard_tokens (a longer document gets a shard of its own).
 class ShardAccumulator {
  public:
-  ShardAccumulator(std::string dir, std::string split, const DatasetMeta& meta, int64_t limit)
-      : dir_(std::move(dir)), split_(std::move(split)), meta_(meta), limit_(limit) {}
+  // `task_names` is the dataset's label table (shared by both splits, growing as labels
+  // appear); Add's `task` indexes it (-1 = no label).
+  ShardAccumulator(std::string dir, std::string split, const DatasetMeta& meta, int64_t limit,
+                   const std::vector<std::string>& task_names)
+      : dir_(std::move(dir)), split_(std::move(split)), meta_(meta), limit_(limit),
+        task_names_(task_names) {}
 
-  void Add(const std::vector<int32_t>& tok, const std::vector<uint8_t>& mask) {
+  void Add(const std::vector<int32_t>& tok, const std::vector<uint8_t>& mask, int32_t task) {
     if (!tokens_.empty() && int64_t(tokens_.size() + tok.size()) > limit_) Flush();
     tokens_.insert(tokens_.end(), tok.begin(), tok.end());
     mask_.insert(mask_.end(), mask.begin(), mask.end());
     offsets_.push_back(int64_t(tokens_.size()));
+    tasks_.push_back(task);
   }
   void Flush() {
     if (tokens_.empty()) return;
     const std::string name = ShardFileName(split_, int64_t(entry_.shards.size()));
     const std::string path = files::Join(dir_, name);
+    DocTasks tasks;  // /doc_task only in shards holding a labelled document
+    if (std::any_of(tasks_.begin(), tasks_.end(), [](int32_t t) { return t >= 0; })) {
+      tasks = {task_names_, tasks_};
+    }
     try {
-      WriteShard(path, meta_, split_, int64_t(entry_.shards.size()), tokens_, mask_, offsets_);
+      WriteShard(path, meta_, split_, int64_t(entry_.shards.size()), tokens_, mask_, offsets_,
+                 tasks);
     } catch (...) {
       files::RemoveQuietly(path + ".tmp");
       throw;
@@ -294,6 +305,7 @@ class ShardAccumulator {
     tokens_.clear();
     mask_.clear();
     offsets_.assign(1, 0);
+    tasks_.clear();
   }
   const SplitEntry& entry() const { return entry_; }
 
@@ -304,6 +316,8 @@ class ShardAccumulator {
   std::vector<int32_t> tokens_;
   std::vector<uint8_t> mask_;
   std::vector<int64_t> offsets_{0};
+  const std::vector<std::string>& task_names_;
+  std::vector<int32_t> tasks_;
   SplitEntry entry_;
 };
 
@@ -335,6 +349,7 @@ std::string Fingerprint(const PrepareOptions& o, const std::string& tok_sha,
             {"overlong", d.overlong},
             {"train_on_prompt", d.train_on_prompt},
             {"shard_tokens", d.shard_tokens},
+            {"task_field", d.task_field},
             {"compression", d.compression},
             {"split",
              {{"test_ratio", d.split.test_ratio},
@@ -355,12 +370,15 @@ struct LineProcessor {
   RecordError err;
   std::vector<Segment> segments;
   Example ex;
+  std::string task;  // the record's data.task_field value ("" = none)
   bool truncated = false;
 
   // Returns nullptr when `ex` holds a kept example, else the reject reason (detail in err).
   const char* Process(std::string_view line, std::optional<RecordKind> kind) {
     truncated = false;
     if (!ParseRecord(line, kind, &record, &err)) return err.reason;
+    const std::string* label = cfg.task_field.empty() ? nullptr : record.Field(cfg.task_field);
+    task = label ? *label : std::string();
     std::string msg;
     if (!tmpl.Render(record, &segments, &msg)) {
       err.detail = msg;
@@ -457,6 +475,11 @@ std::string PrepareSummary::ToJson() const {
             {"truncated", truncated},
             {"duplicates_removed", duplicates_removed},
             {"splits", {{"train", SplitJson(train)}, {"test", SplitJson(test)}}}};
+  if (!tasks.empty()) {
+    json t = json::object();
+    for (const auto& [name, n] : tasks) t[name] = {{"train", n.first}, {"test", n.second}};
+    j["tasks"] = t;
+  }
   return j.dump(1) + "\n";
 }
 
@@ -473,6 +496,13 @@ std::string PrepareSummary::ToText() const {
   }
   s += fmt::format("  truncated to max_seq_len: {} | duplicates removed: {} | rejected: {}\n",
                    truncated, duplicates_removed, rejected_total());
+  if (!tasks.empty()) {
+    std::string t;
+    for (const auto& [name, n] : tasks) {
+      t += fmt::format("{}{} {}/{}", t.empty() ? "" : ", ", name, n.first, n.second);
+    }
+    s += fmt::format("  tasks (train/test): {}\n", t);
+  }
   for (const auto& [k, v] : rejected) {
     std::string lines;
     for (const auto& l : v.first) lines += (lines.empty() ? "" : ", ") + l;
@@ -656,6 +686,8 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
         spool.Write(ex.mask.data(), ex.mask.size());
         spool.Put<uint64_t>(key);
         spool.Write(digest.data(), 16);
+        spool.Put<uint32_t>(uint32_t(proc.task.size()));
+        spool.Write(proc.task.data(), proc.task.size());
       }
     }
     spool_size = spool.Close();
@@ -774,8 +806,11 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
 
   std::string final_error;
   if (coll.rank() == 0) {
-    ShardAccumulator train(out, "train", meta, cfg.shard_tokens);
-    ShardAccumulator test(out, "test", meta, cfg.shard_tokens);
+    std::vector<std::string> task_names;  // labels in order of first appearance
+    std::map<std::string, int32_t> task_ids;
+    ShardAccumulator train(out, "train", meta, cfg.shard_tokens, task_names);
+    ShardAccumulator test(out, "test", meta, cfg.shard_tokens, task_names);
+    std::string task;
     std::unordered_set<std::string> seen;
     std::vector<int32_t> tokens;
     std::vector<uint8_t> mask;
@@ -804,17 +839,30 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
         const auto key = src.Get<uint64_t>();
         std::string hash(16, '\0');
         src.Read(hash.data(), 16);
+        task.resize(src.Get<uint32_t>());
+        src.Read(task.data(), task.size());
         if (cfg.split.dedup && !seen.insert(hash).second) {
           ++summary.duplicates_removed;
           continue;
         }
         summary.truncated += truncated;
-        if (is_test(key)) {
-          test.Add(tokens, mask);
+        int32_t task_id = -1;
+        if (!task.empty()) {
+          auto [it, added] = task_ids.emplace(task, int32_t(task_names.size()));
+          if (added) task_names.push_back(task);
+          task_id = it->second;
+        }
+        const bool in_test = is_test(key);
+        if (in_test) {
+          test.Add(tokens, mask, task_id);
           AddStats(&summary.test, mask);
         } else {
-          train.Add(tokens, mask);
+          train.Add(tokens, mask, task_id);
           AddStats(&summary.train, mask);
+        }
+        if (!task.empty()) {
+          auto& counts = summary.tasks[task];
+          (in_test ? counts.second : counts.first) += 1;
         }
       }
     }

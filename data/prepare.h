@@ -18,6 +18,11 @@
 // with the smallest keys. Either way identical examples have identical keys, so an example
 // never lands in both splits, with or without split.dedup (which keeps only the first copy).
 //
+// Task labels: a record's string field named data.task_field (e.g. {"question": ..., "answer":
+// ..., "task": "capitals"}) is stored per document (/doc_task, data/shards.h) so that `ftune
+// eval` can report metrics per task; records without it have no label. The label does not
+// enter the split key: labelling a dataset never moves an example between splits.
+//
 // Bad records are skipped and counted by reason with the first line numbers of each; with
 // data.strict the first bad record (in input order) is an error. Zero kept examples is
 // always an error. An output directory holding a different dataset (another manifest
@@ -74,6 +79,7 @@ struct PrepareSummary {
   int64_t duplicates_removed = 0;
   std::map<std::string, RejectStats> rejected;  // by reason
   SplitStats train, test;
+  std::map<std::string, std::pair<int64_t, int64_t>> tasks;  // label -> kept (train, test)
   double seconds = 0;  // wall time (not in the JSON: the JSON is deterministic)
 
   int64_t rejected_total() const;

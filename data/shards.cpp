@@ -2,6 +2,7 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -155,9 +156,11 @@ std::string ShardFileName(const std::string& split, int64_t index) {
 
 void WriteShard(const std::string& path, const DatasetMeta& meta, const std::string& split,
                 int64_t shard_index, const std::vector<int32_t>& tokens,
-                const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_offsets) {
+                const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_offsets,
+                const DocTasks& tasks) {
   FT_CHECK(tokens.size() == mask.size() && doc_offsets.size() >= 2 &&
-               doc_offsets.back() == static_cast<int64_t>(tokens.size()),
+               doc_offsets.back() == static_cast<int64_t>(tokens.size()) &&
+               (tasks.ids.empty() || tasks.ids.size() + 1 == doc_offsets.size()),
            "malformed shard contents for {}", path);
   const std::string tmp = path + ".tmp";
   {
@@ -174,6 +177,11 @@ void WriteShard(const std::string& path, const DatasetMeta& meta, const std::str
     WriteDataset(file.get(), "doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, doc_offsets,
                  meta.compression, tmp);
     const hid_t root = file.get();
+    if (!tasks.ids.empty()) {
+      WriteDataset(root, "doc_task", H5T_STD_I32LE, H5T_NATIVE_INT32, tasks.ids,
+                   meta.compression, tmp);
+      WriteStringAttr(root, "task_names", json(tasks.names).dump(), tmp);
+    }
     WriteIntAttr(root, "format_version", {kShardFormatVersion}, true, tmp);
     WriteStringAttr(root, "tokenizer_sha256", meta.tokenizer_sha256, tmp);
     WriteIntAttr(root, "vocab_size", {meta.vocab_size}, true, tmp);
@@ -238,9 +246,38 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   if (ReadIntAttr(file.get(), "num_tokens", path) != n_tok) {
     FT_THROW(DataError, "{}: attribute num_tokens disagrees with /tokens (corrupt shard)", path);
   }
+  if (H5Lexists(file.get(), "doc_task", H5P_DEFAULT) > 0) {
+    int64_t n_task = 0;
+    Hid ds = OpenDataset(file.get(), "doc_task", 4, path, &n_task);
+    if (n_task != n_off - 1) {
+      FT_THROW(DataError, "{}: /doc_task has {} entries for {} documents (corrupt shard)", path,
+               n_task, n_off - 1);
+    }
+    tasks_.ids.resize(n_task);
+    ReadSlab(ds.get(), H5T_NATIVE_INT32, 0, n_task, tasks_.ids.data(), path, "doc_task");
+    const json names = json::parse(ReadStringAttr(file.get(), "task_names", path), nullptr, false);
+    if (!names.is_array() || !std::all_of(names.begin(), names.end(),
+                                          [](const json& n) { return n.is_string(); })) {
+      FT_THROW(DataError, "{}: attribute task_names is not a JSON list of strings", path);
+    }
+    tasks_.names = names.get<std::vector<std::string>>();
+    for (int32_t id : tasks_.ids) {
+      if (id < -1 || id >= static_cast<int64_t>(tasks_.names.size())) {
+        FT_THROW(DataError, "{}: /doc_task holds {}, outside [-1, {}) (corrupt shard)", path, id,
+                 tasks_.names.size());
+      }
+    }
+  }
   tokens_ = tokens.release();
   mask_ = mask.release();
   file_ = file.release();
+}
+
+const std::string& ShardReader::doc_task(int64_t doc) const {
+  static const std::string kNone;
+  if (tasks_.ids.empty()) return kNone;
+  const int32_t id = tasks_.ids.at(doc);
+  return id < 0 ? kNone : tasks_.names[id];
 }
 
 ShardReader::~ShardReader() {

@@ -4,6 +4,8 @@
 //   /tokens       int32 [N]    all token ids, documents concatenated
 //   /loss_mask    uint8 [N]    1 where the token is a training target
 //   /doc_offsets  int64 [D+1]  start of each document in /tokens (last = N)
+//   /doc_task     int32 [D]    optional (data.task_field): each document's task label, an index
+//                              into the string attribute task_names (a JSON list); -1 = none
 //   attrs: format_version, tokenizer_sha256, vocab_size, bos_id, eos_id, eos_ids, pad_id,
 //          template, split, shard_index, num_docs, num_tokens, sources (JSON list of
 //          {path, sha256, bytes}), created_by
@@ -41,11 +43,19 @@ struct DatasetMeta {
   int compression = 0;  // gzip level of the datasets (0 = none)
 };
 
+// Per-document task labels of one shard (/doc_task and its task_names attribute).
+struct DocTasks {
+  std::vector<std::string> names;  // the labels the ids refer to
+  std::vector<int32_t> ids;        // one per document (-1 = no label); empty = no /doc_task
+};
+
 // Writes one complete shard as `path`.tmp, then renames it to `path`. `doc_offsets` has
-// D+1 entries starting at 0 and ending at tokens.size(). Throws IoError naming the file.
+// D+1 entries starting at 0 and ending at tokens.size(); `tasks.ids` is empty or has D
+// entries in [-1, names.size()). Throws IoError naming the file.
 void WriteShard(const std::string& path, const DatasetMeta& meta, const std::string& split,
                 int64_t shard_index, const std::vector<int32_t>& tokens,
-                const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_offsets);
+                const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_offsets,
+                const DocTasks& tasks = {});
 
 // One open shard, validated at open time: datasets present with the right types and
 // lengths, doc_offsets monotone from 0 to N, format_version known. Reads hyperslabs only.
@@ -66,6 +76,8 @@ class ShardReader {
   int64_t vocab_size() const { return vocab_size_; }
   int64_t pad_id() const { return pad_id_; }
   int64_t eos_id() const { return eos_id_; }
+  // Document `doc`'s task label; "" when it has none or the shard has no /doc_task.
+  const std::string& doc_task(int64_t doc) const;
 
   // tokens[start, start+count) and their mask into the given buffers.
   void Read(int64_t start, int64_t count, int32_t* tokens, uint8_t* mask);
@@ -79,6 +91,7 @@ class ShardReader {
   std::vector<int64_t> doc_offsets_;
   std::string tokenizer_sha256_, split_;
   int64_t vocab_size_ = 0, pad_id_ = -1, eos_id_ = -1;
+  DocTasks tasks_;
 };
 
 struct ShardEntry {

@@ -1,6 +1,8 @@
 // `ftune generate`: answer prompts with a model, printing only the new text.
 //   ftune generate --model DIR|CKPT --prompt "What is ...?" [--prompt ...] [--template qa|none]
-//                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S]
+//                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S] [--jsonl]
+// Prints each answer on a line of its own, or with --jsonl one JSON object per prompt,
+// {"prompt": ..., "answer": ...}, so that answers holding newlines stay one record each.
 // --model is an HF model directory (config.json + safetensors), or an ftune checkpoint: a
 // step_N.h5 file, a checkpoint directory or a run directory (its newest usable checkpoint,
 // falling back past damaged ones as `ftune train` does). A checkpoint's fp32 master weights are
@@ -8,6 +10,8 @@
 // it answers exactly as its `ftune export` does.
 // Rank 0 does the work (generation is not distributed); other ranks return at once.
 #include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -39,6 +43,7 @@ struct GenerateArgs {
   double top_p = 1.0;
   uint64_t seed = 1234;
   int64_t batch_size = 8;
+  bool jsonl = false;
 };
 
 std::string ApplyTemplate(const std::string& name, const std::string& prompt) {
@@ -115,8 +120,15 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
                                /*add_special_tokens=*/true));
     }
     auto out = models::Generate(model, ids, opt);
-    for (const auto& o : out) {
-      fmt::print("{}\n", Trim(tok.Decode(o, /*skip_special_tokens=*/true)));
+    for (size_t i = 0; i < out.size(); ++i) {
+      const std::string answer = Trim(tok.Decode(out[i], /*skip_special_tokens=*/true));
+      if (a.jsonl) {
+        const nlohmann::json line = {{"prompt", a.prompts[first + i]}, {"answer", answer}};
+        // Invalid UTF-8 (a byte-level model can stop inside a character) is replaced, not thrown.
+        fmt::print("{}\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      } else {
+        fmt::print("{}\n", answer);
+      }
     }
     std::fflush(stdout);
   }
@@ -160,6 +172,9 @@ void AddGenerateCommand(CLI::App& app, runtime::World& world) {
   sub->add_option("--batch-size", args->batch_size, "prompts generated together")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  sub->add_flag("--jsonl", args->jsonl,
+                "one JSON object per prompt, {\"prompt\": ..., \"answer\": ...}, instead of one "
+                "answer per line (answers may hold newlines)");
   sub->callback([args, &world]() { RunGenerate(*args, world); });
 }
 

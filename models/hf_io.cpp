@@ -15,10 +15,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  return "[" + fmt::format("{}", fmt::join(s, ", ")) + "]";
-}
-
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -94,7 +90,7 @@ void CheckHfTensors(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg,
     const auto& info = ck.Info(name);
     if (info.shape != shape) {
       FT_THROW(ModelError, "tensor '{}' in {}: expected shape {} (from {}), found {}", name,
-               ck.FileOf(name), ShapeStr(shape), config_source, ShapeStr(info.shape));
+               ck.FileOf(name), ShapeString(shape), config_source, ShapeString(info.shape));
     }
     if (!c10::isFloatingType(info.dtype)) {
       FT_THROW(ModelError, "tensor '{}' in {}: dtype {} is not a floating-point type", name,
@@ -153,7 +149,7 @@ LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors
     ++found;
     if (it->second.sizes().vec() != shape) {
       FT_THROW(ModelError, "{}: tensor '{}' has shape {}, its config says {}", source, name,
-               ShapeStr(it->second.sizes().vec()), ShapeStr(shape));
+               ShapeString(it->second.sizes().vec()), ShapeString(shape));
     }
   }
   if (!missing.empty()) {
@@ -189,7 +185,7 @@ void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const st
     if (it == want.end()) FT_THROW(ModelError, "export to {}: unexpected tensor '{}'", dir, name);
     if (t.sizes().vec() != it->second) {
       FT_THROW(ModelError, "export to {}: tensor '{}' has shape {}, the config says {}", dir, name,
-               ShapeStr(t.sizes().vec()), ShapeStr(it->second));
+               ShapeString(t.sizes().vec()), ShapeString(it->second));
     }
   }
   LlamaConfig cfg = cfg_in;

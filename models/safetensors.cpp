@@ -33,10 +33,6 @@ constexpr DtypeName kDtypes[] = {
     {"U8", at::kByte},   {"BOOL", at::kBool},
 };
 
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  return "[" + fmt::format("{}", fmt::join(s, ", ")) + "]";
-}
-
 // Parses one header entry; throws IoError naming file and tensor.
 TensorInfo ParseEntry(const std::string& path, const std::string& name, const json& e,
                       int64_t data_size) {
@@ -81,7 +77,7 @@ TensorInfo ParseEntry(const std::string& path, const std::string& name, const js
   if (__builtin_mul_overflow(numel, static_cast<uint64_t>(c10::elementSize(info.dtype)), &nbytes) ||
       nbytes != end - begin) {
     throw bad(fmt::format("shape {} x {} needs {} bytes but data_offsets [{}, {}] hold {}",
-                          ShapeStr(info.shape), SafetensorsDtypeName(info.dtype), nbytes, begin,
+                          ShapeString(info.shape), SafetensorsDtypeName(info.dtype), nbytes, begin,
                           end, end - begin));
   }
   info.begin = static_cast<int64_t>(begin);
@@ -114,6 +110,10 @@ void WriteAtomically(const std::string& path, Fn&& body) {
 }
 
 }  // namespace
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return "[" + fmt::format("{}", fmt::join(shape, ", ")) + "]";
+}
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
@@ -242,11 +242,11 @@ torch::Tensor SafetensorsFile::GetSlice(const std::string& name, int64_t dim, in
   const int64_t rank = static_cast<int64_t>(info.shape.size());
   if (dim < 0 || dim > 1 || dim >= rank) {
     FT_THROW(IoError, "{}: tensor '{}' of shape {}: cannot slice along dim {} (0 or 1 only)", path_,
-             name, ShapeStr(info.shape), dim);
+             name, ShapeString(info.shape), dim);
   }
   if (begin < 0 || begin > end || end > info.shape[dim]) {
     FT_THROW(IoError, "{}: tensor '{}' of shape {}: slice [{}, {}) of dim {} is out of range",
-             path_, name, ShapeStr(info.shape), begin, end, dim);
+             path_, name, ShapeString(info.shape), begin, end, dim);
   }
   std::vector<int64_t> shape = info.shape;
   shape[dim] = end - begin;

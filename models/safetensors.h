@@ -40,6 +40,8 @@ struct TensorInfo {
 // throws IoError naming `what` for anything else. And the reverse.
 at::ScalarType SafetensorsDtype(const std::string& name, const std::string& what);
 std::string SafetensorsDtypeName(at::ScalarType t);
+// "[2, 3]": a shape as error messages show it.
+std::string ShapeString(const std::vector<int64_t>& shape);
 
 // One memory-mapped .safetensors file. Owns the mapping (unmapped on destruction); not copyable.
 class SafetensorsFile {

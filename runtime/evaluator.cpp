@@ -159,6 +159,7 @@ std::vector<EvalExample> Evaluator::ReadExamples(const std::vector<int64_t>& wan
         }
         ex.prompt = DecodeText(tok_, ex.prompt_ids);
         ex.reference = DecodeText(tok_, ref);
+        ex.task = reader.doc_task(d);
         out.push_back(std::move(ex));
       }
     }
@@ -207,6 +208,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
       local.push_back({{"index", ex.index},
                        {"prompt", ex.prompt},
                        {"reference", ex.reference},
+                       {"task", ex.task},
                        {"answer", answer},
                        {"exact", ExactMatch(answer, ex.reference, cfg_.eval.normalize)},
                        {"f1", TokenF1(answer, ex.reference, cfg_.eval.normalize)}});
@@ -220,6 +222,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
       a.index = j["index"].get<int64_t>();
       a.prompt = j["prompt"].get<std::string>();
       a.reference = j["reference"].get<std::string>();
+      a.task = j["task"].get<std::string>();
       a.answer = j["answer"].get<std::string>();
       a.exact = j["exact"].get<bool>();
       a.f1 = j["f1"].get<double>();

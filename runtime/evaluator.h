@@ -13,7 +13,8 @@
 // Generation. The first eval.max_samples test examples (-1 = all), in dataset order, are split
 // into batches of eval.batch_size; batch k runs on data-parallel rank k % dp. For each example
 // the prompt is its loss-masked prefix (BOS + templated prompt, exactly what training saw before
-// the answer) and the reference is the decoded loss-masked part (EOS dropped). The prompt is
+// the answer), the reference is the decoded loss-masked part (EOS dropped), and the task is the
+// label prepare stored for it (data.task_field, "" when none). The prompt is
 // completed by models::Generate (KV cache; greedy unless eval.temperature > 0) up to
 // eval.max_new_tokens or EOS, decoded without special tokens, and compared with the reference
 // (eval_metrics.h). Per-example results are all-gathered, so every rank returns all of them,
@@ -43,12 +44,13 @@ struct EvalExample {
   std::vector<int32_t> prompt_ids;  // BOS + prompt tokens (the loss-masked prefix)
   std::string prompt;               // prompt_ids decoded (special tokens skipped)
   std::string reference;            // the trained-on part decoded (special tokens skipped)
+  std::string task;                 // the document's task label (data.task_field); "" = none
 };
 
 // One model's answer to one example.
 struct ExampleAnswer {
   int64_t index = 0;
-  std::string prompt, reference, answer;
+  std::string prompt, reference, answer, task;
   bool exact = false;
   double f1 = 0;
 };

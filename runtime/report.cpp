@@ -79,6 +79,35 @@ std::vector<double> Ticks(double lo, double hi, int want) {
   return t;
 }
 
+std::string ExactCell(const GenerationTotals& t) {
+  return fmt::format("{} ({}/{})", Pct(t.ExactMatchRate()), t.exact, t.examples);
+}
+
+// "## Exact match per task": one row per task label (data.task_field) of the evaluated model's
+// examples, base beside it with --compare; "" when no example has a label.
+std::string PerTaskSection(const EvalReport& r) {
+  if (!r.model.generation) return "";
+  const auto model = TotalsPerTask(*r.model.generation);
+  if (model.empty()) return "";
+  std::map<std::string, GenerationTotals> base;
+  if (r.base && r.base->generation) base = TotalsPerTask(*r.base->generation);
+  const bool cmp = r.base.has_value();
+  std::string md = "## Exact match per task\n\nTest examples grouped by their task label "
+                   "(the records' `data.task_field`):\n\n";
+  md += cmp ? "| task | examples | base | finetuned |\n| --- | ---: | ---: | ---: |\n"
+            : "| task | examples | exact match |\n| --- | ---: | ---: |\n";
+  for (const auto& [name, tot] : model) {
+    md += fmt::format("| {} | {} | ", name.empty() ? "(no label)" : MarkdownCell(name),
+                      tot.examples);
+    if (cmp) {
+      const auto it = base.find(name);
+      md += (it == base.end() ? std::string("–") : ExactCell(it->second)) + " | ";
+    }
+    md += ExactCell(tot) + " |\n";
+  }
+  return md + "\n";
+}
+
 }  // namespace
 
 std::string MarkdownCell(const std::string& s, size_t max_chars) {
@@ -98,6 +127,21 @@ std::string MarkdownCell(const std::string& s, size_t max_chars) {
   return o.empty() ? "∅" : o;
 }
 
+std::map<std::string, GenerationTotals> TotalsPerTask(const GenerationResult& g) {
+  std::map<std::string, GenerationTotals> per;
+  if (std::none_of(g.answers.begin(), g.answers.end(),
+                   [](const ExampleAnswer& a) { return !a.task.empty(); })) {
+    return per;
+  }
+  for (const auto& a : g.answers) {
+    auto& t = per[a.task];
+    ++t.examples;
+    t.exact += a.exact ? 1 : 0;
+    t.f1_sum += a.f1;
+  }
+  return per;
+}
+
 std::string ModelEvalJson(const ModelEval& m) {
   nlohmann::json j = {{"path", m.path},
                       {"eval_loss", Num(m.loss.MeanNll())},
@@ -111,6 +155,16 @@ std::string ModelEvalJson(const ModelEval& m) {
     j["f1"] = Num(m.generation->totals.MeanF1());
     j["generated_examples"] = m.generation->totals.examples;
     j["generation_seconds"] = m.generation->seconds;
+    const auto per_task = TotalsPerTask(*m.generation);
+    if (!per_task.empty()) {
+      nlohmann::json t = nlohmann::json::object();
+      for (const auto& [name, tot] : per_task) {
+        t[name] = {{"examples", tot.examples},
+                   {"exact", tot.exact},
+                   {"exact_match", Num(tot.ExactMatchRate())}};
+      }
+      j["tasks"] = t;
+    }
   }
   return j.dump();
 }
@@ -240,6 +294,7 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     const ExampleAnswer* b = r.base ? FindAnswer(*r.base, i) : nullptr;
     const ExampleAnswer* any = a ? a : b;
     nlohmann::json e = {{"index", i}, {"prompt", any->prompt}, {"reference", any->reference}};
+    if (!any->task.empty()) e["task"] = any->task;
     if (a) {
       e["answer"] = a->answer;
       e["exact"] = a->exact;
@@ -288,13 +343,13 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
   row("answer tokens scored", [](const ModelEval& m) { return std::to_string(m.loss.targets); });
   row("exact match", [](const ModelEval& m) {
     if (!m.generation) return std::string("not run");
-    return fmt::format("{} ({}/{})", Pct(m.generation->totals.ExactMatchRate()),
-                       m.generation->totals.exact, m.generation->totals.examples);
+    return ExactCell(m.generation->totals);
   });
   row("token F1", [](const ModelEval& m) {
     return m.generation ? Fmt(m.generation->totals.MeanF1(), "{:.3f}") : std::string("not run");
   });
   md += "\n";
+  md += PerTaskSection(r);
   if (!svg.empty()) {
     md += "## Loss curves\n\nTraining loss per step and eval loss on the test split "
           "(from `metrics.jsonl`):\n\n![loss curves](loss_curve.svg)\n\n";

@@ -1,13 +1,16 @@
 // The files `ftune eval` leaves in the run directory:
 //   eval.json            metrics of the model (and of the --compare model), machine-readable
-//   eval_examples.jsonl  one object per evaluated example: prompt, reference, each model's
-//                        answer, exact match and F1
-//   report.md            summary table (side by side with --compare), the loss-curve plot, and
-//                        the first 20 examples side by side
+//   eval_examples.jsonl  one object per evaluated example: prompt, reference, task label (when
+//                        the dataset has one, data.task_field), each model's answer, exact match
+//                        and F1
+//   report.md            summary table (side by side with --compare), exact match per task
+//                        (when examples carry task labels), the loss-curve plot, and the first
+//                        20 examples side by side
 //   loss_curve.svg       training loss and eval loss against step, from metrics.jsonl
 // Rank 0 only; no collectives. Files are written as NAME.tmp and renamed.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,8 +38,14 @@ struct EvalReport {
   std::optional<ModelEval> base;  // --compare
 };
 
-// One model's metrics as JSON ({"eval_loss", "eval_ppl", "targets", "exact_match", "f1", ...}).
+// One model's metrics as JSON ({"eval_loss", "eval_ppl", "targets", "exact_match", "f1", ...};
+// with task labels also "tasks": {label: {"examples", "exact", "exact_match"}}, unlabelled
+// examples under "").
 std::string ModelEvalJson(const ModelEval& m);
+
+// Generation totals per task label ("" = unlabelled examples); empty when no example has a
+// label (a dataset without task labels: no per-task breakdown).
+std::map<std::string, GenerationTotals> TotalsPerTask(const GenerationResult& g);
 
 // Writes eval.json, eval_examples.jsonl, report.md and (when `run_dir`/metrics.jsonl exists)
 // loss_curve.svg into `run_dir`. Returns the path of report.md.

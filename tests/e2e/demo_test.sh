@@ -36,6 +36,11 @@ run ft_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}"
 run ft_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}"
 check "finetune exported an HF dir" "[ -f $S/ft/final/config.json ]"
 check "eval during training logged" "grep -q 'eval at step 3' $S/ft_train.out"
+# The demo promises byte-identical models from two runs: the finetune again, in another directory.
+run ft2_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/ft2"
+run ft2_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}" --set run.output_dir="$S/ft2"
+check "a second finetune gives a byte-identical model" \
+  "cmp $S/ft/final/model.safetensors $S/ft2/final/model.safetensors"
 python3 - "$S/ft" <<'PY' && echo "ok: metrics.jsonl has eval records, best.json the best" || { echo "FAIL: eval records"; fail=1; }
 import json, sys, math
 d = sys.argv[1]
@@ -78,6 +83,13 @@ for x in ex1:
     assert x["prompt"].startswith("### Question:") and x["reference"]
 md = open(f"{s}/ft/report.md").read()
 assert "| metric | base | finetuned |" in md and "](loss_curve.svg)" in md, md[:500]
+# configs/demo/instructions.jsonl labels every record with a task: a per-task table and counts.
+assert "| task | examples | base | finetuned |" in md, md[:1500]
+for who in ("model", "base"):
+    t = e2[who]["tasks"]
+    assert sum(v["examples"] for v in t.values()) == 24 and "" not in t, t
+    assert sum(v["exact"] for v in t.values()) == e2[who]["exact"], t
+assert all(x["task"] for x in ex1), ex1[0]
 assert md.count("\n| ") >= 20 + 7, md
 root = ET.parse(f"{s}/ft/loss_curve.svg").getroot()
 assert root.tag.endswith("svg") and len([c for c in root if c.tag.endswith("polyline")]) == 2
@@ -93,9 +105,35 @@ assert a["exact"] == b["exact"] and a["targets"] == b["targets"], (a, b)
 assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-9), (a, b)
 PY
 
+# The bundled inputs are what make_demo_data.py writes (its assertions: the before/after
+# questions and what they ask about are in neither file), and the questions are not in the data.
+python3 configs/demo/make_demo_data.py --out "$S/demo_data" > /dev/null
+check "configs/demo is what make_demo_data.py writes" \
+  "diff -r -x '*.py' -x '*.md' -x '*.tsv' configs/demo $S/demo_data"
+python3 - <<'PY' && echo "ok: before/after questions are not in configs/demo/instructions.jsonl" || { echo "FAIL: before/after questions leak"; fail=1; }
+import json
+asked = [l.split("\t")[0] for l in open("configs/demo/before_after.tsv")]
+known = {json.loads(l)["question"] for l in open("configs/demo/instructions.jsonl")}
+assert len(asked) == 5 and not set(asked) & known, set(asked) & known
+PY
+
 # 3. generate before/after and the C++ API examples.
 run gen.out "$FTUNE" generate --model "$S/ft/final" --prompt "Is 7 even or odd?" --max-new-tokens 4
 check "generate answers" "[ \$(wc -l < $S/gen.out) -ge 1 ]"
+# --jsonl (what cluster/demo.sh reads): one record per prompt, in order, each answer what the
+# prompt alone gets (batched with prompts of other lengths, left-padded).
+run gen_one.out "$FTUNE" generate --model "$S/ft/final" --prompt "Spell 'tune' backwards." \
+  --max-new-tokens 6
+run gen.jsonl "$FTUNE" generate --model "$S/ft/final" --max-new-tokens 6 --jsonl \
+  --prompt "Is 7 even or odd?" --prompt "Spell 'tune' backwards." --prompt "x"
+python3 - "$S/gen.jsonl" "$S/gen_one.out" <<'PY' && echo "ok: generate --jsonl" || { echo "FAIL: generate --jsonl"; fail=1; }
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["prompt"] for r in recs] == ["Is 7 even or odd?", "Spell 'tune' backwards.", "x"], recs
+assert all(isinstance(r["answer"], str) for r in recs), recs
+alone = open(sys.argv[2]).read().rstrip("\n")
+assert recs[1]["answer"] == alone, (recs[1]["answer"], alone)
+PY
 if [ -x "$BIN/runner_example" ]; then
   run runner.out "$BIN/runner_example" "$S/ft/final" "Spell 'cat' backwards." "Is 3 even or odd?"
   check "runner_example prints one answer per prompt" "[ \$(wc -l < $S/runner.out) -eq 2 ]"
@@ -122,7 +160,7 @@ bad() {  # bad NAME PATTERN CMD...
   check "bad input '$name' wrote no eval.json" "[ ! -e $S/bad_$name/eval.json ]"
   echo "   ($name took $(( SECONDS - t0 )) s)"
 }
-mkdir -p "$S/tok2" && cp tests/fixtures/data/tokenizer/* "$S/tok2/"
+mkdir -p "$S/tok2" && cp configs/demo/tokenizer/* "$S/tok2/"
 python3 -c "import json,sys; p=sys.argv[1]; json.dump(json.load(open(p)), open(p,'w'), indent=1)" "$S/tok2/tokenizer.json"
 run tok2_prepare.out "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/tok2run" --set tokenizer.path="$S/tok2"
 BASECFG=(--config configs/demo_finetune.yaml --set model.path="$S/ft/final")

@@ -1,10 +1,14 @@
 // Eval arithmetic on hand-computed cases: normalisation, exact match, token F1, perplexity,
-// and the report's loss-curve SVG and markdown cells.
+// and the report's loss-curve SVG, markdown cells and per-task table.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "parallel/error.h"
+#include "parallel/files.h"
 #include "runtime/eval_metrics.h"
 #include "runtime/report.h"
 
@@ -92,6 +96,70 @@ TEST(Report, LossCurveSvgKeepsTheLastRun) {
   EXPECT_NE(svg.find("eval loss"), std::string::npos);
   EXPECT_TRUE(LossCurveSvg("").empty());
   EXPECT_TRUE(LossCurveSvg("{\"step\":1}\n").empty());
+}
+
+// One model's generation result from (task, exact) pairs.
+GenerationResult Answers(const std::vector<std::pair<std::string, bool>>& tasks_exact) {
+  GenerationResult g;
+  for (const auto& [task, exact] : tasks_exact) {
+    ExampleAnswer a;
+    a.index = static_cast<int64_t>(g.answers.size());
+    a.prompt = "q" + std::to_string(a.index);
+    a.reference = "r";
+    a.answer = exact ? "r" : "x";
+    a.task = task;
+    a.exact = exact;
+    a.f1 = exact ? 1 : 0;
+    g.totals.examples += 1;
+    g.totals.exact += exact;
+    g.totals.f1_sum += a.f1;
+    g.answers.push_back(a);
+  }
+  return g;
+}
+
+TEST(Report, ExactMatchPerTask) {
+  const auto per = TotalsPerTask(Answers({{"b", true}, {"a", false}, {"b", false}, {"", true}}));
+  ASSERT_EQ(per.size(), 3u);
+  EXPECT_EQ(per.at("b").examples, 2);
+  EXPECT_EQ(per.at("b").exact, 1);
+  EXPECT_EQ(per.at("").exact, 1);  // the unlabelled ones
+  EXPECT_TRUE(TotalsPerTask(Answers({{"", true}, {"", false}})).empty());
+
+  const std::string dir = files::Join(FTUNE_BINARY_DIR, "tests/scratch/report_tasks");
+  files::RemoveAll(dir);
+  EvalReport r;
+  r.run_name = "t";
+  r.model.label = "finetuned";
+  r.model.generation = Answers({{"caps", true}, {"caps", true}, {"parity", false}});
+  r.base = ModelEval{};
+  r.base->label = "base";
+  r.base->generation = Answers({{"caps", false}, {"caps", true}, {"parity", false}});
+  const std::string md_path = WriteEvalReport(r, dir);
+  std::stringstream md;
+  md << std::ifstream(md_path).rdbuf();
+  EXPECT_NE(md.str().find("| task | examples | base | finetuned |\n| --- | ---: | ---: | ---: |\n"
+                          "| caps | 2 | 50.0% (1/2) | 100.0% (2/2) |\n"
+                          "| parity | 1 | 0.0% (0/1) | 0.0% (0/1) |\n"),
+            std::string::npos)
+      << md.str();
+  const auto j = nlohmann::json::parse(std::ifstream(files::Join(dir, "eval.json")));
+  EXPECT_EQ(j["model"]["tasks"]["caps"]["exact"], 2);
+  EXPECT_EQ(j["base"]["tasks"]["caps"]["exact_match"], 0.5);
+  std::ifstream ex(files::Join(dir, "eval_examples.jsonl"));
+  std::string first;
+  std::getline(ex, first);
+  EXPECT_EQ(nlohmann::json::parse(first)["task"], "caps");
+
+  // No labels: no per-task section, no "tasks" key.
+  r.model.generation = Answers({{"", true}});
+  r.base.reset();
+  WriteEvalReport(r, dir);
+  std::stringstream md2;
+  md2 << std::ifstream(md_path).rdbuf();
+  EXPECT_EQ(md2.str().find("per task"), std::string::npos);
+  const auto j2 = nlohmann::json::parse(std::ifstream(files::Join(dir, "eval.json")));
+  EXPECT_FALSE(j2["model"].contains("tasks"));
 }
 
 TEST(Report, MarkdownCell) {

@@ -2,8 +2,11 @@
 // properties, strict mode, the output directory rules, shard sizes.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 
 #include "data/prepare.h"
@@ -121,6 +124,78 @@ TEST(Prepare, AllKindsTrainOnPromptAndDeterministicSplit) {
   for (const auto& [t, k] : Docs(o.out_dir, "train")) {
     for (size_t i = 1; i < k.size(); ++i) ASSERT_EQ(k[i], 1);
   }
+}
+
+// Every document's task label of a split, in order.
+std::vector<std::string> DocTaskLabels(const std::string& dir, const std::string& split) {
+  std::vector<std::string> labels;
+  for (const auto& s : ReadManifest(dir).split(split).shards) {
+    ShardReader r(dir + "/" + s.file);
+    for (int64_t d = 0; d < r.num_docs(); ++d) labels.push_back(r.doc_task(d));
+  }
+  return labels;
+}
+
+TEST(Prepare, TaskLabelsFollowTheirExamplesAndNeverMoveThem) {
+  const auto dir = Scratch("tasks");
+  // Records n = 0..39: label "even"/"odd" by n, none for n % 5 == 0, a number (not a string,
+  // so no label) for n == 7; the same records unlabelled in a second file.
+  std::ofstream labelled(dir + "/labelled.jsonl"), plain(dir + "/plain.jsonl");
+  for (int n = 0; n < 40; ++n) {
+    json r = {{"question", fmt::format("Is {} even or odd?", n)},
+              {"answer", n % 2 ? "odd" : "even"}};
+    plain << r.dump() << "\n";
+    if (n == 7) {
+      r["task"] = 7;
+    } else if (n % 5 != 0) {
+      r["task"] = n % 2 ? "odd" : "even";
+    }
+    labelled << r.dump() << "\n";
+  }
+  labelled.close();
+  plain.close();
+  auto opts = [&](const std::string& out, const std::string& input) {
+    PrepareOptions o = Opts(Scratch(out), {});
+    o.data.inputs = {dir + "/" + input};
+    o.data.split.test_ratio = 0.4;
+    o.data.shard_tokens = 1024;  // several shards per split
+    return o;
+  };
+  const auto lo = opts("tasks_labelled", "labelled.jsonl");
+  const PrepareSummary s = Prepare(lo, nullptr);
+  const auto po = opts("tasks_plain", "plain.jsonl");
+  Prepare(po, nullptr);
+  for (const char* split : {"train", "test"}) {
+    EXPECT_EQ(Docs(lo.out_dir, split), Docs(po.out_dir, split)) << split;
+    for (const auto& l : DocTaskLabels(po.out_dir, split)) EXPECT_EQ(l, "");
+  }
+  // Each document's label is its record's: "odd" exactly for the labelled odd answers.
+  int64_t labelled_docs = 0;
+  for (const char* split : {"train", "test"}) {
+    const auto docs = Docs(lo.out_dir, split);
+    const auto labels = DocTaskLabels(lo.out_dir, split);
+    ASSERT_EQ(labels.size(), docs.size());
+    std::map<std::string, int64_t> counts;
+    for (const auto& l : labels) counts[l] += 1;
+    const bool test = std::string(split) == "test";
+    for (const char* t : {"even", "odd"}) {
+      EXPECT_EQ(counts[t], test ? s.tasks.at(t).second : s.tasks.at(t).first) << split << t;
+      labelled_docs += counts[t];
+    }
+  }
+  EXPECT_EQ(labelled_docs, 40 - 8 - 1);
+  EXPECT_EQ(s.tasks.size(), 2u);
+  const json sj = json::parse(std::ifstream(lo.out_dir + "/prepare_summary.json"));
+  EXPECT_EQ(sj["tasks"]["odd"]["train"].get<int64_t>(), s.tasks.at("odd").first);
+
+  // data.task_field names the field; "" turns labels off.
+  auto other = opts("tasks_off", "labelled.jsonl");
+  other.data.task_field = "";
+  EXPECT_TRUE(Prepare(other, nullptr).tasks.empty());
+  for (const auto& l : DocTaskLabels(other.out_dir, "test")) EXPECT_EQ(l, "");
+  other = opts("tasks_answer", "labelled.jsonl");
+  other.data.task_field = "answer";
+  EXPECT_EQ(Prepare(other, nullptr).tasks.size(), 2u);
 }
 
 TEST(Prepare, DuplicatesNeverCrossSplitsAndDedup) {

@@ -83,6 +83,32 @@ TEST(Shards, RoundTripAndHyperslabs) {
   }
 }
 
+TEST(Shards, DocTasksRoundTripOrAbsent) {
+  const auto dir = Scratch("tasks");
+  std::vector<int32_t> tok;
+  std::vector<uint8_t> mask;
+  std::vector<int64_t> off;
+  Sample(40, &tok, &mask, &off);  // 4 documents
+  WriteShard(dir + "/plain.h5", Meta(), "test", 0, tok, mask, off);
+  EXPECT_EQ(ShardReader(dir + "/plain.h5").doc_task(3), "");
+  WriteShard(dir + "/tasks.h5", Meta(), "test", 0, tok, mask, off,
+             {{"capitals", "even|odd"}, {1, -1, 0, 1}});
+  ShardReader r(dir + "/tasks.h5");
+  EXPECT_EQ(r.doc_task(0), "even|odd");
+  EXPECT_EQ(r.doc_task(1), "");
+  EXPECT_EQ(r.doc_task(2), "capitals");
+  EXPECT_EQ(r.doc_task(3), "even|odd");
+  // An id outside the label table is a corrupt shard.
+  WriteShard(dir + "/bad.h5", Meta(), "test", 0, tok, mask, off, {{"a"}, {0, 1, 0, 0}});
+  try {
+    ShardReader bad(dir + "/bad.h5");
+    FAIL() << "no error";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.h5: /doc_task holds 1"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Shards, RewriteIsByteIdentical) {
   const auto dir = Scratch("identical");
   std::vector<int32_t> tok;
