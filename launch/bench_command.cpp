@@ -103,7 +103,10 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
   train->add_option("--gemm-n", gemm_n, "size of the GEMM-ceiling matmul (0: 2048 CPU, 8192 GPU)");
   train->callback([&world]() {
     using namespace runtime;
+    // The bench's own step count replaces the config's length, whether given in steps or in
+    // epochs (a config with train.epochs would otherwise fail "set exactly one of ...").
     targs.overrides.push_back(fmt::format("train.steps={}", bench_warmup + bench_steps));
+    targs.overrides.push_back("train.epochs=-1");
     targs.overrides.push_back("log.every=1000000000");
     Config cfg = SetUpRun(world, targs, {world.world_size(), /*need_train=*/true}, "bench_train");
     TrainingSetup run = SetUpTraining(world, cfg);

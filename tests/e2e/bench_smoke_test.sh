@@ -20,4 +20,12 @@ assert j["step_ms_p10"] <= j["step_ms_median"] <= j["step_ms_p90"], j
 assert "6N" in j["flops_convention"], j
 print("bench train JSON ok:", {k: j[k] for k in ("tokens_per_s", "step_ms_median", "gemm_tflops_per_s")})
 PY
+# A config whose length is in epochs (configs/demo_pretrain.yaml's way) is benchmarked too: the
+# bench's step count replaces it.
+"${MPIRUN[@]}" -np 2 "$FTUNE" bench train --config base.yaml --set run.threads=1 \
+  --set train.steps=-1 --set train.epochs=3 --set run.output_dir="$SCRATCH/bench" --warmup 1 \
+  --steps 1 --gemm-n 256 > bench_epochs.out 2>&1 ||
+  { cat bench_epochs.out; fail "ftune bench train with train.epochs in the config failed"; }
+tail -1 bench_epochs.out | python3 -c 'import json, sys; assert json.load(sys.stdin)["timed_steps"] == 1' ||
+  { cat bench_epochs.out; fail "bad JSON line (train.epochs config)"; }
 echo PASS
