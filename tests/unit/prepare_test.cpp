@@ -129,7 +129,9 @@ TEST(Prepare, AllKindsTrainOnPromptAndDeterministicSplit) {
 // Every document's task label of a split, in order.
 std::vector<std::string> DocTaskLabels(const std::string& dir, const std::string& split) {
   std::vector<std::string> labels;
-  for (const auto& s : ReadManifest(dir).split(split).shards) {
+  // Named: a range-for over ReadManifest(dir).split(...).shards reads the temporary after its end.
+  const Manifest manifest = ReadManifest(dir);
+  for (const auto& s : manifest.split(split).shards) {
     ShardReader r(dir + "/" + s.file);
     for (int64_t d = 0; d < r.num_docs(); ++d) labels.push_back(r.doc_task(d));
   }
