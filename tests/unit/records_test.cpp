@@ -50,6 +50,10 @@ TEST(Records, DetectsKinds) {
 
 TEST(Records, RejectsBadLines) {
   EXPECT_EQ(Reject(R"({"text": "hi")"), "invalid_json");
+  // A number beyond double's range is an invalid line, not an uncaught exception (fuzz_records;
+  // the input is tests/fuzz/crashers/records/number_overflow).
+  EXPECT_EQ(Reject(R"({"text": "hi", "n": 1e380})"), "invalid_json");
+  EXPECT_EQ(Reject(R"({"question": "q", "answer": "a", "w": -1e400})"), "invalid_json");
   EXPECT_EQ(Reject("[1, 2]"), "not_an_object");
   EXPECT_EQ(Reject(R"({"question": "q"})"), "missing_field");
   EXPECT_EQ(Reject(R"({"question": "q", "answer": 4})"), "wrong_type");
