@@ -7,6 +7,8 @@
 # Usage: hung_rank_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 need_mpirun
+# grep -a throughout: mpirun's merged output of a killed job can hold stray bytes (CI once saw
+# "binary file matches" instead of the report lines, and an empty report.txt).
 write_config
 TIMEOUT=5
 NP=4
@@ -17,7 +19,8 @@ STOP=2
 mpid=$!
 wait_for_step run/metrics.jsonl 3 300
 stopped=$(rank_pid $mpid $STOP) || fail "no pid for rank $STOP"
-cleanup() { kill -CONT "$stopped" 2> /dev/null; kill -9 "$stopped" $mpid 2> /dev/null || true; }
+# (|| true: set -e holds inside the trap, and the rank is usually reaped by now)
+cleanup() { kill -CONT "$stopped" 2> /dev/null || true; kill -9 "$stopped" $mpid 2> /dev/null || true; }
 trap cleanup EXIT
 kill -STOP "$stopped"
 start=$SECONDS
@@ -37,27 +40,27 @@ echo "---"
 ((elapsed <= TIMEOUT + 30)) || fail "the job took ${elapsed} s to end (timeout ${TIMEOUT} s)"
 
 # The hung collective, with its sequence number and communicator.
-grep -Eq "error: (AllReduce|ReduceScatter|AllGather|Broadcast|Barrier) #[0-9]+ on communicator '[^']+' \(ranks [0-9,-]+.*did not complete within parallel.timeout_s = $TIMEOUT s" hung.log ||
+grep -aEq "error: (AllReduce|ReduceScatter|AllGather|Broadcast|Barrier) #[0-9]+ on communicator '[^']+' \(ranks [0-9,-]+.*did not complete within parallel.timeout_s = $TIMEOUT s" hung.log ||
   { cat hung.log; fail "no line names the timed-out collective (op #seq on communicator)"; }
 # Exactly one full report, and in it exactly the stopped rank as missing.
-n=$(grep -c "Not arrived or not responding:" hung.log || true)
+n=$(grep -ac "Not arrived or not responding:" hung.log || true)
 [[ $n == 1 ]] || { cat hung.log; fail "$n full reports (want 1)"; }
-reporter=$(grep -m1 "Not arrived or not responding:" hung.log | sed 's/^\[rank \([0-9]*\)\].*/\1/')
-grep "^\[rank $reporter\] " hung.log > report.txt  # (other ranks' lines may come in between)
+reporter=$(grep -a -m1 "Not arrived or not responding:" hung.log | sed 's/^\[rank \([0-9]*\)\].*/\1/')
+grep -a "^\[rank $reporter\] " hung.log > report.txt  # (other ranks' lines may come in between)
 absent=$(awk '/Not arrived or not responding:/ {on = 1; next}
               on && /^\[rank [0-9]+\]   rank [0-9]+ \(/ {print $4; next}
               {on = 0}' report.txt)
 [[ $absent == "$STOP" ]] || { cat hung.log; fail "ranks named as not arrived: '$absent' (want $STOP)"; }
-grep -Eq "^\[rank [0-9]+\]   rank $STOP \([^)]*pid $stopped\): no heartbeat for [0-9.]+ s \(stopped, dead or exited\)" hung.log ||
+grep -aEq "^\[rank [0-9]+\]   rank $STOP \([^)]*pid $stopped\): no heartbeat for [0-9.]+ s \(stopped, dead or exited\)" hung.log ||
   { cat hung.log; fail "rank $STOP (pid $stopped) is not named as not responding"; }
-grep -Eq "^\[rank [0-9]+\]   rank $STOP: no heartbeat for" hung.log ||
+grep -aEq "^\[rank [0-9]+\]   rank $STOP: no heartbeat for" hung.log ||
   { cat hung.log; fail "the table of last collectives lacks rank $STOP"; }
 # The stopped rank, continued by mpirun to be killed, does not report a timeout of its own (its
 # deadline does not count the time it was stopped).
-! grep -q "^\[rank $STOP\] error: .*did not complete within" hung.log ||
+! grep -aq "^\[rank $STOP\] error: .*did not complete within" hung.log ||
   { cat hung.log; fail "the stopped rank reported a timeout"; }
 # The report is in the reporting rank's log, and every rank published a flight record.
-grep -lq "no heartbeat for" run/logs/rank_*.log || fail "the report is not in any rank's log"
+grep -alq "no heartbeat for" run/logs/rank_*.log || fail "the report is not in any rank's log"
 for r in $(seq 0 $((NP - 1))); do
   [[ -s run/logs/flight/rank_$r.json ]] || fail "no flight record run/logs/flight/rank_$r.json"
 done
