@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Compiles (syntax and types only: -fsyntax-only) every C++ source as a CUDA build of ftune sees
-# it (FTUNE_WITH_NCCL, nccl.h and the CUDA runtime headers from the toolkit, libtorch's c10/cuda
+# Compiles (syntax and types only: -fsyntax-only) every C++ source, alone and in its unity batch,
+# as a CUDA build of ftune sees it (FTUNE_WITH_NCCL, nccl.h and the CUDA runtime headers from the toolkit, libtorch's c10/cuda
 # and ATen/cuda headers), on a machine whose libtorch is a CPU build. It catches code that would
 # not compile against a CUDA libtorch (the NCCL backend, compat.h's CUDA branches) without one;
 # it cannot catch link errors. Against libtorch 2.x's headers it also checks the 2.x branches
@@ -30,9 +30,23 @@ FLAGS="-std=gnu++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -DFTUNE_WI
 # (-isystem /usr/include would break the C++ headers' #include_next)
 [[ $TORCH_INC == /usr/include ]] || FLAGS="$FLAGS -isystem $TORCH_INC"
 export FLAGS
-ls parallel/*.cpp models/*.cpp data/*.cpp runtime/*.cpp launch/*.cpp |
+# What is compiled: every source on its own (a -DFTUNE_UNITY=OFF build), and the unity batches a
+# default build compiles (CMakeLists.txt: each folder's sources in file-name order, 6 to a batch,
+# 7 in launch/, data/tokenizer.cpp alone), where two files' internal names can clash.
+SOURCES=$(ls parallel/*.cpp models/*.cpp data/*.cpp runtime/*.cpp launch/*.cpp)
+mkdir -p "$SHIM/unity"
+for dir in parallel models data runtime launch; do
+  size=6
+  [[ $dir == launch ]] && size=7
+  LC_ALL=C ls "$dir"/*.cpp | grep -vx data/tokenizer.cpp |
+    awk -v size=$size -v dir="$dir" -v out="$SHIM/unity" -v src="$PWD" \
+      '{ f = out "/" dir "_batch" int((NR - 1) / size) ".cpp"; print "#include \"" src "/" $0 "\"" > f }'
+done
+UNITS="$SOURCES $(ls "$SHIM"/unity/*.cpp)"
+printf '%s\n' $UNITS |
   xargs -P "${JOBS:-$(nproc)}" -I{} sh -c 'g++ $FLAGS {} > /dev/null 2>&1 || { echo "FAIL {}"; g++ $FLAGS {} 2>&1 | grep -m5 error; }' |
   tee "$SHIM/log"
-n=$(ls parallel/*.cpp models/*.cpp data/*.cpp runtime/*.cpp launch/*.cpp | wc -l)
-if grep -q FAIL "$SHIM/log"; then echo "CUDA-build syntax check: failures above (of $n files)"; exit 1; fi
-echo "CUDA-build syntax check: $n files compile with FTUNE_WITH_NCCL against $CUDA and $TORCH_INC"
+n=$(echo "$SOURCES" | wc -w)
+b=$(ls "$SHIM"/unity/*.cpp | wc -l)
+if grep -q FAIL "$SHIM/log"; then echo "CUDA-build syntax check: failures above (of $n files and $b unity batches)"; exit 1; fi
+echo "CUDA-build syntax check: $n files and $b unity batches compile with FTUNE_WITH_NCCL against $CUDA and $TORCH_INC"

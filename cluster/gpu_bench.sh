@@ -11,7 +11,8 @@
 # Prints one table: tokens/s, step ms, MFU, peak GPU memory, ratio to the HF autocast row.
 # The token ids come from the small fixture tokenizer: the model's cost does not depend on which
 # ids it sees, only on the shape, so no Llama-3 tokenizer is needed on the GPU machine.
-# Usage: cluster/gpu_bench.sh [BUILD_DIR]   env: STEPS (10), WARMUP (3), HF_ANCHOR, WIDE_LAYERS (8),
+# Usage: cluster/gpu_bench.sh [BUILD_DIR]   env: STEPS (10), WARMUP (3), HF_ANCHOR, WIDE_LAYERS (8;
+#        0: no 8B-width row), HF_MODES (the reference's modes, default amp,bf16,compile),
 #        PYTHON (python3 with torch + transformers), OUT (logs there when set),
 #        DRY_RUN=1 (no GPU needed: toy shapes on the CPU, to check this script's plumbing)
 set -euo pipefail
@@ -89,11 +90,11 @@ ftune_row "ftune 1B bf16 (fp32 masters)" "$small"
 t_small=$tps
 # What the fused AdamW kernel buys (libtorch >= 2.4): the same step with the plain ops.
 ftune_row "ftune 1B, AdamW as plain ops" "$small" --set optim.fused=false
-ftune_row "ftune 8B-width x$WIDE_LAYERS layers" "$wide"
+((WIDE_LAYERS == 0)) || ftune_row "ftune 8B-width x$WIDE_LAYERS layers" "$wide"
 
 hf_amp=0
 if [[ -f $ANCHOR && -z $DRY ]]; then
-  "$PY" "$ANCHOR" --steps "$STEPS" --warmup "$WARMUP" > "$LOG/hf_anchor.jsonl" 2> "$LOG/hf_anchor.err" || true
+  "$PY" "$ANCHOR" --modes "${HF_MODES:-amp,bf16,compile}" --steps "$STEPS" --warmup "$WARMUP" > "$LOG/hf_anchor.jsonl" 2> "$LOG/hf_anchor.err" || true
   while read -r j; do
     mode=$(field "$j" mode)
     [[ $mode != 0 ]] || continue  # the header line (versions, GEMM ceiling)

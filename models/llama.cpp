@@ -159,7 +159,10 @@ Rotary::Rotary(const LlamaConfig& cfg) {
 std::pair<torch::Tensor, torch::Tensor> Rotary::CosSin(const torch::Tensor& positions,
                                                        c10::ScalarType dtype) const {
   // (B, T, 1) * (D/2) -> (B, T, D/2); one fp32 product per element, like HF's K=1 matmul.
-  auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_.to(positions.device());
+  if (!inv_freq_on_device_.defined() || inv_freq_on_device_.device() != positions.device()) {
+    inv_freq_on_device_ = inv_freq_.to(positions.device());
+  }
+  auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_on_device_;
   auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // (B, 1, T, D)
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }

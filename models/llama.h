@@ -85,6 +85,9 @@ class Rotary {
 
  private:
   torch::Tensor inv_freq_;
+  // inv_freq_ on the device of the last CosSin: copied once, not at every forward (a copy from
+  // pageable host memory makes the host wait for the device).
+  mutable torch::Tensor inv_freq_on_device_;
 };
 
 class LlamaAttention : public torch::nn::Module {

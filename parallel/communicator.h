@@ -92,8 +92,11 @@ std::unique_ptr<Communicator> MakeMpiWorldCommunicator();
 
 // A communicator for CUDA tensors over NCCL, created collectively over `bootstrap`
 // (its ncclUniqueId is broadcast over it) on the current CUDA device. Throws
-// CommError when ftune was built without NCCL.
-std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap);
+// CommError when ftune was built without NCCL. With one rank and `local_when_alone`, its
+// collectives are local copies on the caller's stream (no NCCL kernel, no host wait); tests
+// pass false to run NCCL's kernels on a one-GPU machine.
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap,
+                                                   bool local_when_alone = true);
 
 // Seconds this process has spent blocked in Work::Wait() (all communicators
 // and threads together; exposed communication, not overlapped transfers).
@@ -109,5 +112,8 @@ std::string NcclVersion();  // "" without NCCL
 
 // Element size of a dtype, and whether Communicator supports it.
 bool IsSupportedDtype(at::ScalarType t);
+
+// bf16 and fp16, which both backends reduce in fp32.
+inline bool IsHalf(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
 }  // namespace ftune::parallel

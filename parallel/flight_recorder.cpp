@@ -1,6 +1,7 @@
 #include "parallel/flight_recorder.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
 #include <map>

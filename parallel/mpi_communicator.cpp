@@ -50,8 +50,6 @@ MPI_Op ToMpi(ReduceOp op) {
   return MPI_SUM;
 }
 
-bool IsHalf(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
-
 void CheckTensor(const at::Tensor& t, const char* what) {
   if (!t.defined()) FT_THROW(CommError, "{}: tensor is undefined", what);
   if (!t.is_contiguous()) {
@@ -382,7 +380,7 @@ void AddCommWait(std::chrono::steady_clock::duration waited) {
 #ifndef FTUNE_WITH_NCCL
 bool HasNccl() { return false; }
 std::string NcclVersion() { return ""; }
-std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator&) {
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator&, bool) {
   FT_THROW(CommError, "this ftune was built without NCCL (libtorch has no CUDA); use "
            "parallel.backend: mpi or rebuild against a CUDA libtorch (-DTorch_DIR=...)");
 }

@@ -72,8 +72,6 @@ ncclRedOp_t ToNccl(ReduceOp op) {
   return ncclSum;
 }
 
-bool IsHalf(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
-
 class NcclCommunicator;
 
 class NcclWork : public Work {
@@ -102,10 +100,19 @@ class NcclWork : public Work {
   bool waited_ = false;
 };
 
+// A collective of a one-rank communicator: done when enqueued (see NcclCommunicator::Local).
+class LocalWork : public Work {
+ public:
+  void Wait() override {}
+};
+
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(std::unique_ptr<Communicator> bootstrap, std::string name)
+  NcclCommunicator(std::unique_ptr<Communicator> bootstrap, std::string name,
+                   bool local_when_alone)
       : Communicator(bootstrap->rank(), bootstrap->size(), std::move(name)),
+        local_when_alone_(local_when_alone),
+        local_(local_when_alone && size_ == 1),
         bootstrap_(std::move(bootstrap)),
         device_(c10::cuda::current_device()),
         stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_)),
@@ -174,6 +181,7 @@ class NcclCommunicator : public Communicator {
   WorkPtr AllReduce(at::Tensor& t, ReduceOp op) override {
     Check(t, "AllReduce");
     CheckAvg(op, t, "AllReduce");
+    if (local_) return Local("AllReduce", t, nullptr);  // sum, avg, min, max of one
     at::Tensor buf = IsHalf(t.scalar_type()) ? t.to(at::kFloat) : t;
     return Launch("AllReduce", {t, buf}, [&](cudaStream_t s) {
       NCCL_CHECK(ncclAllReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(),
@@ -190,6 +198,7 @@ class NcclCommunicator : public Communicator {
                name(), input.numel(), c10::toString(input.scalar_type()), output.numel(),
                c10::toString(output.scalar_type()), size_);
     }
+    if (local_) return Local("ReduceScatter", input, [&]() { CopyFlat(output, input); });
     const bool half = IsHalf(input.scalar_type());
     at::Tensor in = half ? input.to(at::kFloat) : input;
     at::Tensor out = half ? at::empty({output.numel()}, in.options()) : output;
@@ -205,6 +214,7 @@ class NcclCommunicator : public Communicator {
     Check(output, "ReduceScatterV");
     CheckAvg(op, input, "ReduceScatterV");
     CheckCounts(counts, input.numel(), output.numel(), "ReduceScatterV");
+    if (local_) return Local("ReduceScatterV", input, [&]() { CopyFlat(output, input); });
     const bool half = IsHalf(input.scalar_type());
     at::Tensor in = half ? input.to(at::kFloat) : input;
     at::Tensor out = half ? at::empty({output.numel()}, in.options()) : output;
@@ -233,6 +243,7 @@ class NcclCommunicator : public Communicator {
                name(), output.numel(), c10::toString(output.scalar_type()), input.numel(),
                c10::toString(input.scalar_type()), size_);
     }
+    if (local_) return Local("AllGather", input, [&]() { CopyFlat(output, input); });
     return Launch("AllGather", {input, output}, [&](cudaStream_t s) {
       NCCL_CHECK(ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(),
                                ToNccl(input.scalar_type()), comm_, s), comm_);
@@ -244,6 +255,7 @@ class NcclCommunicator : public Communicator {
     Check(input, "AllGatherV");
     Check(output, "AllGatherV");
     CheckCounts(counts, output.numel(), input.numel(), "AllGatherV");
+    if (local_) return Local("AllGatherV", input, [&]() { CopyFlat(output, input); });
     return Launch("AllGatherV", {input, output}, [&](cudaStream_t s) {
       const size_t elem = output.element_size();
       auto* base = static_cast<char*>(output.data_ptr());
@@ -267,6 +279,7 @@ class NcclCommunicator : public Communicator {
     if (root < 0 || root >= size_) {
       FT_THROW(CommError, "Broadcast on '{}': root {} of {} ranks", name(), root, size_);
     }
+    if (local_) return Local("Broadcast", t, nullptr);
     return Launch("Broadcast", {t}, [&](cudaStream_t s) {
       NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), ToNccl(t.scalar_type()),
                                root, comm_, s), comm_);
@@ -281,7 +294,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
     auto sub = bootstrap_->Split(color, key, name + "/bootstrap");
     c10::cuda::CUDAGuard guard(device_);
-    return std::make_unique<NcclCommunicator>(std::move(sub), name);
+    return std::make_unique<NcclCommunicator>(std::move(sub), name, local_when_alone_);
   }
 
  private:
@@ -320,6 +333,24 @@ class NcclCommunicator : public Communicator {
     return [dst, src]() mutable { dst.copy_(src); };
   }
 
+  // One rank (a single-GPU run's dp communicator): a collective is the identity or a copy,
+  // done on the caller's stream. No NCCL call, side stream or host wait: the step does not
+  // wait for the device at each gradient bucket. Recorded like any collective.
+  WorkPtr Local(const char* what, const at::Tensor& t, const std::function<void()>& op) {
+    auto& recorder = FlightRecorder::Get();
+    const auto ticket = recorder.Start(flight_, what, t.numel(), t.scalar_type());
+    if (op) {
+      c10::cuda::CUDAGuard guard(device_);
+      op();
+    }
+    recorder.Complete(ticket);
+    return std::make_unique<LocalWork>();
+  }
+
+  static void CopyFlat(const at::Tensor& dst, const at::Tensor& src) {
+    dst.view({-1}).copy_(src.view({-1}));
+  }
+
   template <class F>
   WorkPtr Launch(const char* what, std::vector<at::Tensor> tensors, F&& enqueue,
                  std::function<void()> finish) {
@@ -339,6 +370,8 @@ class NcclCommunicator : public Communicator {
                                       std::move(finish));
   }
 
+  const bool local_when_alone_;  // passed on to Split's communicators
+  const bool local_;             // one rank and local_when_alone_: collectives by Local()
   std::unique_ptr<Communicator> bootstrap_;  // MPI: ids, Split
   c10::DeviceIndex device_;
   c10::cuda::CUDAStream stream_;
@@ -383,13 +416,15 @@ std::string NcclVersion() {
   return fmt::format("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100);
 }
 
-std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap) {
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap,
+                                                   bool local_when_alone) {
   if (!torch::cuda::is_available()) {
     FT_THROW(CommError, "the NCCL backend needs a CUDA device, and none is visible here; use "
              "parallel.backend: mpi");
   }
   auto own = bootstrap.Split(0, bootstrap.rank(), bootstrap.name() + "/nccl-bootstrap");
-  return std::make_unique<NcclCommunicator>(std::move(own), bootstrap.name() + "/nccl");
+  return std::make_unique<NcclCommunicator>(std::move(own), bootstrap.name() + "/nccl",
+                                            local_when_alone);
 }
 
 }  // namespace ftune::parallel
