@@ -35,7 +35,9 @@ case "$MODE" in
 esac
 
 t0=$(date +%s)
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+launcher=()
+command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+cmake -S . -B "$BUILD_DIR" -G Ninja "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   -DFTUNE_SANITIZE="$SANITIZE" >/dev/null
 nice -n "${NICE:-0}" cmake --build "$BUILD_DIR" --target "${TARGETS[@]}" -j"${JOBS:-$(nproc)}"
