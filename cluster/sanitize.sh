@@ -5,6 +5,7 @@
 #   cluster/sanitize.sh thread    # TSan (gcc): the tests that run threads (loader prefetch,
 #                                 # communicator watchdog, async checkpoint, direct writes)
 #   BUILD_DIR=... JOBS=2 NICE=19 cluster/sanitize.sh [address|thread] [ctest args...]
+#   MPI_LEAKS=0 cluster/sanitize.sh   # the mpi tests without leak checks (5x faster, see below)
 #
 # A report fails its test (halt_on_error; UBSan built with -fno-sanitize-recover). The only
 # suppressions are for third-party code, each explained: tests/sanitize/lsan.supp, tsan.supp.
@@ -51,7 +52,23 @@ export LSAN_OPTIONS="suppressions=$ROOT/tests/sanitize/lsan.supp:print_suppressi
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/sanitize/tsan.supp"
 cd "$BUILD_DIR"
 status=0
-nice -n "${NICE:-0}" ctest --output-on-failure --timeout 1800 "${TESTS[@]}" "$@" || status=$?
+if [[ $MODE == address ]]; then
+  # Leaks under mpirun: Open MPI 4.1 does not free what MPI_Init_thread, its plugins and its
+  # progress thread allocate (tests/sanitize/lsan.supp names them). Those stacks run through
+  # libraries built without frame pointers and through plugins unloaded before LSan looks: LSan
+  # sees their callers only with its slow unwinder and with Open MPI's dlclose turned off. The
+  # unit tests (no MPI) keep the fast one.
+  nice -n "${NICE:-0}" ctest --output-on-failure --timeout 1800 -L unit "$@" || status=$?
+  if [[ ${MPI_LEAKS:-1} == 1 ]]; then
+    mpi_asan="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
+  else
+    mpi_asan="$ASAN_OPTIONS:detect_leaks=0"
+  fi
+  ASAN_OPTIONS=$mpi_asan OMPI_MCA_mca_base_component_disable_dlclose=1 \
+    nice -n "${NICE:-0}" ctest --output-on-failure --timeout 3600 -L mpi "$@" || status=$?
+else
+  nice -n "${NICE:-0}" ctest --output-on-failure --timeout 1800 "${TESTS[@]}" "$@" || status=$?
+fi
 t2=$(date +%s)
-echo "sanitize ($MODE): build $((t1 - t0)) s, tests $((t2 - t1)) s, ctest exit $status"
+echo "sanitize ($MODE${MPI_LEAKS:+, MPI_LEAKS=$MPI_LEAKS}): build $((t1 - t0)) s, tests $((t2 - t1)) s, ctest exit $status"
 exit $status

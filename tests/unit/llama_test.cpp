@@ -330,6 +330,11 @@ TEST(Llama, UnmaterialisedConstructionWritesNoWeights) {
     return static_cast<bool>(f);
   };
   if (!reset_peak()) GTEST_SKIP() << "cannot reset VmHWM (/proc/self/clear_refs)";
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's allocator writes shadow memory for every allocation (58 MB for these 0.9 GB): the
+  // resident size no longer tells whether the weights were written.
+  GTEST_SKIP() << "resident memory is not meaningful under AddressSanitizer";
+#endif
   const int64_t rss0 = StatusKb("VmRSS");
   reset_peak();
   ftune::models::LlamaModel m(cfg, /*materialize=*/false);
