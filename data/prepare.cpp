@@ -51,7 +51,8 @@ class Coll {
     int64_t total = 0;
     for (auto n : counts) total += n;
     auto in = torch::empty({int64_t(local.size())}, torch::kUInt8);
-    std::memcpy(in.data_ptr<uint8_t>(), local.data(), local.size());
+    // (an empty tensor's data_ptr is null, and memcpy of null is undefined even for 0 bytes)
+    if (!local.empty()) std::memcpy(in.data_ptr<uint8_t>(), local.data(), local.size());
     auto out = torch::empty({total}, torch::kUInt8);
     c_->AllGatherV(in, out, counts)->Wait();
     std::vector<std::string> result;
@@ -67,7 +68,7 @@ class Coll {
     auto n = torch::tensor({int64_t(s.size())}, torch::kLong);
     c_->Broadcast(n, root)->Wait();
     auto t = torch::empty({n.item<int64_t>()}, torch::kUInt8);
-    if (rank() == root) std::memcpy(t.data_ptr<uint8_t>(), s.data(), s.size());
+    if (rank() == root && !s.empty()) std::memcpy(t.data_ptr<uint8_t>(), s.data(), s.size());
     c_->Broadcast(t, root)->Wait();
     return std::string(reinterpret_cast<const char*>(t.data_ptr<uint8_t>()), t.numel());
   }

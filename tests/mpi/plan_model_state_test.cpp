@@ -1,12 +1,18 @@
 // `ftune plan`'s model-state prediction (runtime/plan.h PlanModelState) against what ftune really
 // allocates at 1 rank and at the job's 2 or 4 ranks, for every ZeRO stage, tp 1 and 2, fp32 and
-// bf16: within 10 % (the bar). "Really allocates" is measured with glibc's allocator
-// statistics (mallinfo2: bytes in use) around the Trainer's construction, with the model built
+// bf16: within 10 % (the bar). "Really allocates" is measured with the allocator's
+// statistics of bytes in use (glibc's mallinfo2; under AddressSanitizer, which replaces malloc,
+// its own count) around the Trainer's construction, with the model built
 // unmaterialised (its parameters are mmap-backed, outside malloc) and filled through a
 // ParamSource, so the difference is exactly what DataParallel allocated; its own accounting
 // (ModelStateBytes) is checked too.
 #include <gtest/gtest.h>
 #include <malloc.h>
+#if defined(__SANITIZE_ADDRESS__)
+// The sanitizer runtime's count of bytes in use (<sanitizer/allocator_interface.h>, which GCC's
+// packages do not install).
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+#endif
 
 #include "models/llama.h"
 #include "parallel/process_grid.h"
@@ -18,6 +24,15 @@
 
 namespace ftune::runtime {
 namespace {
+
+double HeapBytesInUse() {
+#if defined(__SANITIZE_ADDRESS__)
+  return static_cast<double>(__sanitizer_get_current_allocated_bytes());
+#else
+  const struct mallinfo2 m = ::mallinfo2();
+  return static_cast<double>(m.uordblks + m.hblkhd);
+#endif
+}
 
 using ftune::testing::TestWorld;
 
@@ -47,11 +62,9 @@ void ExpectPlanMatches(parallel::Communicator& comm) {
         }
         models::Unmaterialize(*model, dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
         auto source = [](const parallel::ParamSpec&, int64_t, at::Tensor out) { out.fill_(0.02); };
-        const struct mallinfo2 before = ::mallinfo2();
+        const double before = HeapBytesInUse();
         Trainer trainer(TestWorld(), cfg, model, grid, source);
-        const struct mallinfo2 after = ::mallinfo2();
-        const double real = double(after.uordblks + after.hblkhd) -
-                            double(before.uordblks + before.hblkhd);
+        const double real = HeapBytesInUse() - before;
         const double accounted = double(trainer.data_parallel().ModelStateBytes());
         const double planned =
             PlanModelState(mcfg, dtype == "bf16" ? 2 : 4, grid.dp(), tp, zero).total();
