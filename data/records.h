@@ -61,9 +61,6 @@ struct RecordError {
   std::string detail;
 };
 
-// True when `s` is valid UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
-bool IsValidUtf8(std::string_view s);
-
 // Parses one line. `expected` is the file's kind (forced or detected); nullopt = accept any
 // kind. On failure returns false and fills *err.
 bool ParseRecord(std::string_view line, std::optional<RecordKind> expected, Record* out,
