@@ -21,6 +21,7 @@
 #include "parallel/communicator.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
+#include "parallel/gather_strings.h"
 
 namespace ftune::data {
 using nlohmann::json;
@@ -47,21 +48,7 @@ class Coll {
   }
   std::vector<std::string> AllGatherBytes(const std::string& local) const {
     if (!c_) return {local};
-    auto counts = AllGather({int64_t(local.size())});
-    int64_t total = 0;
-    for (auto n : counts) total += n;
-    auto in = torch::empty({int64_t(local.size())}, torch::kUInt8);
-    // (an empty tensor's data_ptr is null, and memcpy of null is undefined even for 0 bytes)
-    if (!local.empty()) std::memcpy(in.data_ptr<uint8_t>(), local.data(), local.size());
-    auto out = torch::empty({total}, torch::kUInt8);
-    c_->AllGatherV(in, out, counts)->Wait();
-    std::vector<std::string> result;
-    int64_t off = 0;
-    for (auto n : counts) {
-      result.emplace_back(reinterpret_cast<const char*>(out.data_ptr<uint8_t>()) + off, n);
-      off += n;
-    }
-    return result;
+    return parallel::AllGatherStrings(*c_, local);
   }
   std::string BroadcastString(std::string s, int root) const {
     if (!c_) return s;
