@@ -32,13 +32,13 @@ FLAGS="-std=gnu++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -DFTUNE_WI
 export FLAGS
 # What is compiled: every source on its own (a -DFTUNE_UNITY=OFF build), and the unity batches a
 # default build compiles (CMakeLists.txt: each folder's sources in file-name order, 6 to a batch,
-# 7 in launch/, data/tokenizer.cpp alone), where two files' internal names can clash.
+# 7 in launch/, data/tokenizer.cpp and data/utf8.cpp alone), where two files' internal names can clash.
 SOURCES=$(ls parallel/*.cpp models/*.cpp data/*.cpp runtime/*.cpp launch/*.cpp)
 mkdir -p "$SHIM/unity"
 for dir in parallel models data runtime launch; do
   size=6
   [[ $dir == launch ]] && size=7
-  LC_ALL=C ls "$dir"/*.cpp | grep -vx data/tokenizer.cpp |
+  LC_ALL=C ls "$dir"/*.cpp | grep -vx -e data/tokenizer.cpp -e data/utf8.cpp |
     awk -v size=$size -v dir="$dir" -v out="$SHIM/unity" -v src="$PWD" \
       '{ f = out "/" dir "_batch" int((NR - 1) / size) ".cpp"; print "#include \"" src "/" $0 "\"" > f }'
 done

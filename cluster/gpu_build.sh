@@ -184,7 +184,7 @@ command -v ccache > /dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 arch_inc=$DEPS/usr/include/$ARCH
 mkdir -p "$BUILD_DIR"
 start=$SECONDS
-cmake -S "$SRC" -B "$BUILD_DIR" "${gen[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$SRC" -B "$BUILD_DIR" "${gen[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release -DFTUNE_RELEASE_OPT=-O3 \
   ${torch_dir:+-DTorch_DIR="$torch_dir"} -DCMAKE_PREFIX_PATH="$DEPS/usr" \
   -DMPI_C_COMPILER="$DEPS/usr/bin/mpicc.openmpi" -DMPIEXEC_EXECUTABLE="$DEPS/usr/bin/mpiexec.openmpi" \
   -DHDF5_C_COMPILER_EXECUTABLE="$DEPS/usr/bin/h5pcc.openmpi" \
