@@ -9,8 +9,8 @@
 #      split and were fixed before any training                 (ftune generate, before / after)
 # Each stage prints a progress line with the elapsed time; a table of the stage times, the exact
 # match overall and per task, and the before / after answers close the run. Outputs go to
-# runs/demo/ (removed first, so every run starts fresh); the report is
-# runs/demo/finetune/report.md. Runs as root on a fresh Debian 12 machine.
+# runs/demo/ (removed first, so every run starts fresh; FTUNE_DEMO_OUT=DIR for another directory);
+# the report is runs/demo/finetune/report.md. Runs as root on a fresh Debian 12 machine.
 #   NP=4 cluster/demo.sh            # another number of ranks
 #   FTUNE_SKIP_APT=1 cluster/demo.sh
 #   BUILD_DIR=build-x FTUNE_DEMO_SKIP_SETUP=1 cluster/demo.sh   # an existing build, no setup
@@ -25,14 +25,19 @@ FTUNE="$BUILD_DIR/ftune"
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NP")
 read -r -a PRE_SET <<< "${FTUNE_DEMO_PRETRAIN_SET:-}"
 read -r -a FT_SET <<< "${FTUNE_DEMO_FINETUNE_SET:-}"
-PRE=(--config configs/demo_pretrain.yaml "${PRE_SET[@]}")
-FT=(--config configs/demo_finetune.yaml "${FT_SET[@]}")
-BASE=runs/demo/pretrain/final
-RUN=runs/demo/finetune
+OUT=${FTUNE_DEMO_OUT:-runs/demo}
+[ -n "$OUT" ] && [ "$OUT" != / ] || { echo "demo.sh: FTUNE_DEMO_OUT must name a directory" >&2; exit 2; }
+OUT_SET=()  # the configs write to runs/demo/{pretrain,finetune}; elsewhere only when asked
+[ "$OUT" = runs/demo ] || OUT_SET=(--set run.output_dir="$OUT/pretrain")
+PRE=(--config configs/demo_pretrain.yaml "${OUT_SET[@]}" "${PRE_SET[@]}")
+[ "$OUT" = runs/demo ] || OUT_SET=(--set run.output_dir="$OUT/finetune" --set model.path="$OUT/pretrain/final")
+FT=(--config configs/demo_finetune.yaml "${OUT_SET[@]}" "${FT_SET[@]}")
+BASE=$OUT/pretrain/final
+RUN=$OUT/finetune
 
-rm -rf runs/demo
-mkdir -p runs/demo
-TIMES=runs/demo/stage_seconds.tsv
+rm -rf "$OUT"
+mkdir -p "$OUT"
+TIMES=$OUT/stage_seconds.tsv
 start=$(date +%s)
 stage_start=$start
 stage_name=""
@@ -68,14 +73,14 @@ mapfile -t PROMPTS < <(cut -f1 configs/demo/before_after.tsv)
 ASK=()
 for p in "${PROMPTS[@]}"; do ASK+=(--prompt "$p"); done
 # One call per model, one JSON record per question (an answer may hold a newline).
-"$FTUNE" generate --model "$BASE" --max-new-tokens 12 --jsonl "${ASK[@]}" > runs/demo/before.jsonl
-"$FTUNE" generate --model "$RUN/final" --max-new-tokens 12 --jsonl "${ASK[@]}" > runs/demo/after.jsonl
+"$FTUNE" generate --model "$BASE" --max-new-tokens 12 --jsonl "${ASK[@]}" > "$OUT/before.jsonl"
+"$FTUNE" generate --model "$RUN/final" --max-new-tokens 12 --jsonl "${ASK[@]}" > "$OUT/after.jsonl"
 stage "" ""
 
 total=$(( $(date +%s) - start ))
 echo
-python3 - "$RUN/eval.json" "$TIMES" "$total" configs/demo/before_after.tsv runs/demo/before.jsonl \
-  runs/demo/after.jsonl <<'PY'
+python3 - "$RUN/eval.json" "$TIMES" "$total" configs/demo/before_after.tsv "$OUT/before.jsonl" \
+  "$OUT/after.jsonl" <<'PY'
 import json, sys
 ev, times, total, tsv, before, after = sys.argv[1:]
 e = json.load(open(ev))
