@@ -25,13 +25,16 @@ FTUNE="$BUILD_DIR/ftune"
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NP")
 read -r -a PRE_SET <<< "${FTUNE_DEMO_PRETRAIN_SET:-}"
 read -r -a FT_SET <<< "${FTUNE_DEMO_FINETUNE_SET:-}"
-OUT=${FTUNE_DEMO_OUT:-runs/demo}
-[ -n "$OUT" ] && [ "$OUT" != / ] || { echo "demo.sh: FTUNE_DEMO_OUT must name a directory" >&2; exit 2; }
-OUT_SET=()  # the configs write to runs/demo/{pretrain,finetune}; elsewhere only when asked
-[ "$OUT" = runs/demo ] || OUT_SET=(--set run.output_dir="$OUT/pretrain")
-PRE=(--config configs/demo_pretrain.yaml "${OUT_SET[@]}" "${PRE_SET[@]}")
-[ "$OUT" = runs/demo ] || OUT_SET=(--set run.output_dir="$OUT/finetune" --set model.path="$OUT/pretrain/final")
-FT=(--config configs/demo_finetune.yaml "${OUT_SET[@]}" "${FT_SET[@]}")
+OUT=${FTUNE_DEMO_OUT:-runs/demo}  # removed first: never the root
+[ "$(realpath -m "$OUT")" != / ] || { echo "demo.sh: FTUNE_DEMO_OUT=$OUT is the root" >&2; exit 2; }
+# The configs write to runs/demo/{pretrain,finetune}; another directory through --set.
+PRE_OUT=() FT_OUT=()
+if [ "$OUT" != runs/demo ]; then
+  PRE_OUT=(--set run.output_dir="$OUT/pretrain")
+  FT_OUT=(--set run.output_dir="$OUT/finetune" --set model.path="$OUT/pretrain/final")
+fi
+PRE=(--config configs/demo_pretrain.yaml "${PRE_OUT[@]}" "${PRE_SET[@]}")
+FT=(--config configs/demo_finetune.yaml "${FT_OUT[@]}" "${FT_SET[@]}")
 BASE=$OUT/pretrain/final
 RUN=$OUT/finetune
 
