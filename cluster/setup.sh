@@ -31,6 +31,7 @@ PACKAGES=(
 [ ${#TARGETS[@]} -gt 0 ] || PACKAGES+=(
   make git ca-certificates
   hdf5-tools                        # h5dump/h5ls
+  python3-jinja2                    # the chat template parity test's reference engine
   libgtest-dev libgmock-dev         # tests
   slurm-wlm munge iproute2          # slurm tests: a local cluster, netns hosts (cluster/local_slurm.sh)
 )

@@ -41,7 +41,9 @@ struct SplitConfig {
 struct DataConfig {
   std::vector<std::string> inputs;      // JSONL files or globs
   std::string format = "auto";          // auto | text | qa | alpaca | chat
-  std::string template_name = "auto";   // auto | none | qa | alpaca | llama3-chat | inline text with {field}
+  std::string template_name = "auto";   // auto | none | qa | alpaca | chat | inline text with {field}
+  std::string chat_template;            // "" = the tokenizer's own; a .jinja file or a named template
+  std::vector<std::string> chat_template_kwargs;  // extra template variables, "name=value"
   std::string dir = "data";             // prepared shards, relative to run.output_dir unless absolute
   int64_t max_seq_len = 512;            // tokens per example (prepare) and per row (training)
   std::string overlong = "truncate";    // truncate | drop examples longer than max_seq_len
@@ -58,7 +60,13 @@ struct DataConfig {
   void VisitFields(V& v) {
     v("inputs", inputs, "JSONL files or glob patterns");
     v("format", format, "auto | text | qa | alpaca | chat");
-    v("template", template_name, "auto | none | qa | alpaca | llama3-chat | inline '{field}' text");
+    v("template", template_name, "auto | none | qa | alpaca | chat | inline '{field}' text");
+    v("chat_template", chat_template,
+      "chat records: '' = the tokenizer's own chat template; else a .jinja file or the name of "
+      "one of the tokenizer's named templates");
+    v("chat_template_kwargs", chat_template_kwargs,
+      "extra chat template variables as name=value (value as JSON, else a string), e.g. "
+      "enable_thinking=false");
     v("dir", dir, "directory of prepared shards (relative to run.output_dir unless absolute)");
     v("max_seq_len", max_seq_len, "maximum tokens per example and per training row");
     v("overlong", overlong, "truncate | drop examples longer than max_seq_len");

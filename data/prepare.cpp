@@ -2,6 +2,7 @@
 
 #include <glob.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -326,7 +327,7 @@ bool IsOurFile(const std::string& name) {
 }
 
 std::string Fingerprint(const PrepareOptions& o, const std::string& tok_sha,
-                        const json& sources) {
+                        const json& sources, const std::string& chat_template_source) {
   const auto& d = o.data;
   json j = {{"format_version", kShardFormatVersion},
             {"tokenizer_sha256", tok_sha},
@@ -344,6 +345,11 @@ std::string Fingerprint(const PrepareOptions& o, const std::string& tok_sha,
               {"test_count", d.split.test_count},
               {"seed", d.split.seed},
               {"dedup", d.split.dedup}}}};
+  if (!chat_template_source.empty()) {  // only chat datasets (older fingerprints stay valid)
+    j["chat_template"] = {{"choice", d.chat_template},
+                          {"kwargs", d.chat_template_kwargs},
+                          {"sha256", Sha256Hex(chat_template_source)}};
+  }
   return Sha256Hex(j.dump());
 }
 
@@ -357,6 +363,7 @@ struct LineProcessor {
   Record record;
   RecordError err;
   std::vector<Segment> segments;
+  ChatRender chat;
   Example ex;
   std::string task;  // the record's data.task_field value ("" = none)
   bool truncated = false;
@@ -368,14 +375,27 @@ struct LineProcessor {
     const std::string* label = cfg.task_field.empty() ? nullptr : record.Field(cfg.task_field);
     task = label ? *label : std::string();
     std::string msg;
-    if (!tmpl.Render(record, &segments, &msg)) {
-      err.detail = msg;
-      return reject::kTemplate;
+    if (record.kind == RecordKind::kChat) {
+      if (!tmpl.RenderChat(record, cfg.train_on_prompt, &chat, &msg)) {
+        err.detail = msg;
+        return reject::kTemplate;
+      }
+      try {
+        TokenizeChat(tok, chat, &ex.tokens, &ex.mask);
+      } catch (const DataError& e) {
+        err.detail = e.what();
+        return reject::kTemplate;
+      }
+    } else {
+      if (!tmpl.Render(record, &segments, &msg)) {
+        err.detail = msg;
+        return reject::kTemplate;
+      }
+      TokenizeOptions to;
+      to.train_on_prompt = cfg.train_on_prompt;
+      to.append_eos = tmpl.AppendsEos(record.kind);
+      TokenizeExample(tok, segments, to, &ex);
     }
-    TokenizeOptions to;
-    to.train_on_prompt = cfg.train_on_prompt;
-    to.append_eos = tmpl.AppendsEos(record.kind);
-    TokenizeExample(tok, segments, to, &ex);
     if (int64_t(ex.tokens.size()) > cfg.max_seq_len) {
       if (cfg.overlong == "drop") {
         err.detail = fmt::format("{} tokens > data.max_seq_len {}", ex.tokens.size(),
@@ -416,6 +436,7 @@ json SplitJson(const SplitStats& s) {
 void RunPreview(const PrepareOptions& opts, const std::vector<FileRef>& files,
                 const Tokenizer& tok, const Template& tmpl) {
   LineProcessor proc(tok, tmpl, opts.data);
+  const bool color = isatty(fileno(stdout)) && !std::getenv("NO_COLOR");
   int64_t shown = 0;
   for (const auto& f : files) {
     RangeLineReader reader(f.path, 0, f.bytes);
@@ -432,12 +453,12 @@ void RunPreview(const PrepareOptions& opts, const std::vector<FileRef>& files,
       for (uint8_t m : proc.ex.mask) trained += m;
       fmt::print("--- example {} ({}:{}, {} tokens, {} trained{}) ---\n{}\n", ++shown, f.path,
                  line_no, proc.ex.tokens.size(), trained, proc.truncated ? ", truncated" : "",
-                 PreviewExample(tok, proc.ex));
+                 PreviewExample(tok, proc.ex, color));
     }
   }
-  fmt::print("--- {} example(s) shown; [PROMPT]...[/PROMPT] is not trained on; nothing was "
-             "written (drop --preview to prepare)\n",
-             shown);
+  fmt::print("--- {} example(s) shown; {}; nothing was written (drop --preview to prepare)\n",
+             shown, color ? "\x1b[32mgreen\x1b[0m is trained on, \x1b[2mdim\x1b[0m is not"
+                          : "[PROMPT]...[/PROMPT] is not trained on");
   std::fflush(stdout);
 }
 
@@ -534,7 +555,7 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
     FT_THROW(ConfigError, "prepare needs a tokenizer: set tokenizer.path or model.path");
   }
   const Tokenizer tok = Tokenizer::FromPath(opts.tokenizer_path);
-  const Template tmpl = Template::Parse(cfg.template_name);
+  Template tmpl = Template::Parse(cfg.template_name);
   const auto forced = KindFromFormat(cfg.format);
 
   // Inputs, their kinds, and which template renders them.
@@ -552,6 +573,15 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
     }
     total_bytes += f.bytes;
     files.push_back(f);
+  }
+  bool any_chat = cfg.template_name == "chat";
+  for (const auto& f : files) any_chat |= f.kind == RecordKind::kChat;
+  if (any_chat) {
+    // The model's own template, checked against the tokenizer before any record is read.
+    ChatTemplate chat = ChatTemplate::Resolve(opts.tokenizer_path, cfg.chat_template,
+                                              cfg.chat_template_kwargs);
+    chat.CheckTokenizer(tok);
+    tmpl.UseChatTemplate(std::move(chat));
   }
 
   if (opts.preview > 0) {
@@ -572,7 +602,8 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
                        {"sha256", all_hashes[i % coll.size()].substr(64 * i, 64)},
                        {"bytes", files[i].bytes}});
   }
-  const std::string fingerprint = Fingerprint(opts, tok.sha256(), sources);
+  const std::string fingerprint = Fingerprint(
+      opts, tok.sha256(), sources, tmpl.chat_template() ? tmpl.chat_template()->source() : "");
 
   // The output directory: refuse a different dataset, clear leftovers (rank 0).
   const std::string& out = opts.out_dir;

@@ -98,19 +98,36 @@ bool CheckKind(const json& j, RecordKind kind, Record* out, RecordError* err) {
           return Fail(err, reject::kWrongType,
                       fmt::format("messages[{}] must be an object, not {}", i, TypeName(m)));
         }
-        for (const char* key : {"role", "content"}) {
-          auto f = m.find(key);
-          if (f == m.end()) {
-            return Fail(err, reject::kMissingField,
-                        fmt::format("messages[{}] has no \"{}\"", i, key));
-          }
-          if (!f->is_string()) {
-            return Fail(err, reject::kWrongType,
-                        fmt::format("messages[{}].{} must be a string, not {}", i, key,
-                                    TypeName(*f)));
-          }
+        auto role = m.find("role");
+        if (role == m.end()) {
+          return Fail(err, reject::kMissingField, fmt::format("messages[{}] has no \"role\"", i));
         }
-        out->messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+        if (!role->is_string()) {
+          return Fail(err, reject::kWrongType,
+                      fmt::format("messages[{}].role must be a string, not {}", i,
+                                  TypeName(*role)));
+        }
+        auto content = m.find("content");
+        const bool tool_calls = m.contains("tool_calls");
+        if (content == m.end() && !tool_calls) {
+          return Fail(err, reject::kMissingField,
+                      fmt::format("messages[{}] has no \"content\"", i));
+        }
+        if (content != m.end() && !content->is_string() && !content->is_array() &&
+            !(content->is_null() && tool_calls)) {
+          return Fail(err, reject::kWrongType,
+                      fmt::format("messages[{}].content must be a string{}, not {}", i,
+                                  tool_calls ? " or null" : "", TypeName(*content)));
+        }
+        if (m.contains("train") && !m["train"].is_boolean()) {
+          return Fail(err, reject::kWrongType,
+                      fmt::format("messages[{}].train must be true or false, not {}", i,
+                                  TypeName(m["train"])));
+        }
+        out->messages.push_back({role->get<std::string>(),
+                                 content != m.end() && content->is_string()
+                                     ? content->get<std::string>()
+                                     : std::string()});
         ++i;
       }
       return true;
@@ -167,6 +184,15 @@ bool ParseRecord(std::string_view line, std::optional<RecordKind> expected, Reco
     if (it.value().is_string()) out->fields.emplace_back(it.key(), it.value().get<std::string>());
   }
   if (kind == RecordKind::kAlpaca && !out->Field("input")) out->fields.emplace_back("input", "");
+  if (kind == RecordKind::kChat) {
+    // Again with the keys in the line's order: templates print messages and tools as they are.
+    const auto o = nlohmann::ordered_json::parse(line.begin(), line.end());
+    auto chat = std::make_shared<nlohmann::ordered_json>(nlohmann::ordered_json::object());
+    for (const char* key : {"messages", "tools", "documents"}) {
+      if (o.contains(key)) (*chat)[key] = o[key];
+    }
+    out->chat = std::move(chat);
+  }
   return true;
 }
 

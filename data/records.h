@@ -4,7 +4,10 @@
 //   text    {"text": "..."}                                   continued pretraining
 //   qa      {"question": "...", "answer": "..."}
 //   alpaca  {"instruction": "...", "input": "...", "output": "..."}  ("input" may be empty or absent)
-//   chat    {"messages": [{"role": "...", "content": "..."}, ...]}
+//   chat    {"messages": [{"role": "...", "content": "..."}, ...], "tools"?: [...]}
+//           a message needs a string "role"; its "content" is a string, or null / absent when
+//           it has "tool_calls"; other keys (tool_calls, name, tool_call_id, reasoning_content,
+//           ftune's "train": true|false) are passed to the chat template as they are
 // A file's kind is that of its first valid record (or `data.format` when forced); a record
 // of another kind in the same file is rejected as "mixed_kinds". Extra keys are allowed and
 // are available to inline templates as `{key}` when their value is a string.
@@ -13,6 +16,8 @@
 // prepare summary) and a human-readable detail.
 #pragma once
 
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,7 +34,7 @@ std::optional<RecordKind> KindFromFormat(const std::string& format);
 
 struct Message {
   std::string role;
-  std::string content;
+  std::string content;  // "" when the content is not a string (null, a list of parts)
 };
 
 struct Record {
@@ -37,6 +42,9 @@ struct Record {
   // Every top-level string field, in the object's key order (nlohmann sorts keys).
   std::vector<std::pair<std::string, std::string>> fields;
   std::vector<Message> messages;  // chat only
+  // chat only: {"messages", "tools"?, "documents"?} with their keys in the line's order, as the
+  // chat template sees them (data/chat_template.h)
+  std::shared_ptr<const nlohmann::ordered_json> chat;
 
   const std::string* Field(std::string_view name) const;  // nullptr if absent
 };

@@ -69,13 +69,19 @@ Template Template::Parse(const std::string& spec) {
     t.named_ = Named::kQa;
   } else if (spec == "alpaca") {
     t.named_ = Named::kAlpaca;
-  } else if (spec == "llama3-chat") {
+  } else if (spec == "chat") {
     t.named_ = Named::kChat;
+  } else if (spec == "llama3-chat") {
+    FT_THROW(ConfigError,
+             "data.template: 'llama3-chat' is retired: chat records are rendered with the "
+             "model's own chat template (data.template: chat or auto), from the tokenizer's "
+             "tokenizer_config.json / chat_template.jinja, or from a .jinja file named by "
+             "data.chat_template");
   } else if (spec.find('{') != std::string::npos) {
     t.named_ = Named::kInline;
   } else {
     FT_THROW(ConfigError,
-             "data.template: '{}' is not auto, none, qa, alpaca, llama3-chat or an inline "
+             "data.template: '{}' is not auto, none, qa, alpaca, chat or an inline "
              "template with {{field}} placeholders",
              spec);
   }
@@ -98,7 +104,7 @@ std::string Template::ResolvedName(RecordKind kind) const {
     case Named::kNone: return "none";
     case Named::kQa: return "qa";
     case Named::kAlpaca: return "alpaca";
-    case Named::kChat: return "llama3-chat";
+    case Named::kChat: return "chat";
     default: return spec_;
   }
 }
@@ -148,21 +154,9 @@ bool Template::Render(const Record& r, std::vector<Segment>* out, std::string* e
       out->push_back({field("output"), true});
       return true;
     }
-    case Named::kChat: {
-      std::string prompt;
-      for (const auto& m : r.messages) {
-        prompt += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n";
-        if (m.role == "assistant") {
-          out->push_back({std::move(prompt), false});
-          prompt.clear();
-          out->push_back({m.content + "<|eot_id|>", true});
-        } else {
-          prompt += m.content + "<|eot_id|>";
-        }
-      }
-      if (!prompt.empty()) out->push_back({std::move(prompt), false});
-      return true;
-    }
+    case Named::kChat:
+      *error = "chat records are rendered by RenderChat";
+      return false;
     case Named::kInline: {
       const std::string placeholder = fmt::format("{{{}}}", ResponseField(r.kind));
       const size_t at = spec_.find(placeholder);
@@ -185,6 +179,28 @@ bool Template::Render(const Record& r, std::vector<Segment>* out, std::string* e
   return false;
 }
 
+bool Template::RenderChat(const Record& r, bool train_on_prompt, ChatRender* out,
+                          std::string* error) const {
+  if (Resolve(r.kind) != Named::kChat || !r.chat) {
+    *error = CheckKind(r.kind).empty() ? "not a chat record" : CheckKind(r.kind);
+    return false;
+  }
+  if (!chat_) {
+    *error = "no chat template was set up for chat records";
+    return false;
+  }
+  try {
+    *out = chat_->RenderForTraining(*r.chat, train_on_prompt);
+  } catch (const jinja::TemplateRaised& e) {
+    *error = "the chat template rejected the conversation: " + e.message();
+    return false;
+  } catch (const jinja::TemplateError& e) {
+    *error = e.what();
+    return false;
+  }
+  return true;
+}
+
 void TokenizeExample(const Tokenizer& tok, const std::vector<Segment>& segments,
                      const TokenizeOptions& opts, Example* out) {
   out->clear();
@@ -205,7 +221,7 @@ void TokenizeExample(const Tokenizer& tok, const std::vector<Segment>& segments,
   }
 }
 
-std::string PreviewExample(const Tokenizer& tok, const Example& ex) {
+std::string PreviewExample(const Tokenizer& tok, const Example& ex, bool color) {
   std::string s;
   size_t i = 0;
   while (i < ex.tokens.size()) {
@@ -213,7 +229,9 @@ std::string PreviewExample(const Tokenizer& tok, const Example& ex) {
     while (j < ex.tokens.size() && ex.mask[j] == ex.mask[i]) ++j;
     std::vector<int32_t> run(ex.tokens.begin() + i, ex.tokens.begin() + j);
     const std::string text = tok.Decode(run, /*skip_special_tokens=*/false);
-    if (ex.mask[i]) {
+    if (color) {
+      s += (ex.mask[i] ? "\x1b[32m" : "\x1b[2m") + text + "\x1b[0m";
+    } else if (ex.mask[i]) {
       s += text;
     } else {
       s += "[PROMPT]" + text + "[/PROMPT]";

@@ -6,17 +6,23 @@
 //   qa           "### Question:\n{question}\n\n### Answer:" + response " {answer}"
 //   alpaca       the two classic Alpaca prompts (with a "### Input:" block when `input` is
 //                non-empty, without it otherwise) + response "{output}"
-//   llama3-chat  per message "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>";
-//                assistant turns' "{content}<|eot_id|>" are the responses, everything else
-//                (system/user turns, every header) is prompt. <|begin_of_text|> is the BOS id.
-//   auto         by record kind: text -> none, qa -> qa, alpaca -> alpaca, chat -> llama3-chat
+//   chat         the model's own chat template (data/chat_template.h: the tokenizer's, or
+//                data.chat_template), rendered as transformers' apply_chat_template does; the
+//                assistant turns (with their end-of-turn token) are the responses. Set with
+//                UseChatTemplate before rendering chat records.
+//   auto         by record kind: text -> none, qa -> qa, alpaca -> alpaca, chat -> chat
+// (`llama3-chat`, a hard-coded Llama-3 template of earlier versions, is retired: it is refused
+// with the reason, since the model's own template is what it is served with.)
 // Anything else containing "{" is an inline template: `{field}` is replaced by the record's
 // string field (`{{`/`}}` are literal braces). The response is the kind's response field
 // (qa: answer, alpaca: output, text: text): if the template contains that placeholder, the
 // text from it on is the response; otherwise the rendered template is the prompt and the
 // field's value is appended as the response. Inline templates do not apply to chat records.
 //
-// Tokenization (TokenizeExample): BOS first, then each segment encoded ON ITS OWN
+// Chat records are rendered whole and tokenized in one piece, exactly as
+// apply_chat_template(tokenize=True) does (no BOS added: the template writes it), and the loss
+// mask marks the tokens of the trained spans (TokenizeChat in data/chat_template.h).
+// Tokenization of the other kinds (TokenizeExample): BOS first, then each segment encoded ON ITS OWN
 // (Encode(text, add_special_tokens=false)) and concatenated, with EOS appended after each
 // response (not for llama3-chat, whose <|eot_id|> ends each assistant turn). Encoding the
 // segments separately makes the prompt/response boundary exact and identical at training and
@@ -32,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/records.h"
 
 namespace ftune::data {
@@ -59,12 +66,21 @@ class Template {
   // Whether an EOS id follows each response for records of `kind`.
   bool AppendsEos(RecordKind kind) const;
 
+  // The chat template that renders chat records.
+  void UseChatTemplate(ChatTemplate chat) { chat_ = std::make_shared<ChatTemplate>(std::move(chat)); }
+  const ChatTemplate* chat_template() const { return chat_.get(); }
+  // Renders a chat record with the spans to train on; false (with *error: the template's
+  // own message when it rejected the conversation) when it cannot be rendered.
+  bool RenderChat(const Record& r, bool train_on_prompt, ChatRender* out,
+                  std::string* error) const;
+
  private:
   enum class Named { kAuto, kNone, kQa, kAlpaca, kChat, kInline };
   Named Resolve(RecordKind kind) const;
 
   std::string spec_;
   Named named_ = Named::kAuto;
+  std::shared_ptr<const ChatTemplate> chat_;
 };
 
 // One tokenized example: ids and the per-token loss mask (1 = trained on).
@@ -86,8 +102,10 @@ struct TokenizeOptions {
 void TokenizeExample(const Tokenizer& tok, const std::vector<Segment>& segments,
                      const TokenizeOptions& opts, Example* out);
 
-// The example as text with the untrained (mask 0) parts wrapped in [PROMPT]...[/PROMPT],
+// The example as text with the untrained (mask 0) parts wrapped in [PROMPT]...[/PROMPT]
+// (or, with `color`, trained text green and the rest dim, for a terminal),
 // special tokens shown as their pieces: exactly what the model is trained on.
-std::string PreviewExample(const Tokenizer& tok, const Example& ex);
+// With `color`, trained text is green and the rest dim (ANSI), for a terminal.
+std::string PreviewExample(const Tokenizer& tok, const Example& ex, bool color = false);
 
 }  // namespace ftune::data

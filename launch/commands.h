@@ -16,6 +16,8 @@ void AddCommonOptions(CLI::App* sub, runtime::CommonArgs& args);
 void AddEnvCommand(CLI::App& app, runtime::World& world);
 void AddBenchCommand(CLI::App& app, runtime::World& world);
 void AddTokenizeCommand(CLI::App& app);
+// `ftune chat-render` (launch/chat_render_command.cpp).
+void AddChatRenderCommand(CLI::App& app);
 // `ftune generate --model DIR --prompt ...` and `ftune export --model DIR --out DIR`.
 void AddGenerateCommand(CLI::App& app, runtime::World& world);
 void AddExportCommand(CLI::App& app, runtime::World& world);

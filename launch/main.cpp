@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   launch::AddEnvCommand(app, world);
   launch::AddTokenizeCommand(app);
+  launch::AddChatRenderCommand(app);
   launch::AddBenchCommand(app, world);
   launch::AddPrepareCommand(app, world);
   launch::AddGenerateCommand(app, world);

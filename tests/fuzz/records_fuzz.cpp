@@ -17,11 +17,17 @@ const ftune::data::Tokenizer& FixtureTokenizer() {
 void RenderAndTokenize(const ftune::data::Template& tpl, const ftune::data::Record& r) {
   using namespace ftune::data;
   if (!tpl.CheckKind(r.kind).empty()) return;
-  std::vector<Segment> segments;
   std::string error;
-  if (!tpl.Render(r, &segments, &error)) return;
   Example ex;
-  TokenizeExample(FixtureTokenizer(), segments, {false, tpl.AppendsEos(r.kind)}, &ex);
+  if (r.kind == RecordKind::kChat) {
+    ChatRender chat;
+    if (!tpl.RenderChat(r, false, &chat, &error)) return;
+    TokenizeChat(FixtureTokenizer(), chat, &ex.tokens, &ex.mask);
+  } else {
+    std::vector<Segment> segments;
+    if (!tpl.Render(r, &segments, &error)) return;
+    TokenizeExample(FixtureTokenizer(), segments, {false, tpl.AppendsEos(r.kind)}, &ex);
+  }
   FTUNE_FUZZ_CHECK(ex.tokens.size() == ex.mask.size());
   PreviewExample(FixtureTokenizer(), ex);
 }
@@ -31,7 +37,11 @@ void RenderAndTokenize(const ftune::data::Template& tpl, const ftune::data::Reco
 // Input: the bytes of a .jsonl file.
 FTUNE_FUZZ_TARGET(records) {
   using namespace ftune::data;
-  static const Template kAuto = Template::Parse("auto");
+  static const Template kAuto = [] {
+    Template t = Template::Parse("auto");  // chat records: the fixture tokenizer's template
+    t.UseChatTemplate(ChatTemplate::Resolve(FTUNE_SOURCE_DIR "/tests/fixtures/data/tokenizer", ""));
+    return t;
+  }();
   static const Template kInline = Template::Parse("{{{instruction}}} {question}{input}\n{output}");
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   ftune::fuzz::ExpectInputErrors([&] {

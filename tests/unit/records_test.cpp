@@ -89,18 +89,28 @@ TEST(Templates, NamedTemplates) {
   EXPECT_EQ(s[0].text.find("### Input:"), std::string::npos);
   EXPECT_NE(s[0].text.find("### Instruction:\nSay hi\n\n### Response:\n"), std::string::npos);
 
-  ASSERT_TRUE(qa.Render(Parse(R"({"messages": [{"role": "system", "content": "S"},
-      {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
-      {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}]})"),
-                        &s, &err));
-  ASSERT_EQ(s.size(), 4u);
-  EXPECT_EQ(s[0].text,
-            "<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
-            "<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n");
-  EXPECT_EQ(s[1].text, "A<|eot_id|>");
-  EXPECT_TRUE(s[1].response);
-  EXPECT_EQ(s[3].text, "A2<|eot_id|>");
+  // Chat records: the tokenizer's own chat template (the fixture's is Llama-3 style), the
+  // assistant turns with their <|eot_id|> trained.
+  const auto chat = Parse(R"({"messages": [{"role": "system", "content": "S"},
+      {"role": "user", "content": "U"}, {"role": "assistant", "content": " A "},
+      {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}]})");
+  EXPECT_FALSE(qa.Render(chat, &s, &err));
+  ChatRender cr;
+  EXPECT_FALSE(qa.RenderChat(chat, false, &cr, &err));  // no chat template set up
+  qa.UseChatTemplate(ChatTemplate::Resolve(kTok, ""));
+  ASSERT_TRUE(qa.RenderChat(chat, false, &cr, &err)) << err;
+  const std::string header = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  EXPECT_EQ(cr.text,
+            "<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>" + header +
+            "A<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU2<|eot_id|>" + header +
+            "A2<|eot_id|>");
+  ASSERT_EQ(cr.trained.size(), 2u);
+  EXPECT_EQ(cr.text.substr(cr.trained[0].first, cr.trained[0].second - cr.trained[0].first),
+            "A<|eot_id|>");
+  EXPECT_EQ(cr.text.substr(cr.trained[1].first), "A2<|eot_id|>");
+  EXPECT_EQ(cr.trained[1].second, cr.text.size());
+  EXPECT_THROW(Template::Parse("llama3-chat"), ConfigError);  // retired, with the reason
 
   auto none = Template::Parse("none");
   EXPECT_FALSE(none.CheckKind(RecordKind::kQa).empty());
