@@ -595,6 +595,9 @@ struct Source {
     return fmt::format("{}:{}:{}", name, line, col);
   }
   [[noreturn]] void Fail(size_t pos, const std::string& msg) const {
+    if (msg.find("not supported") != std::string::npos) {
+      throw TemplateUnsupported(Where(pos) + ": " + msg);
+    }
     throw TemplateError(Where(pos) + ": " + msg);
   }
 };

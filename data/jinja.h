@@ -41,6 +41,13 @@ class TemplateError : public DataError {
   using DataError::DataError;
 };
 
+// The template uses something ftune does not implement (a filter, test, statement, or a value
+// Python would print in a way ftune cannot reproduce): no record can rely on it.
+class TemplateUnsupported : public TemplateError {
+ public:
+  using TemplateError::TemplateError;
+};
+
 // The template itself rejected its input: raise_exception("...") was called.
 class TemplateRaised : public TemplateError {
  public:

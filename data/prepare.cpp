@@ -376,9 +376,10 @@ struct LineProcessor {
     task = label ? *label : std::string();
     std::string msg;
     if (record.kind == RecordKind::kChat) {
-      if (!tmpl.RenderChat(record, cfg.train_on_prompt, &chat, &msg)) {
+      bool unsupported = false;
+      if (!tmpl.RenderChat(record, cfg.train_on_prompt, &chat, &msg, &unsupported)) {
         err.detail = msg;
-        return reject::kTemplate;
+        return unsupported ? reject::kTemplateUnsupported : reject::kTemplate;
       }
       try {
         TokenizeChat(tok, chat, &ex.tokens, &ex.mask);
@@ -681,7 +682,7 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
           spool.Write(reason, std::strlen(reason));
           spool.Put<uint32_t>(uint32_t(proc.err.detail.size()));
           spool.Write(proc.err.detail.data(), proc.err.detail.size());
-          if (cfg.strict) {
+          if (cfg.strict || reason == reject::kTemplateUnsupported) {
             strict_file = int64_t(fi);
             strict_line = local_line;
             strict_error = fmt::format("{}: {}", reason, proc.err.detail);
@@ -744,11 +745,14 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
     if (r.first.size() < kFirstLines) r.first.push_back(where);
   };
 
-  // Strict mode: the first bad record in input order (an empty file counts at its start).
-  if (cfg.strict) {
+  // Strict mode (or a chat template ftune cannot render): the first bad record in input order
+  // (in strict mode an empty file counts at its start).
+  bool any_stopped = false;
+  for (int r = 0; r < coll.size(); ++r) any_stopped |= at(r, 2 * nf + 1) >= 0;
+  if (cfg.strict || any_stopped) {
     int64_t best_file = int64_t(nf), best_line = 0;
     int best_rank = -1;
-    for (size_t f = 0; f < nf; ++f) {
+    for (size_t f = 0; f < nf && cfg.strict; ++f) {
       if (file_records[f] == 0) {
         best_file = int64_t(f);
         break;
@@ -768,9 +772,14 @@ PrepareSummary Prepare(const PrepareOptions& opts, parallel::Communicator* comm)
         msg = fmt::format("{}: empty_file: no records (data.strict is set)", files[best_file].path);
       } else {
         const auto texts = coll.AllGatherBytes(strict_error);
-        msg = fmt::format("{}:{}: {} (data.strict is set; unset it to skip bad records)",
-                          files[best_file].path, line_base[best_rank][best_file] + best_line + 1,
-                          texts[best_rank]);
+        const bool unsupported =
+            texts[best_rank].rfind(reject::kTemplateUnsupported, 0) == 0;
+        msg = fmt::format("{}:{}: {} ({})", files[best_file].path,
+                          line_base[best_rank][best_file] + best_line + 1, texts[best_rank],
+                          unsupported ? "ftune cannot render this chat template; nothing was "
+                                        "written: set data.chat_template to a template without "
+                                        "the construct"
+                                      : "data.strict is set; unset it to skip bad records");
       }
       throw DataError(msg);
     }

@@ -59,6 +59,8 @@ inline constexpr const char* kWrongType = "wrong_type";
 inline constexpr const char* kUnknownKind = "unknown_kind";
 inline constexpr const char* kMixedKinds = "mixed_kinds";
 inline constexpr const char* kTemplate = "template_error";
+// The chat template uses what ftune cannot render: prepare stops at the first such record.
+inline constexpr const char* kTemplateUnsupported = "template_unsupported";
 inline constexpr const char* kOverlong = "overlong_dropped";
 inline constexpr const char* kNoTargets = "no_target_tokens";
 inline constexpr const char* kEmptyFile = "empty_file";

@@ -180,7 +180,8 @@ bool Template::Render(const Record& r, std::vector<Segment>* out, std::string* e
 }
 
 bool Template::RenderChat(const Record& r, bool train_on_prompt, ChatRender* out,
-                          std::string* error) const {
+                          std::string* error, bool* unsupported) const {
+  if (unsupported) *unsupported = false;
   if (Resolve(r.kind) != Named::kChat || !r.chat) {
     *error = CheckKind(r.kind).empty() ? "not a chat record" : CheckKind(r.kind);
     return false;
@@ -193,6 +194,10 @@ bool Template::RenderChat(const Record& r, bool train_on_prompt, ChatRender* out
     *out = chat_->RenderForTraining(*r.chat, train_on_prompt);
   } catch (const jinja::TemplateRaised& e) {
     *error = "the chat template rejected the conversation: " + e.message();
+    return false;
+  } catch (const jinja::TemplateUnsupported& e) {
+    *error = e.what();
+    if (unsupported) *unsupported = true;
     return false;
   } catch (const jinja::TemplateError& e) {
     *error = e.what();

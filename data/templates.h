@@ -70,9 +70,10 @@ class Template {
   void UseChatTemplate(ChatTemplate chat) { chat_ = std::make_shared<ChatTemplate>(std::move(chat)); }
   const ChatTemplate* chat_template() const { return chat_.get(); }
   // Renders a chat record with the spans to train on; false (with *error: the template's
-  // own message when it rejected the conversation) when it cannot be rendered.
-  bool RenderChat(const Record& r, bool train_on_prompt, ChatRender* out,
-                  std::string* error) const;
+  // own message when it rejected the conversation) when it cannot be rendered, with
+  // *unsupported set when the template uses what ftune cannot render (not this record's fault).
+  bool RenderChat(const Record& r, bool train_on_prompt, ChatRender* out, std::string* error,
+                  bool* unsupported = nullptr) const;
 
  private:
   enum class Named { kAuto, kNone, kQa, kAlpaca, kChat, kInline };

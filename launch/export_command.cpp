@@ -12,6 +12,10 @@
 // tokenizer files of the run's tokenizer directory. Under mpirun a checkpoint is read collectively
 // (each rank reads and checksums a slice of every tensor over MPI-IO, rank 0 gathers and writes);
 // on one process it is read whole. Otherwise rank 0 does the work.
+// The tokenizer files copied include the chat template (chat_template.jinja / .json) and
+// generation_config.json, byte for byte; when the run's data.chat_template is a .jinja file (the
+// config the checkpoint recorded, or --config's for a config-driven export), that file becomes
+// the output's chat_template.jinja, so the model is served with the template it was trained on.
 #include <fmt/format.h>
 
 #include <memory>
@@ -25,6 +29,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/log.h"
+#include "runtime/model_setup.h"
 
 namespace ftune::launch {
 namespace {
@@ -59,6 +64,8 @@ void ExportCheckpoint(const ExportArgs& a, runtime::World& world) {
     runtime::LogWarn("the run's tokenizer directory '{}' is gone: exporting without tokenizer "
                      "files", meta.tokenizer_dir);
   }
+  opt.chat_template_file =
+      runtime::RecordedChatTemplateFile(meta.config_yaml, meta.path + " /state config_yaml");
   models::WriteHfDir(tensors, cfg, a.out, opt);
   runtime::LogInfo("exported checkpoint {} (step {}, {} tokens seen) as {} to {}", meta.path,
                    meta.state.step, meta.state.tokens_seen, models::HfDtypeName(dtype), a.out);
@@ -67,13 +74,14 @@ void ExportCheckpoint(const ExportArgs& a, runtime::World& world) {
 void RunExport(const ExportArgs& a, runtime::World& world) {
   if (!a.checkpoint.empty()) return ExportCheckpoint(a, world);
   if (world.rank() != 0) return;
-  std::string model_dir = a.model, tokenizer_dir = a.model;
+  std::string model_dir = a.model, tokenizer_dir = a.model, chat_template_file;
   models::ModelConfig inline_cfg;
   if (model_dir.empty()) {
     const auto cfg = runtime::LoadConfig(a.common.config_path, a.common.overrides, {});
     model_dir = cfg.model.path;
     inline_cfg = cfg.model;
     tokenizer_dir = cfg.tokenizer.path.empty() ? cfg.model.path : cfg.tokenizer.path;
+    chat_template_file = runtime::ChatTemplateFile(cfg);
   }
   models::LoadedModel loaded;
   c10::ScalarType dtype;
@@ -95,6 +103,7 @@ void RunExport(const ExportArgs& a, runtime::World& world) {
   models::SaveHfOptions opt;
   opt.max_shard_bytes = a.max_shard_mb * (int64_t(1) << 20);
   opt.tokenizer_src_dir = tokenizer_dir;
+  opt.chat_template_file = chat_template_file;
   opt.overwrite = a.overwrite;
   models::SaveHf(*loaded.model, loaded.config, a.out, opt);
   runtime::LogInfo(

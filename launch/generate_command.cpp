@@ -1,23 +1,39 @@
 // `ftune generate`: answer prompts with a model, printing only the new text.
 //   ftune generate --model DIR|CKPT --prompt "What is ...?" [--prompt ...] [--template qa|none]
 //                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S] [--jsonl]
+//   ftune generate --model DIR|CKPT --chat FILE.jsonl|- [--chat-template FILE.jinja|NAME]
+//                  [--chat-template-kwarg name=value ...] [...] [--jsonl]
 // Prints each answer on a line of its own, or with --jsonl one JSON object per prompt,
 // {"prompt": ..., "answer": ...}, so that answers holding newlines stay one record each.
+// --chat answers conversations instead: each line of FILE ("-" = standard input) is
+// {"messages": [...], "tools"?: [...], "documents"?: [...]}, rendered with the model's chat
+// template as transformers' apply_chat_template(..., add_generation_prompt=True) renders it
+// (data/chat_template.h: the tokenizer's own template unless --chat-template names a .jinja file
+// or one of its named templates) and tokenized without added special tokens (the template
+// writes BOS itself); the answer ends at any EOS id (tokenizer_config.json's eos_token,
+// generation_config.json's and config.json's eos_token_id: <|eot_id|>, <|im_end|>, ...). With
+// --jsonl each output line is the input record with the answer appended to its messages as
+// {"role": "assistant", "content": ...}. A line that is not such an object is an error naming
+// FILE:line, before any generation.
 // --model is an HF model directory (config.json + safetensors), or an ftune checkpoint: a
 // step_N.h5 file, a checkpoint directory or a run directory (its newest usable checkpoint,
 // falling back past damaged ones as `ftune train` does). A checkpoint's fp32 master weights are
 // used with the model config and tokenizer its run recorded in /state (runtime/checkpoint.h), so
-// it answers exactly as its `ftune export` does.
+// it answers exactly as its `ftune export` does (with --chat: in the chat template the export
+// carries, the run's data.chat_template when that is a .jinja file).
 // Rank 0 does the work (generation is not distributed); other ranks return at once.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <fstream>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "launch/commands.h"
 #include "models/generate.h"
@@ -31,10 +47,15 @@
 namespace ftune::launch {
 namespace {
 
+using Json = data::jinja::Json;
+
 struct GenerateArgs {
   std::string model;
   std::string tokenizer;  // empty = the model directory
   std::vector<std::string> prompts;
+  std::string chat;                      // --chat: JSONL of conversations ("-" = stdin)
+  std::string chat_template;             // "" = the tokenizer's own
+  std::vector<std::string> chat_kwargs;  // extra template variables, "name=value"
   std::string template_name = "qa";
   std::string dtype = "fp32";
   int64_t max_new_tokens = 64;
@@ -57,16 +78,54 @@ std::string Trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-// The model of --model (an HF directory or a checkpoint) and the tokenizer that goes with it
-// (--tokenizer when given).
-std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const GenerateArgs& a) {
+// One conversation of --chat and the line it came from.
+struct Conversation {
+  int64_t line = 0;
+  Json record;  // {"messages": [...], "tools"?: [...], "documents"?: [...]}
+};
+
+std::vector<Conversation> ReadConversations(const std::string& path) {
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) FT_THROW(IoError, "--chat {}: cannot open", path);
+  }
+  std::istream& in = path == "-" ? std::cin : file;
+  std::vector<Conversation> out;
+  std::string text;
+  int64_t line = 0;
+  while (std::getline(in, text)) {
+    ++line;
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("messages") ||
+        !j["messages"].is_array()) {
+      FT_THROW(DataError, "{}:{}: expected a JSON object with a \"messages\" array, e.g. "
+               "{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}", path, line);
+    }
+    out.push_back({line, std::move(j)});
+  }
+  if (out.empty()) FT_THROW(DataError, "--chat {}: no conversations in it", path);
+  return out;
+}
+
+// What --model loads: the model, the tokenizer that goes with it (--tokenizer when given), and
+// for a checkpoint the .jinja file its run rendered chat data with (runtime::ChatTemplateFile;
+// `ftune export` writes it as chat_template.jinja, so --chat answers as the export does).
+struct ModelAndTokenizer {
+  models::LoadedModel loaded;
+  data::Tokenizer tok;
+  std::string trained_chat_template;  // "" = the tokenizer's own
+};
+
+ModelAndTokenizer LoadModelAndTokenizer(const GenerateArgs& a) {
   const auto dtype = models::ParseDtype(a.dtype);
   if (files::IsDirectory(a.model) && files::Exists(files::Join(a.model, "config.json"))) {
     auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
     auto loaded = models::LoadHf(a.model, dtype);
     runtime::LogNotesOnce(tok.notes(), /*info=*/false);  // stdout is the answers
     runtime::LogNotesOnce(loaded.config.notes, /*info=*/false);
-    return {std::move(loaded), std::move(tok)};
+    return {std::move(loaded), std::move(tok), ""};
   }
   if (!files::Exists(a.model)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
   if (files::IsDirectory(a.model) &&
@@ -91,12 +150,55 @@ std::pair<models::LoadedModel, data::Tokenizer> LoadModelAndTokenizer(const Gene
   fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", ck.meta.path, ck.meta.state.step);
   auto tok = data::Tokenizer::FromPath(tok_path);
   runtime::LogNotesOnce(tok.notes(), /*info=*/false);
-  return {std::move(loaded), std::move(tok)};
+  std::string chat_template;
+  if (!a.chat.empty()) {
+    chat_template = runtime::RecordedChatTemplateFile(ck.meta.config_yaml,
+                                                      ck.meta.path + " /state config_yaml");
+  }
+  return {std::move(loaded), std::move(tok), chat_template};
+}
+
+// The token ids of each prompt (templated, with the tokenizer's BOS) or --chat conversation
+// (rendered with the chat template: --chat-template, else `trained_chat_template`, else the
+// tokenizer's own; no added special tokens).
+std::vector<std::vector<int32_t>> InputIds(const GenerateArgs& a, const data::Tokenizer& tok,
+                                           const std::string& trained_chat_template,
+                                           const std::vector<Conversation>& conversations) {
+  std::vector<std::vector<int32_t>> ids;
+  if (a.chat.empty()) {
+    for (const auto& p : a.prompts) {
+      ids.push_back(tok.Encode(ApplyTemplate(a.template_name, p), /*add_special_tokens=*/true));
+    }
+    return ids;
+  }
+  // tok.path() is the tokenizer the model answers with: --tokenizer, --model's, or the one the
+  // checkpoint's run used.
+  const auto tmpl = data::ChatTemplate::Resolve(
+      tok.path(), a.chat_template.empty() ? trained_chat_template : a.chat_template, a.chat_kwargs);
+  tmpl.CheckTokenizer(tok);
+  const Json none(nullptr);
+  for (const auto& c : conversations) {
+    std::string text;
+    try {
+      const Json& r = c.record;
+      text = tmpl.Render(r["messages"], r.contains("tools") ? r["tools"] : none,
+                         r.contains("documents") ? r["documents"] : none,
+                         /*add_generation_prompt=*/true);
+    } catch (const data::jinja::TemplateError& e) {
+      FT_THROW(DataError, "{}:{}: the chat template ({}) rejects this conversation: {}", a.chat,
+               c.line, tmpl.origin(), e.what());
+    }
+    ids.push_back(tok.Encode(text, /*add_special_tokens=*/false));
+  }
+  return ids;
 }
 
 void RunGenerate(const GenerateArgs& a, runtime::World& world) {
+  if (a.prompts.empty() && a.chat.empty()) throw CLI::RequiredError("--prompt or --chat");
   if (world.rank() != 0) return;
-  auto [loaded, tok] = LoadModelAndTokenizer(a);
+  const std::vector<Conversation> conversations =
+      a.chat.empty() ? std::vector<Conversation>{} : ReadConversations(a.chat);
+  auto [loaded, tok, trained_chat_template] = LoadModelAndTokenizer(a);
   auto& model = *loaded.model;
   model.to(world.device());
   model.eval();
@@ -112,20 +214,21 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
   opt.top_p = a.top_p;
   opt.seed = a.seed;
 
-  for (size_t first = 0; first < a.prompts.size(); first += a.batch_size) {
-    const size_t last = std::min(a.prompts.size(), first + static_cast<size_t>(a.batch_size));
-    std::vector<std::vector<int32_t>> ids;
-    for (size_t i = first; i < last; ++i) {
-      ids.push_back(tok.Encode(ApplyTemplate(a.template_name, a.prompts[i]),
-                               /*add_special_tokens=*/true));
-    }
+  const auto inputs = InputIds(a, tok, trained_chat_template, conversations);
+  for (size_t first = 0; first < inputs.size(); first += a.batch_size) {
+    const size_t last = std::min(inputs.size(), first + static_cast<size_t>(a.batch_size));
+    const std::vector<std::vector<int32_t>> ids(inputs.begin() + first, inputs.begin() + last);
     auto out = models::Generate(model, ids, opt);
     for (size_t i = 0; i < out.size(); ++i) {
       const std::string answer = Trim(tok.Decode(out[i], /*skip_special_tokens=*/true));
-      if (a.jsonl) {
+      // Invalid UTF-8 (a byte-level model can stop inside a character) is replaced, not thrown.
+      if (a.jsonl && a.chat.empty()) {
         const nlohmann::json line = {{"prompt", a.prompts[first + i]}, {"answer", answer}};
-        // Invalid UTF-8 (a byte-level model can stop inside a character) is replaced, not thrown.
         fmt::print("{}\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      } else if (a.jsonl) {
+        Json line = conversations[first + i].record;  // the input's key order kept
+        line["messages"].push_back(Json::object({{"role", "assistant"}, {"content", answer}}));
+        fmt::print("{}\n", line.dump(-1, ' ', false, Json::error_handler_t::replace));
       } else {
         fmt::print("{}\n", answer);
       }
@@ -139,8 +242,8 @@ void RunGenerate(const GenerateArgs& a, runtime::World& world) {
 void AddGenerateCommand(CLI::App& app, runtime::World& world) {
   auto args = std::make_shared<GenerateArgs>();
   auto* sub = app.add_subcommand(
-      "generate", "answer prompts with an HF model directory or an ftune checkpoint; prints only "
-      "the new text per prompt");
+      "generate", "answer prompts or chat conversations (--chat) with an HF model directory or an "
+      "ftune checkpoint; prints only the new text per prompt");
   sub->add_option("--model", args->model,
                   "HF model directory (config.json + safetensors), or an ftune checkpoint: a "
                   "step_N.h5 file, or a checkpoint or run directory (its newest usable checkpoint)")
@@ -148,11 +251,26 @@ void AddGenerateCommand(CLI::App& app, runtime::World& world) {
   sub->add_option("--tokenizer", args->tokenizer,
                   "tokenizer.json or its directory (default: --model's, or the one the "
                   "checkpoint's run used)");
-  sub->add_option("--prompt", args->prompts, "a prompt (repeat for several)")->required();
-  sub->add_option("--template", args->template_name,
-                  "qa: \"### Question:\\n{prompt}\\n\\n### Answer:\"; none: the prompt as is")
-      ->check(CLI::IsMember({"qa", "none"}))
-      ->capture_default_str();
+  auto* prompt = sub->add_option("--prompt", args->prompts, "a prompt (repeat for several)");
+  auto* templ =
+      sub->add_option("--template", args->template_name,
+                      "qa: \"### Question:\\n{prompt}\\n\\n### Answer:\"; none: the prompt as is")
+          ->check(CLI::IsMember({"qa", "none"}))
+          ->capture_default_str();
+  auto* chat = sub->add_option(
+      "--chat", args->chat,
+      "JSONL of conversations to answer, {\"messages\": [...], \"tools\"?: [...]} per line, "
+      "rendered with the chat template (- = stdin); instead of --prompt");
+  chat->excludes(prompt);
+  chat->excludes(templ);
+  sub->add_option("--chat-template", args->chat_template,
+                  "with --chat: a .jinja file or a named template of the tokenizer (default: its "
+                  "own, as data.chat_template)")
+      ->needs(chat);
+  sub->add_option("--chat-template-kwarg", args->chat_kwargs,
+                  "with --chat: an extra template variable, name=value (repeatable; e.g. "
+                  "enable_thinking=false)")
+      ->needs(chat);
   sub->add_option("--max-new-tokens", args->max_new_tokens, "new tokens per prompt at most")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20))
       ->capture_default_str();
@@ -173,8 +291,9 @@ void AddGenerateCommand(CLI::App& app, runtime::World& world) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   sub->add_flag("--jsonl", args->jsonl,
-                "one JSON object per prompt, {\"prompt\": ..., \"answer\": ...}, instead of one "
-                "answer per line (answers may hold newlines)");
+                "one JSON object per prompt, {\"prompt\": ..., \"answer\": ...} (with --chat: "
+                "the conversation with the answer appended as an assistant message), instead of "
+                "one answer per line (answers may hold newlines)");
   sub->callback([args, &world]() { RunGenerate(*args, world); });
 }
 

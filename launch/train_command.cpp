@@ -59,7 +59,7 @@ void AddTrainCommand(CLI::App& app, runtime::World& world) {
     if (outcome == Trainer::Outcome::kPreempted) throw CLI::RuntimeError(kPreemptedExitCode);
     ExportRunModel(trainer.model(), *run.grid,
                    [&](const NamedTensorFn& fn) { trainer.parallel().VisitParams(fn); },
-                   TokenizerDir(cfg), RunPath(cfg, "final"));
+                   TokenizerDir(cfg), ChatTemplateFile(cfg), RunPath(cfg, "final"));
   });
 }
 

@@ -210,12 +210,20 @@ void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg_in, const st
   bool have_generation_config = false;
   if (!opt.tokenizer_src_dir.empty()) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                          "generation_config.json"}) {
+                          "chat_template.jinja", "chat_template.json", "generation_config.json"}) {
       const std::string src = files::Join(opt.tokenizer_src_dir, f);
       if (!files::IsFile(src)) continue;
       files::CopyFile(src, files::Join(tmp, f), /*overwrite=*/true);
       if (std::string(f) == "generation_config.json") have_generation_config = true;
     }
+  }
+  if (!opt.chat_template_file.empty()) {
+    if (!files::IsFile(opt.chat_template_file)) {
+      FT_THROW(IoError, "export to {}: the chat template {} is not a readable file", dir,
+               opt.chat_template_file);
+    }
+    files::CopyFile(opt.chat_template_file, files::Join(tmp, "chat_template.jinja"),
+                    /*overwrite=*/true);
   }
   if (!have_generation_config) {
     json gen = {{"_from_model_config", true}};

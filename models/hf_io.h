@@ -2,7 +2,7 @@
 //
 // An HF Llama directory holds config.json, generation_config.json, model.safetensors or
 // model-0000i-of-0000n.safetensors + model.safetensors.index.json, and the tokenizer files
-// (tokenizer.json, tokenizer_config.json, special_tokens_map.json).
+// (tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja).
 #pragma once
 
 #include <cstdint>
@@ -53,8 +53,14 @@ LoadedModel ModelFromTensors(const LlamaConfig& cfg, const NamedTensors& tensors
 
 struct SaveHfOptions {
   int64_t max_shard_bytes = int64_t(5) << 30;  // HF's default "5GB" shards
-  std::string tokenizer_src_dir;               // copy tokenizer.json, tokenizer_config.json,
-                                  // special_tokens_map.json (and generation_config.json) from here
+  // Copy tokenizer.json, tokenizer_config.json, special_tokens_map.json, the chat template
+  // (chat_template.jinja, transformers 5; chat_template.json, the older processor format) and
+  // generation_config.json from here, byte for byte, those present.
+  std::string tokenizer_src_dir;
+  // A .jinja file (data.chat_template) written as the output's chat_template.jinja, replacing
+  // the copied one: the template the model was trained with, which transformers prefers over
+  // tokenizer_config.json's "chat_template". Empty = none.
+  std::string chat_template_file;
   bool overwrite = false;  // replace a non-empty existing `dir`
 };
 
@@ -62,7 +68,8 @@ struct SaveHfOptions {
 // a checkpoint export reuses). config.json's torch_dtype becomes the tensors' dtype. Everything is
 // written into `dir.tmp` and renamed to `dir` at the end; a non-empty existing `dir` is refused
 // (ModelError) unless opt.overwrite. generation_config.json is copied from tokenizer_src_dir when
-// it has one, else written from cfg's bos/eos ids.
+// it has one, else written from cfg's bos/eos ids. IoError naming opt.chat_template_file when it
+// cannot be read.
 void WriteHfDir(const NamedTensors& tensors, const LlamaConfig& cfg, const std::string& dir,
                 const SaveHfOptions& opt);
 

@@ -401,34 +401,23 @@ void ApplyOverride(YAML::Node& root, const std::string& ov, Origins& origins) {
   origins.where[key] = fmt::format("--set {}", ov);
 }
 
-}  // namespace
-
-Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& overrides,
-                  const ConfigCheck& check) {
+// LoadConfig and LoadConfigText: `yaml_text` (null = none) named `origin` in errors.
+Config ParseConfig(const std::string* yaml_text, const std::string& origin,
+                   const std::vector<std::string>& overrides, const ConfigCheck& check) {
   Config cfg;
   Origins origins;
   YAML::Node root(YAML::NodeType::Map);
-  if (!yaml_path.empty()) {
-    origins.file = yaml_path;
-    std::ifstream in(yaml_path);
-    if (files::IsDirectory(yaml_path)) {
-      FT_THROW(ConfigError, "{}: is a directory, not a YAML config file", yaml_path);
-    }
-    if (!in) {
-      FT_THROW(ConfigError, "{}: cannot open config file ({}); check the --config path",
-               yaml_path, std::strerror(errno));
-    }
-    std::stringstream text;
-    text << in.rdbuf();
+  if (yaml_text) {
+    origins.file = origin;
     try {
-      root = YAML::Load(text.str());
+      root = YAML::Load(*yaml_text);
     } catch (const YAML::Exception& e) {
-      FT_THROW(ConfigError, "{}:{}: invalid YAML: {}", yaml_path, e.mark.line + 1, e.msg);
+      FT_THROW(ConfigError, "{}:{}: invalid YAML: {}", origin, e.mark.line + 1, e.msg);
     }
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
     if (!root.IsMap()) {
       FT_THROW(ConfigError, "{}: the top level must be a mapping of sections (run:, model:, ...)",
-               yaml_path);
+               origin);
     }
     CheckDuplicateKeys(root, "", origins);
   }
@@ -471,6 +460,30 @@ Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& 
     }
   }
   return cfg;
+}
+
+}  // namespace
+
+Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& overrides,
+                  const ConfigCheck& check) {
+  if (yaml_path.empty()) return ParseConfig(nullptr, "", overrides, check);
+  std::ifstream in(yaml_path);
+  if (files::IsDirectory(yaml_path)) {
+    FT_THROW(ConfigError, "{}: is a directory, not a YAML config file", yaml_path);
+  }
+  if (!in) {
+    FT_THROW(ConfigError, "{}: cannot open config file ({}); check the --config path", yaml_path,
+             std::strerror(errno));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string yaml = text.str();
+  return ParseConfig(&yaml, yaml_path, overrides, check);
+}
+
+Config LoadConfigText(const std::string& yaml_text, const std::string& origin,
+                      const ConfigCheck& check) {
+  return ParseConfig(&yaml_text, origin, {}, check);
 }
 
 std::string ConfigToYaml(const Config& cfg) {

@@ -128,7 +128,8 @@ struct CheckpointConfig {
 
 struct EvalConfig {
   int64_t every = 0;           // eval loss every N training steps (0: only at the end)
-  int64_t max_samples = 200;   // test examples used for generation metrics (-1: all)
+  int64_t max_samples = 200;   // test examples (trained turns: one per assistant turn of a chat
+                               // document) used for generation metrics (-1: all)
   int64_t batch_size = 8;      // prompts per generation batch
   int64_t max_new_tokens = 64; // generation length limit
   std::string normalize = "none";  // none | lower | punct | lower,punct, before exact match
@@ -140,7 +141,8 @@ struct EvalConfig {
   template <class V>
   void VisitFields(V& v) {
     v("every", every, "eval every N training steps (0 = at the end only)");
-    v("max_samples", max_samples, "test examples for generation metrics (-1 = all)");
+    v("max_samples", max_samples,
+      "test examples for generation metrics, one per trained (assistant) turn (-1 = all)");
     v("batch_size", batch_size, "prompts per generation batch");
     v("max_new_tokens", max_new_tokens, "generation length limit");
     v("normalize", normalize, "none | lower | punct | lower,punct");
@@ -218,6 +220,11 @@ struct ConfigCheck {
 // the closest valid key), wrong type, out-of-range or inconsistent values.
 Config LoadConfig(const std::string& yaml_path, const std::vector<std::string>& overrides,
                   const ConfigCheck& check);
+
+// LoadConfig from YAML text (e.g. the resolved config a checkpoint records), named `origin` in
+// errors; no overrides.
+Config LoadConfigText(const std::string& yaml_text, const std::string& origin,
+                      const ConfigCheck& check);
 
 // The resolved config as YAML (loadable by LoadConfig) and as a
 // "parameter | value" table.

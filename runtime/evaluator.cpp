@@ -8,8 +8,11 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
+#include <tuple>
+#include <utility>
 
 #include "data/loader.h"
 #include "data/sha256.h"
@@ -41,6 +44,34 @@ std::string DecodeText(const data::Tokenizer& tok, std::vector<int32_t> ids) {
   ids.erase(std::remove_if(ids.begin(), ids.end(), [v](int32_t id) { return id < 0 || id >= v; }),
             ids.end());
   return Trim(tok.Decode(ids, /*skip_special_tokens=*/true));
+}
+
+// [begin, end) of each maximal run of trained tokens (mask 1) of a document, in order.
+std::vector<std::pair<int64_t, int64_t>> TrainedRuns(const std::vector<uint8_t>& mask) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  const int64_t n = static_cast<int64_t>(mask.size());
+  for (int64_t i = 0; i < n;) {
+    if (!mask[i]) {
+      ++i;
+      continue;
+    }
+    const int64_t begin = i;
+    while (i < n && mask[i]) ++i;
+    runs.emplace_back(begin, i);
+  }
+  return runs;
+}
+
+// A turn's reference ids without its end: everything from its last EOS id on (the end-of-turn
+// token and what the template writes after it, e.g. "\n" after <|im_end|>), and EOS ids just
+// before that.
+void CutAtLastEos(const std::vector<int32_t>& eos_ids, std::vector<int32_t>* ids) {
+  const auto is_eos = [&](int32_t id) {
+    return std::find(eos_ids.begin(), eos_ids.end(), id) != eos_ids.end();
+  };
+  const auto last = std::find_if(ids->rbegin(), ids->rend(), is_eos);
+  if (last != ids->rend()) ids->erase(std::prev(last.base()), ids->end());
+  while (!ids->empty() && is_eos(ids->back())) ids->pop_back();
 }
 
 using parallel::AllGatherStrings;
@@ -132,38 +163,40 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
   return tot;
 }
 
-std::vector<EvalExample> Evaluator::ReadExamples(const std::vector<int64_t>& wanted) const {
+std::vector<EvalExample> Evaluator::ReadExamples(int64_t limit,
+                                                 const std::function<bool(int64_t)>& keep) const {
   std::vector<EvalExample> out;
-  size_t w = 0;
+  int64_t number = 0;  // of the next turn in dataset order
   int64_t first_doc = 0;
+  const auto more = [&] { return limit < 0 || number < limit; };
   for (const auto& shard : manifest_.test.shards) {
-    const int64_t end_doc = first_doc + shard.num_docs;
-    if (w < wanted.size() && wanted[w] < end_doc) {
-      data::ShardReader reader(files::Join(dir_, shard.file));
-      const auto& off = reader.doc_offsets();
-      for (; w < wanted.size() && wanted[w] < end_doc; ++w) {
-        const int64_t d = wanted[w] - first_doc;
-        const int64_t n = off[d + 1] - off[d];
-        std::vector<int32_t> tokens(n);
-        std::vector<uint8_t> mask(n);
-        reader.Read(off[d], n, tokens.data(), mask.data());
-        const int64_t split =
-            std::find(mask.begin(), mask.end(), uint8_t(1)) - mask.begin();  // first target
+    if (!more()) break;
+    data::ShardReader reader(files::Join(dir_, shard.file));
+    const auto& off = reader.doc_offsets();
+    for (int64_t d = 0; d < reader.num_docs() && more(); ++d) {
+      const int64_t n = off[d + 1] - off[d];
+      std::vector<int32_t> tokens(n);
+      std::vector<uint8_t> mask(n);
+      reader.Read(off[d], n, tokens.data(), mask.data());
+      const auto runs = TrainedRuns(mask);
+      for (size_t r = 0; r < runs.size() && more(); ++r, ++number) {
+        if (!keep(number)) continue;
         EvalExample ex;
-        ex.index = wanted[w];
-        ex.prompt_ids.assign(tokens.begin(), tokens.begin() + std::max<int64_t>(split, 1));
-        std::vector<int32_t> ref(tokens.begin() + std::max<int64_t>(split, 1), tokens.end());
-        while (!ref.empty() && std::find(tok_.eos_ids().begin(), tok_.eos_ids().end(),
-                                         ref.back()) != tok_.eos_ids().end()) {
-          ref.pop_back();
-        }
+        ex.index = first_doc + d;
+        ex.turn = static_cast<int64_t>(r);
+        // At least BOS as the prompt (a document trained from its first token on).
+        const int64_t begin = std::max<int64_t>(runs[r].first, 1);
+        const int64_t end = std::max(begin, runs[r].second);
+        ex.prompt_ids.assign(tokens.begin(), tokens.begin() + begin);
+        std::vector<int32_t> ref(tokens.begin() + begin, tokens.begin() + end);
+        CutAtLastEos(tok_.eos_ids(), &ref);
         ex.prompt = DecodeText(tok_, ex.prompt_ids);
         ex.reference = DecodeText(tok_, ref);
         ex.task = reader.doc_task(d);
         out.push_back(std::move(ex));
       }
     }
-    first_doc = end_doc;
+    first_doc += shard.num_docs;
   }
   return out;
 }
@@ -174,14 +207,9 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
              "the exported model with ftune eval, which runs data parallel only)", grid_.tp());
   }
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t n = max_samples < 0 ? manifest_.test.num_docs
-                                    : std::min(max_samples, manifest_.test.num_docs);
   const int64_t bs = cfg_.eval.batch_size, dp = grid_.dp(), rank = grid_.dp_rank();
-  std::vector<int64_t> mine;  // batch k (examples [k*bs, (k+1)*bs)) runs on rank k % dp
-  for (int64_t k = rank; k * bs < n; k += dp) {
-    for (int64_t i = k * bs; i < std::min(n, (k + 1) * bs); ++i) mine.push_back(i);
-  }
-  const auto examples = ReadExamples(mine);
+  // Batch k (examples [k*bs, (k+1)*bs) in dataset order) runs on rank k % dp.
+  const auto examples = ReadExamples(max_samples, [&](int64_t i) { return (i / bs) % dp == rank; });
 
   models::GenerateOptions opt = TokenGenerateOptions(tok_, model.config());
   opt.temperature = cfg_.eval.temperature;
@@ -206,6 +234,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
       const auto& ex = examples[i];
       const std::string answer = DecodeText(tok_, outs[i - first]);
       local.push_back({{"index", ex.index},
+                       {"turn", ex.turn},
                        {"prompt", ex.prompt},
                        {"reference", ex.reference},
                        {"task", ex.task},
@@ -220,6 +249,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
     for (const auto& j : nlohmann::json::parse(s)) {
       ExampleAnswer a;
       a.index = j["index"].get<int64_t>();
+      a.turn = j["turn"].get<int64_t>();
       a.prompt = j["prompt"].get<std::string>();
       a.reference = j["reference"].get<std::string>();
       a.task = j["task"].get<std::string>();
@@ -230,7 +260,9 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
     }
   }
   std::sort(res.answers.begin(), res.answers.end(),
-            [](const ExampleAnswer& x, const ExampleAnswer& y) { return x.index < y.index; });
+            [](const ExampleAnswer& x, const ExampleAnswer& y) {
+              return std::tie(x.index, x.turn) < std::tie(y.index, y.turn);
+            });
   for (const auto& a : res.answers) {
     ++res.totals.examples;
     res.totals.exact += a.exact ? 1 : 0;

@@ -10,21 +10,31 @@
 // added in chunk order in double precision, so the result is token-weighted (never a mean of
 // means) and does not depend on how the chunks were spread over ranks.
 //
-// Generation. The first eval.max_samples test examples (-1 = all), in dataset order, are split
-// into batches of eval.batch_size; batch k runs on data-parallel rank k % dp. For each example
-// the prompt is its loss-masked prefix (BOS + templated prompt, exactly what training saw before
-// the answer), the reference is the decoded loss-masked part (EOS dropped), and the task is the
-// label prepare stored for it (data.task_field, "" when none). The prompt is
-// completed by models::Generate (KV cache; greedy unless eval.temperature > 0) up to
-// eval.max_new_tokens or EOS, decoded without special tokens, and compared with the reference
-// (eval_metrics.h). Per-example results are all-gathered, so every rank returns all of them,
-// ordered by example index.
+// Generation. The examples are the test split's trained turns: each maximal run of loss-mask-1
+// tokens of a document is one example, so a question/answer document gives one and a chat document
+// one per trained assistant turn (with data.train_on_prompt a whole document is one run, prompted
+// with its BOS alone; a document with no trained token gives none). An example's prompt is every
+// token of its document before the run (BOS + templated prompt, for a later turn the conversation
+// so far with the earlier answers: exactly what training saw before it), its reference the run
+// decoded without special tokens after the run is cut at its last EOS id (Tokenizer::eos_ids(),
+// which holds generation_config.json's eos_token_id list; the end-of-turn token such as <|eot_id|>
+// and whatever the template writes after it, e.g. Qwen's "\n" after <|im_end|>, are dropped, and so
+// are EOS ids just before it), and its task the label prepare stored for the document
+// (data.task_field, "" when none). The first eval.max_samples examples (-1 = all; turns, not
+// documents) in dataset order (document, then turn) are split into batches of eval.batch_size;
+// batch k runs on data-parallel rank k % dp. Every rank reads the documents up to the last example
+// wanted to number the turns (tokens and mask; no compute). The prompt is completed by
+// models::Generate (KV cache; greedy unless eval.temperature > 0) up to eval.max_new_tokens or any
+// EOS id (the tokenizer's and the model config's: TokenGenerateOptions), decoded without special
+// tokens, and compared with the reference (eval_metrics.h). Per-example results are all-gathered,
+// so every rank returns all of them, ordered by (document index, turn).
 //
 // Collective: every rank of the grid constructs the Evaluator and calls each method in the same
 // order. Generation needs whole (not tensor-parallel) models: with parallel.tp > 1 it throws.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,10 +48,11 @@
 
 namespace ftune::runtime {
 
-// One test example prepared for generation.
+// One test example (a trained turn) prepared for generation.
 struct EvalExample {
   int64_t index = 0;                // document index in the test split (dataset order)
-  std::vector<int32_t> prompt_ids;  // BOS + prompt tokens (the loss-masked prefix)
+  int64_t turn = 0;                 // which run of trained tokens of the document (0-based)
+  std::vector<int32_t> prompt_ids;  // the document's tokens before the run (BOS + prompt)
   std::string prompt;               // prompt_ids decoded (special tokens skipped)
   std::string reference;            // the trained-on part decoded (special tokens skipped)
   std::string task;                 // the document's task label (data.task_field); "" = none
@@ -49,7 +60,8 @@ struct EvalExample {
 
 // One model's answer to one example.
 struct ExampleAnswer {
-  int64_t index = 0;
+  int64_t index = 0;  // document index in the test split
+  int64_t turn = 0;   // trained turn of the document (EvalExample::turn)
   std::string prompt, reference, answer, task;
   bool exact = false;
   double f1 = 0;
@@ -57,7 +69,7 @@ struct ExampleAnswer {
 
 struct GenerationResult {
   GenerationTotals totals;
-  std::vector<ExampleAnswer> answers;  // every example, by index, on every rank
+  std::vector<ExampleAnswer> answers;  // every example, by (index, turn), on every rank
   double seconds = 0;
 };
 
@@ -72,7 +84,8 @@ class Evaluator {
   // Mean NLL over the whole test split (see the header comment). Collective over the grid.
   LossTotals Loss(models::LlamaModel& model);
 
-  // Generation metrics on the first `max_samples` examples (-1 = all). Collective over the grid.
+  // Generation metrics on the first `max_samples` examples (trained turns; -1 = all).
+  // Collective over the grid.
   GenerationResult Generate(models::LlamaModel& model, int64_t max_samples);
 
   int64_t num_test_examples() const { return manifest_.test.num_docs; }
@@ -80,8 +93,11 @@ class Evaluator {
   const data::Manifest& manifest() const { return manifest_; }
 
  private:
-  // The examples with indices in `wanted` (sorted), read from the shards (hyperslabs only).
-  std::vector<EvalExample> ReadExamples(const std::vector<int64_t>& wanted) const;
+  // The first `limit` examples (-1 = all), numbered from 0 in dataset order (document, then
+  // turn), of which those whose number `keep` accepts; read from the shards document by
+  // document (hyperslabs only) up to the last example counted.
+  std::vector<EvalExample> ReadExamples(int64_t limit,
+                                        const std::function<bool(int64_t)>& keep) const;
 
   const Config& cfg_;
   std::string dir_;

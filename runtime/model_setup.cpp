@@ -21,6 +21,29 @@ std::string TokenizerDir(const Config& cfg) {
   return p;
 }
 
+std::string ChatTemplateFile(const Config& cfg) {
+  const std::string& t = cfg.data.chat_template;
+  if (t.empty()) return "";
+  if (files::IsFile(t)) return t;
+  const bool ends_jinja = t.size() >= 6 && t.compare(t.size() - 6, 6, ".jinja") == 0;
+  if (ends_jinja || t.find('/') != std::string::npos) {
+    LogWarn("data.chat_template {} is not a file (any more?): the exported model keeps the "
+            "tokenizer's own chat template, not the one the run was trained with", t);
+  }
+  return "";
+}
+
+std::string RecordedChatTemplateFile(const std::string& config_yaml, const std::string& origin) {
+  try {
+    return ChatTemplateFile(
+        LoadConfigText(config_yaml, origin, {1, /*need_train=*/false, /*layout=*/false}));
+  } catch (const ConfigError& e) {
+    LogWarn("cannot read the run's config {} ({}): its data.chat_template, if it named a .jinja "
+            "file, is not used", origin, e.what());
+    return "";
+  }
+}
+
 data::Tokenizer LoadRunTokenizer(const Config& cfg) {
   auto tok = data::Tokenizer::FromPath(TokenizerDir(cfg));
   LogNotesOnce(tok.notes());
@@ -148,7 +171,7 @@ TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
 
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
                     const ParamVisit& visit, const std::string& tokenizer_dir,
-                    const std::string& out_dir) {
+                    const std::string& chat_template_file, const std::string& out_dir) {
   models::NamedTensors full;
   auto* tp = dynamic_cast<TensorParallelLlama*>(&model);
   const bool root = grid.world().rank() == 0;
@@ -161,6 +184,7 @@ void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
   if (root) {
     models::SaveHfOptions opt;
     opt.tokenizer_src_dir = tokenizer_dir;
+    opt.chat_template_file = chat_template_file;
     opt.overwrite = true;
     models::WriteHfDir(full, model.config(), out_dir, opt);
     LogInfo("wrote the model as an HF directory: {}", out_dir);

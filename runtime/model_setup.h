@@ -18,6 +18,14 @@ namespace ftune::runtime {
 // The tokenizer of a run: tokenizer.path, else model.path. ConfigError when neither is set.
 data::Tokenizer LoadRunTokenizer(const Config& cfg);
 std::string TokenizerDir(const Config& cfg);  // the directory holding tokenizer.json
+// The .jinja file a run's chat data was rendered with: data.chat_template when it names a file,
+// else "" (the tokenizer's own template, or one of its named ones, which the tokenizer files an
+// export copies keep). A data.chat_template that looks like a path (a '/' or ".jinja") but is no
+// longer a file is a warning naming it, and "".
+std::string ChatTemplateFile(const Config& cfg);
+// ChatTemplateFile of a run's resolved config given as YAML text (a checkpoint's /state
+// config_yaml), named `origin` in messages. A config this build cannot read is a warning, and "".
+std::string RecordedChatTemplateFile(const std::string& config_yaml, const std::string& origin);
 
 // The model of a run, full (unsharded) on every rank: model.path (an HF directory) or a random
 // inline model from model.arch and model.init_seed; then tensor-parallel sharded when
@@ -66,9 +74,10 @@ using ParamVisit = std::function<void(const NamedTensorFn&)>;
 // Writes the model as an HF directory from rank 0 of `grid`; collective over the grid.
 // Parameters come from `visit` (under ZeRO-3 Trainer::VisitParams gathers one unit at a time),
 // tensor-parallel slices are gathered here, and only rank 0 keeps the whole tensors (fp32) to
-// write them. `tokenizer_dir` files are copied.
+// write them. `tokenizer_dir` files are copied, and `chat_template_file` (ChatTemplateFile;
+// "" = none) is written as chat_template.jinja (models::SaveHfOptions).
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,
                     const ParamVisit& visit, const std::string& tokenizer_dir,
-                    const std::string& out_dir);
+                    const std::string& chat_template_file, const std::string& out_dir);
 
 }  // namespace ftune::runtime

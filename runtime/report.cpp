@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <utility>
 
 #include "parallel/error.h"
 #include "parallel/files.h"
@@ -40,12 +41,17 @@ std::string Fmt(double v, const char* f = "{:.4f}") {
 
 std::string Pct(double v) { return std::isfinite(v) ? fmt::format("{:.1f}%", 100 * v) : "n/a"; }
 
-const ExampleAnswer* FindAnswer(const ModelEval& m, int64_t index) {
+// An example: its document's index in the test split and its trained turn there.
+using ExampleKey = std::pair<int64_t, int64_t>;
+
+const ExampleAnswer* FindAnswer(const ModelEval& m, const ExampleKey& key) {
   if (!m.generation) return nullptr;
   const auto& a = m.generation->answers;
-  auto it = std::lower_bound(a.begin(), a.end(), index,
-                             [](const ExampleAnswer& x, int64_t i) { return x.index < i; });
-  return it != a.end() && it->index == index ? &*it : nullptr;
+  auto it = std::lower_bound(a.begin(), a.end(), key,
+                             [](const ExampleAnswer& x, const ExampleKey& k) {
+                               return ExampleKey(x.index, x.turn) < k;
+                             });
+  return it != a.end() && ExampleKey(it->index, it->turn) == key ? &*it : nullptr;
 }
 
 std::string XmlEscape(const std::string& s) {
@@ -279,21 +285,28 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
   if (r.base) j["base"] = nlohmann::json::parse(ModelEvalJson(*r.base));
   WriteFileAtomic(files::Join(run_dir, "eval.json"), j.dump(2) + "\n");
 
-  // eval_examples.jsonl: the union of both models' examples, by index.
-  std::vector<int64_t> indices;
+  // eval_examples.jsonl: the union of both models' examples, by (index, turn).
+  std::vector<ExampleKey> keys;
+  bool multi_turn = false;  // some document has more than one trained turn
   for (const ModelEval* m : {&r.model, r.base ? &*r.base : nullptr}) {
     if (m && m->generation) {
-      for (const auto& a : m->generation->answers) indices.push_back(a.index);
+      for (const auto& a : m->generation->answers) {
+        keys.emplace_back(a.index, a.turn);
+        multi_turn = multi_turn || a.turn > 0;
+      }
     }
   }
-  std::sort(indices.begin(), indices.end());
-  indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   std::string lines;
-  for (int64_t i : indices) {
-    const ExampleAnswer* a = FindAnswer(r.model, i);
-    const ExampleAnswer* b = r.base ? FindAnswer(*r.base, i) : nullptr;
+  for (const ExampleKey& key : keys) {
+    const ExampleAnswer* a = FindAnswer(r.model, key);
+    const ExampleAnswer* b = r.base ? FindAnswer(*r.base, key) : nullptr;
     const ExampleAnswer* any = a ? a : b;
-    nlohmann::json e = {{"index", i}, {"prompt", any->prompt}, {"reference", any->reference}};
+    nlohmann::json e = {{"index", key.first},
+                        {"turn", key.second},
+                        {"prompt", any->prompt},
+                        {"reference", any->reference}};
     if (!any->task.empty()) e["task"] = any->task;
     if (a) {
       e["answer"] = a->answer;
@@ -357,10 +370,13 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     md += "## Loss curves\n\nNo `metrics.jsonl` with loss records in the run directory "
           "(the model was not trained in it).\n\n";
   }
-  const int64_t shown = std::min<int64_t>(kReportExamples, indices.size());
+  const int64_t shown = std::min<int64_t>(kReportExamples, keys.size());
   md += fmt::format("## Examples\n\nThe first {} of {} evaluated test examples (all of them are in "
-                    "`eval_examples.jsonl`). ✅ = exact match after normalisation.\n\n",
-                    shown, indices.size());
+                    "`eval_examples.jsonl`){}. ✅ = exact match after normalisation.\n\n",
+                    shown, keys.size(),
+                    multi_turn ? "; an example is one trained assistant turn, # is document.turn "
+                                 "(the prompt is the conversation before it)"
+                               : "");
   md += cmp ? "| # | prompt | reference | base answer | finetuned answer |\n"
               "| ---: | --- | --- | --- | --- |\n"
             : "| # | prompt | reference | answer |\n| ---: | --- | --- | --- |\n";
@@ -369,11 +385,13 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     return (a->exact ? "✅ " : "❌ ") + MarkdownCell(a->answer);
   };
   for (int64_t k = 0; k < shown; ++k) {
-    const int64_t i = indices[k];
-    const ExampleAnswer* a = FindAnswer(r.model, i);
-    const ExampleAnswer* b = cmp ? FindAnswer(*r.base, i) : nullptr;
+    const ExampleKey& key = keys[k];
+    const ExampleAnswer* a = FindAnswer(r.model, key);
+    const ExampleAnswer* b = cmp ? FindAnswer(*r.base, key) : nullptr;
     const ExampleAnswer* any = a ? a : b;
-    md += fmt::format("| {} | {} | {} | ", i, MarkdownCell(any->prompt),
+    const std::string number = multi_turn ? fmt::format("{}.{}", key.first, key.second)
+                                          : std::to_string(key.first);
+    md += fmt::format("| {} | {} | {} | ", number, MarkdownCell(any->prompt),
                       MarkdownCell(any->reference));
     if (cmp) md += cell(b) + " | ";
     md += cell(a) + " |\n";

@@ -1,7 +1,8 @@
 // The files `ftune eval` leaves in the run directory:
 //   eval.json            metrics of the model (and of the --compare model), machine-readable
-//   eval_examples.jsonl  one object per evaluated example: prompt, reference, task label (when
-//                        the dataset has one, data.task_field), each model's answer, exact match
+//   eval_examples.jsonl  one object per evaluated example (a trained turn, runtime/evaluator.h):
+//                        document index and turn, prompt, reference, task label (when the
+//                        dataset has one, data.task_field), each model's answer, exact match
 //                        and F1
 //   report.md            summary table (side by side with --compare), exact match per task
 //                        (when examples carry task labels), the loss-curve plot, and the first
@@ -32,7 +33,7 @@ struct EvalReport {
   std::string run_name;
   std::string data_dir;
   std::string normalize;          // eval.normalize
-  int64_t test_examples = 0;      // documents in the test split
+  int64_t test_examples = 0;      // documents in the test split (examples are their turns)
   int world_size = 1;
   ModelEval model;                // the evaluated (finetuned) model
   std::optional<ModelEval> base;  // --compare

@@ -4,7 +4,9 @@
 # with `ftune generate`, follows model.dtype (bf16) and falls back past a damaged checkpoint;
 # under mpirun (collective read) it is byte-identical to the one-process export, and so are the
 # live exports of ZeRO-3 and tensor-parallel runs. `ftune generate
-# --model CKPT|RUN_DIR` answers exactly as the checkpoint's exported HF directory does.
+# --model CKPT|RUN_DIR` answers exactly as the checkpoint's exported HF directory does. Chat
+# (section 5): the chat template and generation_config.json are exported byte for byte, a run's
+# data.chat_template file becomes chat_template.jinja; eval per assistant turn; generate --chat.
 # Usage: export_checkpoint_test.sh <ftune-binary> <scratch-dir>  (env FTUNE_SOURCE_DIR, FTUNE_MPIEXEC)
 source "$(dirname "$0")/checkpoint_lib.sh" "$@"
 write_config
@@ -118,4 +120,101 @@ fi
   --set run.output_dir="$SCRATCH/bf" > bf.log 2>&1 || { cat bf.log; fail "bf16 train failed"; }
 "$FTUNE" export --checkpoint bf --out hf_bf > export5.log 2>&1 || { cat export5.log; fail "bf16 export failed"; }
 grep -q '"torch_dtype": *"bfloat16"' hf_bf/config.json || { cat hf_bf/config.json; fail "not bfloat16"; }
+
+# 5. Chat. The chat template travels with the model: a tokenizer directory with
+# chat_template.jinja and generation_config.json exports both byte for byte; a run trained with
+# data.chat_template = a .jinja file exports that file as chat_template.jinja (the live export at
+# the end of training, and `export --checkpoint`). `ftune eval` on that run scores each assistant
+# turn on its own (eval_examples.jsonl: the second turn's prompt holds the first answer), and
+# `ftune generate --chat` answers conversations in the template (a checkpoint as its export).
+mkdir -p tokchat
+cp "$FIX"/tokenizer/tokenizer.json "$FIX"/tokenizer/tokenizer_config.json tokchat/
+cat > tokchat/chat_template.jinja <<'JINJA'
+{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>
+
+{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}
+JINJA
+printf '{\n  "bos_token_id": 1,\n  "eos_token_id": [2, 280]\n}\n' > tokchat/generation_config.json
+{ echo '{# the template this run trains with #}'; cat tokchat/chat_template.jinja; } > trained.jinja
+"$FTUNE" export --config base.yaml --set tokenizer.path="$SCRATCH/tokchat" --out hf_tokchat \
+  > export6.log 2>&1 || { cat export6.log; fail "export with a chat tokenizer failed"; }
+for f in chat_template.jinja generation_config.json tokenizer.json tokenizer_config.json; do
+  cmp tokchat/$f hf_tokchat/$f || fail "export: $f is not the tokenizer directory's, byte for byte"
+done
+CHAT=(--set tokenizer.path="$SCRATCH/tokchat" --set "data.inputs=[$FIX/chat.jsonl]"
+      --set data.dir="$SCRATCH/chatdata" --set data.chat_template="$SCRATCH/trained.jinja"
+      --set data.split.test_count=2 --set data.max_seq_len=160 --set run.output_dir="$SCRATCH/chatrun")
+"$FTUNE" export --config base.yaml "${CHAT[@]}" --out hf_trained > export7.log 2>&1 \
+  || { cat export7.log; fail "export with data.chat_template failed"; }
+cmp trained.jinja hf_trained/chat_template.jinja || fail "export: chat_template.jinja is not data.chat_template's file"
+"$FTUNE" prepare --config base.yaml "${CHAT[@]}" > chatprep.log 2>&1 || { cat chatprep.log; fail "chat prepare failed"; }
+"$FTUNE" train --config base.yaml "${CHAT[@]}" --set train.steps=2 > chattrain.log 2>&1 \
+  || { cat chattrain.log; fail "chat train failed"; }
+"$FTUNE" export --checkpoint chatrun --out hf_chat_ck > export8.log 2>&1 || { cat export8.log; fail "chat checkpoint export failed"; }
+for out in chatrun/final hf_chat_ck; do
+  cmp trained.jinja $out/chat_template.jinja || fail "$out/chat_template.jinja is not the trained template"
+  cmp tokchat/generation_config.json $out/generation_config.json || fail "$out/generation_config.json differs"
+done
+"$FTUNE" eval --config base.yaml "${CHAT[@]}" --set eval.max_samples=-1 > chateval.log 2>&1 \
+  || { cat chateval.log; fail "chat eval failed"; }
+python3 - chatrun/eval_examples.jsonl <<'PY' || fail "eval examples are not one per assistant turn"
+import json, sys
+ex = [json.loads(l) for l in open(sys.argv[1])]
+by = {(e["index"], e["turn"]): e for e in ex}
+assert all(e["turn"] in (0, 1) for e in ex), ex
+seconds = [e for e in ex if e["turn"] == 1]
+assert seconds, f"no document with a second assistant turn: {ex}"
+for e in seconds:
+    first = by[(e["index"], 0)]
+    assert e["reference"] == first["reference"] + " again", (first, e)
+    assert "Again" in e["prompt"] and "Again" not in first["prompt"], (first, e)
+    assert e["prompt"].startswith(first["prompt"]), (first, e)
+print(len(ex), "examples,", len(seconds), "second turns")
+PY
+cat > conv.jsonl <<'JSONL'
+{"messages": [{"role": "user", "content": "Say 3"}]}
+
+{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say 4"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "Again"}]}
+JSONL
+"$FTUNE" generate --model hf_chat_ck --chat conv.jsonl --jsonl --max-new-tokens 4 > chat_hf.jsonl 2> chat_hf.err \
+  || { cat chat_hf.err; fail "generate --chat failed"; }
+python3 - conv.jsonl chat_hf.jsonl <<'PY' || fail "generate --chat --jsonl: not the conversations with one assistant answer appended"
+import json, sys
+conv = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+out = [json.loads(l) for l in open(sys.argv[2])]
+assert len(out) == len(conv) == 2, out
+for c, o in zip(conv, out):
+    assert o["messages"][:-1] == c["messages"], (c, o)
+    last = o["messages"][-1]
+    assert last["role"] == "assistant" and isinstance(last["content"], str), o
+PY
+"$FTUNE" generate --model chatrun --chat conv.jsonl --jsonl --max-new-tokens 4 > chat_ck.jsonl 2> chat_ck.err \
+  || { cat chat_ck.err; fail "generate --chat on a checkpoint failed"; }
+cmp chat_hf.jsonl chat_ck.jsonl || fail "generate --chat on the checkpoint answers otherwise than its export"
+"$FTUNE" generate --model hf_chat_ck --chat - --max-new-tokens 4 < conv.jsonl > chat_plain.txt 2> chat_plain.err \
+  || { cat chat_plain.err; fail "generate --chat - (stdin) failed"; }
+python3 - chat_hf.jsonl chat_plain.txt <<'PY' || fail "generate --chat plain answers differ from --jsonl's"
+import json, sys
+answers = [json.loads(l)["messages"][-1]["content"] for l in open(sys.argv[1])]
+assert open(sys.argv[2], newline="").read() == "".join(a + "\n" for a in answers)
+PY
+printf '{"messages": [{"role": "user", "content": "hi"}]}\n{"message": []}\n' > bad_chat.jsonl
+if "$FTUNE" generate --model hf_chat_ck --chat bad_chat.jsonl > gen_bad3.log 2>&1; then fail "generate --chat with a bad line succeeded"; fi
+grep -q "bad_chat.jsonl:2: expected a JSON object with a \"messages\" array" gen_bad3.log || { cat gen_bad3.log; fail "no FILE:line error for a bad --chat line"; }
+if "$FTUNE" generate --model hf_chat_ck --chat conv.jsonl --prompt hi > gen_bad4.log 2>&1; then fail "--chat with --prompt succeeded"; fi
+mkdir -p tok_nochat  # the fixture tokenizer without its chat template
+cp "$FIX"/tokenizer/tokenizer.json tok_nochat/
+python3 - "$FIX"/tokenizer/tokenizer_config.json tok_nochat/tokenizer_config.json <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.pop("chat_template", None)
+json.dump(c, open(sys.argv[2], "w"))
+PY
+NOCHAT=(--model hf --tokenizer tok_nochat --chat conv.jsonl --max-new-tokens 2)
+if "$FTUNE" generate "${NOCHAT[@]}" > gen_bad5.log 2>&1; then fail "generate --chat without any chat template succeeded"; fi
+grep -q "\-\-chat-template" gen_bad5.log || { cat gen_bad5.log; fail "no chat template: the error does not name --chat-template"; }
+"$FTUNE" generate "${NOCHAT[@]}" --chat-template trained.jinja > gen_ct.txt 2> gen_ct.err \
+  || { cat gen_ct.err; fail "generate --chat --chat-template FILE failed"; }
 echo PASS

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "parallel/error.h"
 #include "parallel/files.h"
@@ -160,6 +162,48 @@ TEST(Report, ExactMatchPerTask) {
   EXPECT_EQ(md2.str().find("per task"), std::string::npos);
   const auto j2 = nlohmann::json::parse(std::ifstream(files::Join(dir, "eval.json")));
   EXPECT_FALSE(j2["model"].contains("tasks"));
+}
+
+// Two models' answers per (document, turn), the base model missing one turn: the examples file
+// keys them by both, and the report numbers multi-turn examples "document.turn".
+TEST(Report, ExamplesPerTurn) {
+  auto answer = [](int64_t index, int64_t turn, const std::string& text) {
+    ExampleAnswer a;
+    a.index = index;
+    a.turn = turn;
+    a.prompt = "p" + std::to_string(index) + "." + std::to_string(turn);
+    a.reference = "r";
+    a.answer = text;
+    a.exact = text == "r";
+    a.f1 = a.exact ? 1 : 0;
+    return a;
+  };
+  const std::string dir = files::Join(FTUNE_BINARY_DIR, "tests/scratch/report_turns");
+  files::RemoveAll(dir);
+  EvalReport r;
+  r.run_name = "t";
+  r.model.generation = GenerationResult{};
+  r.model.generation->answers = {answer(0, 0, "r"), answer(0, 1, "x"), answer(1, 0, "r")};
+  r.base = ModelEval{};
+  r.base->generation = GenerationResult{};
+  r.base->generation->answers = {answer(0, 0, "x"), answer(1, 0, "x")};
+  const std::string md_path = WriteEvalReport(r, dir);
+  std::ifstream ex(files::Join(dir, "eval_examples.jsonl"));
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(ex, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1]["index"], 0);
+  EXPECT_EQ(lines[1]["turn"], 1);
+  EXPECT_EQ(lines[1]["prompt"], "p0.1");
+  EXPECT_EQ(lines[1]["answer"], "x");
+  EXPECT_FALSE(lines[1].contains("base_answer"));
+  EXPECT_EQ(lines[2]["index"], 1);
+  EXPECT_EQ(lines[2]["turn"], 0);
+  EXPECT_EQ(lines[2]["base_answer"], "x");
+  std::stringstream md;
+  md << std::ifstream(md_path).rdbuf();
+  EXPECT_NE(md.str().find("| 0.1 | p0.1 | r | – | ❌ x |"), std::string::npos) << md.str();
+  EXPECT_NE(md.str().find("| 1.0 | p1.0 | r | ❌ x | ✅ r |"), std::string::npos) << md.str();
 }
 
 TEST(Report, MarkdownCell) {

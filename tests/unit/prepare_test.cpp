@@ -296,6 +296,55 @@ TEST(Prepare, BadInputs) {
   EXPECT_THROW(Prepare(o, nullptr), DataError);
 }
 
+// Chat templates that cannot serve the data: each a clear error, and no dataset written.
+TEST(Prepare, ChatTemplateErrors) {
+  const std::string dir = Scratch("chat_templates");
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    return dir + "/" + name;
+  };
+  auto expect_error = [&](PrepareOptions o, const std::vector<std::string>& parts) {
+    try {
+      Prepare(o, nullptr);
+      ADD_FAILURE() << "no error";
+    } catch (const DataError& e) {
+      for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(files::Exists(o.out_dir + "/manifest.json"));
+    EXPECT_FALSE(files::Exists(o.out_dir + "/train-00000.h5"));
+  };
+  // A construct ftune cannot render: stops at the first record that reaches it, naming it.
+  auto o = Opts(dir + "/out1", {"chat.jsonl"});
+  o.data.chat_template = write("odd.jinja", "{% for m in messages %}{{ m.content }}"
+                                            "{% if m.role == 'assistant' %}{{ m.content | center(9) }}"
+                                            "{{ m.content | pprint }}{% endif %}{% endfor %}");
+  expect_error(o, {kFix + "/chat.jsonl:1:", "template_unsupported", "'pprint' is not supported",
+                   "odd.jinja:1:"});
+  // A tokenizer without the template's special tokens: refused before any record is read.
+  o.out_dir = dir + "/out2";
+  o.data.chat_template = write("chatml.jinja", "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                                               "{{ m.content }}<|im_end|>\n{% endfor %}");
+  expect_error(o, {"<|im_start|>, <|im_end|>", "chatml.jinja", "no single token"});
+  EXPECT_FALSE(files::Exists(o.out_dir));
+  // A conversation the template rejects (raise_exception): skipped with its line, or, strict,
+  // the error at that line.
+  o.out_dir = dir + "/out3";
+  o.data.chat_template = write("alternate.jinja",
+      "{% for m in messages %}{% if m.role == 'user' and loop.index0 == 0 %}{{ raise_exception("
+      "'the first message must be the system prompt') }}{% endif %}<|start_header_id|>"
+      "{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}");
+  PrepareSummary s = Prepare(o, nullptr);
+  ASSERT_EQ(s.rejected.count("template_error"), 1u);
+  EXPECT_EQ(s.rejected["template_error"].first, std::vector<std::string>{kFix + "/chat.jsonl:7"});
+  EXPECT_NE(s.rejected["template_error"].first_detail.find(
+                "rejected the conversation: the first message must be the system prompt"),
+            std::string::npos) << s.rejected["template_error"].first_detail;
+  o.out_dir = dir + "/out4";
+  o.data.strict = true;
+  expect_error(o, {kFix + "/chat.jsonl:7:", "the first message must be the system prompt",
+                   "data.strict"});
+}
+
 TEST(Prepare, StrictStopsAtTheFirstBadRecord) {
   auto o = Opts(Scratch("strict"), {"alpaca.jsonl", "qa.jsonl"});
   o.data.strict = true;
