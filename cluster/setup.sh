@@ -32,6 +32,7 @@ PACKAGES=(
   make git ca-certificates
   hdf5-tools                        # h5dump/h5ls
   python3-jinja2                    # the chat template parity test's reference engine
+  python3-protobuf                  # decodes the TensorBoard event files in a test
   libgtest-dev libgmock-dev         # tests
   slurm-wlm munge iproute2          # slurm tests: a local cluster, netns hosts (cluster/local_slurm.sh)
 )

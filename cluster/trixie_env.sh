@@ -22,7 +22,8 @@ ROOT=$(realpath -m "${FTUNE_TRIXIE_ROOT:-/var/cache/ftune/trixie}")  # as /proc/
 MIRROR=${FTUNE_TRIXIE_MIRROR:-http://deb.debian.org/debian}
 
 # cluster/setup.sh's list under trixie's names, without Slurm (only unit|mpi|e2e run here), plus
-# procps (the e2e tests' ps) and ccache; Node.js + npm for the tokenizer parity test.
+# procps (the e2e tests' ps) and ccache; Node.js + npm for the tokenizer and chat template parity
+# tests, python3-jinja2 for the latter; python3-protobuf for the TensorBoard test.
 PACKAGES=(
   g++ cmake ninja-build make pkg-config git ca-certificates ccache procps
   libtorch-dev libopenblas0-pthread
@@ -30,7 +31,7 @@ PACKAGES=(
   libhdf5-openmpi-dev hdf5-tools
   zlib1g-dev libdeflate-dev libyaml-cpp-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libssl-dev
-  python3 nodejs npm
+  python3 python3-jinja2 python3-protobuf nodejs npm
 )
 
 [ "$(id -u)" -eq 0 ] || { echo "trixie_env: needs root (debootstrap, chroot, mount)" >&2; exit 1; }

@@ -45,20 +45,6 @@ double GemmFlops(const torch::Device& device, c10::ScalarType dtype, int64_t n, 
   return 2.0 * double(n) * n * n / Percentile(t, 0.5);
 }
 
-// Dense bf16 (fp16) peak TFLOP/s of the GPUs MFU is usually quoted for, from NVIDIA's data
-// sheets (without sparsity); 0 when unknown or not a 16-bit run.
-double KnownPeakTflops(const std::string& name, c10::ScalarType dtype) {
-  if (dtype != c10::kBFloat16 && dtype != c10::kHalf) return 0;
-  const std::pair<const char*, double> table[] = {
-      {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H200", 989},
-      {"GH200", 989},     {"A100", 312},     {"L40S", 362}, {"B200", 2250},
-  };
-  for (const auto& [key, tflops] : table) {
-    if (name.find(key) != std::string::npos) return tflops;
-  }
-  return 0;
-}
-
 }  // namespace
 
 void AddBenchCommand(CLI::App& app, runtime::World& world) {
@@ -131,8 +117,12 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     const double tokens_per_step = tokens / double(stats.size());
     const double tokens_per_s = tokens_per_step / median;
     const double flops_per_token = trainer.parallel().FlopsPerToken(cfg.data.max_seq_len);
-    // Per device: the tokens of this rank's tp group run on tp devices.
-    const double model_flops = flops_per_token * tokens_per_s / double(grid.dp());
+    // Per device: the tokens of this rank's tp group run on tp devices (runtime/metrics.h, the
+    // same formula as metrics.jsonl's per step).
+    ThroughputModel tm;
+    tm.flops_per_token = flops_per_token;
+    tm.dp = grid.dp();
+    const double model_flops = ModelFlopsPerDevice(tm, tokens_per_step, median);
     const auto dtype = trainer.model().dtype();
     const torch::Device device = grid.device();
     const int64_t n = gemm_n > 0 ? gemm_n : (device.is_cuda() ? 8192 : 2048);
@@ -159,7 +149,9 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
         {"peak_rss_bytes", PeakRssBytes()},
     };
     const std::string device_name = compat::DeviceName(device);
-    const double peak = peak_tflops > 0 ? peak_tflops : KnownPeakTflops(device_name, dtype);
+    const double peak = peak_tflops > 0   ? peak_tflops
+                        : cfg.run.peak_tflops > 0 ? cfg.run.peak_tflops
+                                                  : KnownPeakTflops(device_name, dtype);
     j["device_name"] = device_name;
     if (peak > 0) {
       j["peak_tflops"] = peak;

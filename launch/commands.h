@@ -21,6 +21,10 @@ void AddChatRenderCommand(CLI::App& app);
 // `ftune generate --model DIR --prompt ...` and `ftune export --model DIR --out DIR`.
 void AddGenerateCommand(CLI::App& app, runtime::World& world);
 void AddExportCommand(CLI::App& app, runtime::World& world);
+// What `ftune export --checkpoint CHECKPOINT --out OUT --overwrite` does (collective over the
+// world): the checkpoint's weights in its dtype, with its run's tokenizer and chat template.
+void ExportCheckpointTo(runtime::World& world, const std::string& checkpoint,
+                        const std::string& out);
 // `ftune prepare` (launch/prepare_command.cpp).
 void AddPrepareCommand(CLI::App& app, runtime::World& world);
 // `ftune train` (launch/train_command.cpp).

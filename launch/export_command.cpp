@@ -71,6 +71,19 @@ void ExportCheckpoint(const ExportArgs& a, runtime::World& world) {
                    meta.state.step, meta.state.tokens_seen, models::HfDtypeName(dtype), a.out);
 }
 
+}  // namespace
+
+void ExportCheckpointTo(runtime::World& world, const std::string& checkpoint,
+                        const std::string& out) {
+  ExportArgs a;
+  a.checkpoint = checkpoint;
+  a.out = out;
+  a.overwrite = true;
+  ExportCheckpoint(a, world);
+}
+
+namespace {
+
 void RunExport(const ExportArgs& a, runtime::World& world) {
   if (!a.checkpoint.empty()) return ExportCheckpoint(a, world);
   if (world.rank() != 0) return;

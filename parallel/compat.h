@@ -83,6 +83,26 @@ inline void SetDeterministic(bool on) {
 }
 
 // Peak bytes the caching allocator has handed out on a CUDA device (0 on the CPU).
+// The caching allocator's bytes on a CUDA device: allocated now, reserved now, peak allocated.
+// All 0 on other devices.
+struct DeviceMemory {
+  int64_t allocated = 0, reserved = 0, peak = 0;
+};
+inline DeviceMemory DeviceMemoryStats(const torch::Device& device) {
+  DeviceMemory m;
+#ifdef FTUNE_HAS_C10_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    m.allocated = stats.allocated_bytes[0].current;  // [0]: StatType::AGGREGATE (as below)
+    m.reserved = stats.reserved_bytes[0].current;
+    m.peak = stats.allocated_bytes[0].peak;
+  }
+#else
+  (void)device;
+#endif
+  return m;
+}
+
 inline int64_t PeakDeviceMemory(const torch::Device& device) {
 #ifdef FTUNE_HAS_C10_CUDA
   if (device.is_cuda()) {

@@ -42,7 +42,8 @@
 // directory fsync'ed; then `latest` (a text file naming step_N.h5) is replaced by write + rename.
 // Older checkpoints beyond checkpoint.keep are deleted only after that (by a thread of rank 0,
 // joined by Wait), so a crash at any point leaves the previous complete checkpoint and never a
-// complete-looking partial one.
+// complete-looking partial one. With eval.every, the checkpoint of the best eval step (the step
+// in <run>/best.json) is never deleted, whatever checkpoint.keep says.
 //
 // Collective ordering: Save, Wait, Load and LoadLatest are collective over the grid's world; all
 // ranks call them at the same steps. The manager does its I/O and agreement collectives on its
@@ -186,6 +187,8 @@ class CheckpointManager {
 
  private:
   void RunJob(WriteJob& job);
+  // The checkpoint of the step <run>/best.json names ("" when none): kept by the pruning.
+  std::string BestCheckpointPath() const;
 
   const Config& cfg_;
   parallel::ProcessGrid& grid_;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "parallel/files.h"
@@ -292,7 +293,8 @@ class JobWriter {
 
   // Rank 0: fsync, rename to job.path, replace `latest`. Returns the
   // checkpoints beyond `keep` (rank 0; empty elsewhere).
-  std::vector<std::string> Publish(const std::string& dir, int64_t keep) {
+  std::vector<std::string> Publish(const std::string& dir, int64_t keep,
+                                   const std::string& protect) {
     const auto t_publish = Clock::now();
     std::vector<std::string> old;
     Phase(comm_, "publishing " + job_.path, [&]() {
@@ -321,7 +323,9 @@ class JobWriter {
       // checkpoint is in place.
       const auto complete = CompleteFiles(dir);
       for (size_t i = static_cast<size_t>(keep); i < complete.size(); ++i) {
-        if (complete[i].second != job_.path) old.push_back(complete[i].second);
+        if (complete[i].second != job_.path && complete[i].second != protect) {
+          old.push_back(complete[i].second);
+        }
       }
     });
     job_.stats.publish_s = Since(t_publish);
@@ -415,6 +419,19 @@ void CheckpointManager::Save(const TrainState& state) {
   }
 }
 
+std::string CheckpointManager::BestCheckpointPath() const {
+  const std::string best = RunPath(cfg_, "best.json");
+  if (cfg_.eval.every <= 0 || !files::Exists(best)) return "";
+  try {
+    std::ifstream in(best);
+    const auto j = nlohmann::json::parse(in);
+    if (!j.contains("step") || !j["step"].is_number_integer()) return "";
+    return files::Join(dir_, CheckpointFileName(j["step"].get<int64_t>()));
+  } catch (const nlohmann::json::exception&) {
+    return "";  // unreadable: nothing protected (pruning as before)
+  }
+}
+
 void CheckpointManager::RunJob(WriteJob& job) {
   const auto t0 = Clock::now();
   const bool root = comm_->rank() == 0;
@@ -428,7 +445,7 @@ void CheckpointManager::RunJob(WriteJob& job) {
     w.WriteState(cfg_, grid_.dp(), grid_.tp(), dp_.zero(), model_cfg_);
     w.Close();
     w.WriteDirect();
-    old = w.Publish(dir_, cfg_.checkpoint.keep);
+    old = w.Publish(dir_, cfg_.checkpoint.keep, root ? BestCheckpointPath() : "");
   } catch (const Error& e) {
     if (root) files::RemoveQuietly(job.tmp);
     FT_THROW(IoError,

@@ -448,6 +448,11 @@ Config ParseConfig(const std::string* yaml_text, const std::string& origin,
     FT_THROW(ConfigError, "{}: set exactly one of train.steps ({}) and train.epochs ({}); leave "
              "the other at -1", origins.Of("train.steps"), cfg.train.steps, cfg.train.epochs);
   }
+  if (cfg.train.export_which == "best" && cfg.eval.every <= 0) {
+    FT_THROW(ConfigError, "{}: train.export: best needs evaluations during training to know the "
+             "best step: set eval.every (now {}) to a number of steps, or train.export: last",
+             origins.Of("train.export"), cfg.eval.every);
+  }
   if (check.layout && cfg.model.path.empty()) {
     const auto& a = cfg.model.arch;
     if (a.num_attention_heads % p.tp || a.num_key_value_heads % p.tp ||
@@ -496,13 +501,24 @@ std::string ConfigToYaml(const Config& cfg) {
 }
 
 std::string ConfigTable(const Config& cfg) {
-  Flattener f;
+  Flattener f, defaults;
   const_cast<Config&>(cfg).VisitFields(f);
+  Config def;
+  def.VisitFields(defaults);
+  std::vector<Flattener::Row> changed;
+  for (size_t i = 0; i < f.rows.size(); ++i) {
+    if (i >= defaults.rows.size() || f.rows[i].value != defaults.rows[i].value) {
+      changed.push_back(f.rows[i]);
+    }
+  }
   size_t w = 9;
-  for (const auto& r : f.rows) w = std::max(w, r.key.size());
+  for (const auto& r : changed) w = std::max(w, r.key.size());
   std::string s = fmt::format("{:<{}} | {}\n{:-<{}}-+-{:-<20}\n", "parameter", w, "value", "", w,
                               "");
-  for (const auto& r : f.rows) s += fmt::format("{:<{}} | {}\n", r.key, w, r.value);
+  for (const auto& r : changed) s += fmt::format("{:<{}} | {}\n", r.key, w, r.value);
+  s += fmt::format("({} of {} keys differ from the defaults; the others are as runtime/config.h "
+                   "documents them)\n",
+                   changed.size(), f.rows.size());
   return s;
 }
 

@@ -26,6 +26,9 @@ struct RunConfig {
   // libtorch's deterministic algorithms: a GPU run repeats bit for bit (a resumed run equals an
   // uninterrupted one) at some cost in speed; CPU runs are deterministic anyway.
   bool deterministic = false;
+  // The device's dense peak TFLOP/s for MFU; 0 = the data-sheet bf16/fp16 peak of a known GPU
+  // (H100, H200, A100, ...), else MFU is not reported (CPU ranks: set it to report one).
+  double peak_tflops = 0;
 
   template <class V>
   void VisitFields(V& v) {
@@ -34,8 +37,13 @@ struct RunConfig {
     v("seed", seed, "global seed");
     v("threads", threads, "torch threads per rank; 0 = cores per node / ranks per node");
     v("deterministic", deterministic, "deterministic GPU kernels (bit-exact reruns; slower)");
+    v("peak_tflops", peak_tflops,
+      "device peak TFLOP/s for MFU; 0 = a known GPU's bf16 peak, else no MFU");
   }
-  void Validate() const { CheckRange<int64_t>("threads", threads, 0, 4096); }
+  void Validate() const {
+    CheckRange<int64_t>("threads", threads, 0, 4096);
+    CheckRange("peak_tflops", peak_tflops, 0.0, 1e6);
+  }
 };
 
 struct TrainConfig {
@@ -46,6 +54,9 @@ struct TrainConfig {
   double clip = 1.0;          // global gradient-norm clip; 0 disables
   bool activation_checkpointing = false;  // recompute each decoder layer in backward
   int64_t max_bad_steps = 5;  // consecutive non-finite steps before the run stops
+  // Which weights become <run>/final: "last" (the end of training) or "best" (the checkpoint of
+  // the eval step with the lowest eval loss, <run>/best.json; needs eval.every).
+  std::string export_which = "last";
 
   template <class V>
   void VisitFields(V& v) {
@@ -56,6 +67,8 @@ struct TrainConfig {
     v("clip", clip, "global gradient-norm clip (0 = off)");
     v("activation_checkpointing", activation_checkpointing, "recompute decoder layers in backward");
     v("max_bad_steps", max_bad_steps, "consecutive non-finite steps tolerated");
+    v("export", export_which,
+      "last | best: <run>/final from the last step or the best eval step's checkpoint");
   }
   void Validate() const {
     if (steps == 0 || steps < -1) throw ConfigKeyError("steps", "must be > 0 or -1");
@@ -64,6 +77,7 @@ struct TrainConfig {
     CheckRange<int64_t>("grad_accum", grad_accum, 1, 1 << 20);
     CheckRange("clip", clip, 0.0, 1e9);
     CheckRange<int64_t>("max_bad_steps", max_bad_steps, 1, 1 << 20);
+    CheckOneOf("export", export_which, {"last", "best"});
   }
 };
 
@@ -167,12 +181,15 @@ struct LogConfig {
   int64_t every = 1;          // log a line every N steps
   bool jsonl = true;          // write metrics.jsonl in the run directory
   std::string progress = "auto";  // auto (bar on a terminal) | bar | lines
+  // TensorBoard event files in <run>/tensorboard (runtime/tensorboard.h): `tensorboard --logdir`
+  bool tensorboard = true;
 
   template <class V>
   void VisitFields(V& v) {
     v("every", every, "log every N steps");
     v("jsonl", jsonl, "write metrics.jsonl in the run directory");
     v("progress", progress, "auto | bar | lines");
+    v("tensorboard", tensorboard, "write TensorBoard event files in <run>/tensorboard");
   }
   void Validate() const {
     CheckRange<int64_t>("every", every, 1, int64_t(1) << 40);
@@ -229,6 +246,8 @@ Config LoadConfigText(const std::string& yaml_text, const std::string& origin,
 // The resolved config as YAML (loadable by LoadConfig) and as a
 // "parameter | value" table.
 std::string ConfigToYaml(const Config& cfg);
+// The keys whose values differ from the defaults, as a table (the console's view of a run;
+// the run directory keeps the whole resolved config, ConfigToYaml).
 std::string ConfigTable(const Config& cfg);
 
 // A path from the config: absolute as is; else relative to run.output_dir.

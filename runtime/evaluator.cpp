@@ -11,6 +11,7 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -24,6 +25,8 @@
 #include "runtime/checkpoint.h"
 #include "runtime/model_setup.h"
 #include "runtime/log.h"
+#include "runtime/report.h"
+#include "runtime/tensorboard.h"
 
 namespace ftune::runtime {
 namespace {
@@ -300,18 +303,48 @@ bool TrainingEval::Due(int64_t step, int64_t total_steps) const {
   return step == total_steps || (cfg_.eval.every > 0 && step % cfg_.eval.every == 0);
 }
 
-void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
+void TrainingEval::WriteTensorBoard(int64_t step, const LossTotals& loss,
+                                    const GenerationResult* gen) const {
+  TensorBoardWriter& tb = RunTensorBoard(RunPath(cfg_, "tensorboard"));
+  tb.AddScalar("eval/loss", loss.MeanNll(), step);
+  tb.AddScalar("eval/perplexity", loss.Perplexity(), step);
+  if (gen == nullptr) return;
+  tb.AddScalar("eval/exact_match", gen->totals.ExactMatchRate(), step);
+  tb.AddScalar("eval/f1", gen->totals.MeanF1(), step);
+  std::map<std::string, std::pair<int64_t, int64_t>> tasks;  // task -> (exact, examples)
+  for (const auto& a : gen->answers) {
+    if (a.task.empty()) continue;
+    tasks[a.task].first += a.exact ? 1 : 0;
+    tasks[a.task].second += 1;
+  }
+  for (const auto& [task, n] : tasks) {
+    tb.AddScalar("eval/exact_match/" + task, double(n.first) / double(n.second), step);
+  }
+  std::string md = "| # | prompt | reference | answer | exact |\n| --- | --- | --- | --- | --- |\n";
+  const size_t shown = std::min<size_t>(gen->answers.size(), 20);
+  for (size_t i = 0; i < shown; ++i) {
+    const auto& a = gen->answers[i];
+    md += fmt::format("| {}.{} | {} | {} | {} | {} |\n", a.index, a.turn, MarkdownCell(a.prompt, 300),
+                      MarkdownCell(a.reference, 200), MarkdownCell(a.answer, 200),
+                      a.exact ? "yes" : "no");
+  }
+  tb.AddText("eval/examples", md, step);
+}
+
+bool TrainingEval::Run(models::LlamaModel& model, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   const LossTotals loss = evaluator_->Loss(model);
   nlohmann::json j = {{"step", step}, {"eval_loss", loss.MeanNll()},
                       {"eval_ppl", loss.Perplexity()}, {"eval_targets", loss.targets}};
   std::string gen_text;
+  std::optional<GenerationResult> gen;
   if (cfg_.eval.generate && cfg_.eval.max_samples != 0) {
     if (grid_.tp() > 1) {
       LogWarn("eval.generate is skipped with parallel.tp > 1 (run ftune eval on the exported "
               "model)");
     } else {
-      const auto g = evaluator_->Generate(model, cfg_.eval.max_samples);
+      gen = evaluator_->Generate(model, cfg_.eval.max_samples);
+      const auto& g = *gen;
       j["exact_match"] = g.totals.ExactMatchRate();
       j["f1"] = g.totals.MeanF1();
       j["eval_examples"] = g.totals.examples;
@@ -324,11 +357,12 @@ void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
   if (best) best_loss_ = loss.MeanNll();
   LogInfo("eval at step {}: loss {:.4f} | ppl {:.3f}{}{} ({:.1f} s)", step, loss.MeanNll(),
           loss.Perplexity(), gen_text, best ? " | best so far" : "", Since(t0));
-  if (grid_.world().rank() != 0) return;
+  if (grid_.world().rank() != 0) return best;
   {
     std::ofstream out(RunPath(cfg_, "metrics.jsonl"), std::ios::app);
     out << j.dump() << '\n';
   }
+  if (cfg_.log.tensorboard) WriteTensorBoard(step, loss, gen ? &*gen : nullptr);
   if (best) {
     const std::string path = RunPath(cfg_, "best.json");
     {
@@ -340,6 +374,7 @@ void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
     }
     files::Rename(path + ".tmp", path);
   }
+  return best;
 }
 
 void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer& tok,

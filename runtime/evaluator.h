@@ -119,7 +119,15 @@ class TrainingEval {
   ~TrainingEval();
   bool enabled() const { return evaluator_ != nullptr; }
   bool Due(int64_t step, int64_t total_steps) const;
-  void Run(models::LlamaModel& model, int64_t step);
+  // Returns whether `step` is the best so far (then best.json names it).
+  bool Run(models::LlamaModel& model, int64_t step);
+
+ private:
+  // Rank 0: eval scalars (loss, perplexity, exact match overall and per task, F1) and the first
+  // examples as text into <run>/tensorboard.
+  void WriteTensorBoard(int64_t step, const LossTotals& loss, const GenerationResult* gen) const;
+
+ public:
 
  private:
   const Config& cfg_;

@@ -175,6 +175,46 @@ std::string ModelEvalJson(const ModelEval& m) {
   return j.dump();
 }
 
+std::string TrainingSection(const std::string& metrics_jsonl) {
+  std::vector<double> tps, tflops, mfu;
+  int64_t steps = 0, rss = 0, dev_peak = 0;
+  std::istringstream in(metrics_jsonl);
+  std::string line;
+  int64_t last_step = -1;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("tokens_per_s") || !j.contains("step")) {
+      continue;
+    }
+    const int64_t step = j["step"].get<int64_t>();
+    if (step <= last_step) {  // a new run appended to the file: keep the last one only
+      tps.clear(), tflops.clear(), mfu.clear();
+      steps = rss = dev_peak = 0;
+    }
+    last_step = step;
+    ++steps;
+    tps.push_back(j["tokens_per_s"].get<double>());
+    if (j.contains("model_tflops_per_device")) tflops.push_back(j["model_tflops_per_device"].get<double>());
+    if (j.contains("mfu")) mfu.push_back(j["mfu"].get<double>());
+    rss = std::max(rss, j.value("host_rss_max_bytes", int64_t(0)));
+    dev_peak = std::max(dev_peak, j.value("device_peak_bytes", int64_t(0)));
+  }
+  if (steps == 0) return "";
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::string md = fmt::format(
+      "## Training\n\n{} steps (from `metrics.jsonl`, medians over the steps): {:.0f} tokens/s",
+      steps, median(tps));
+  if (!tflops.empty()) md += fmt::format(", {:.3f} model TFLOP/s per device", median(tflops));
+  md += mfu.empty() ? ", MFU not reported (no known device peak; `run.peak_tflops` sets one)"
+                    : fmt::format(", MFU {:.1f} %", 100 * median(mfu));
+  if (rss > 0) md += fmt::format("; peak host memory {:.2f} GiB (largest rank)", double(rss) / (1 << 30));
+  if (dev_peak > 0) md += fmt::format("; peak device memory {:.2f} GiB", double(dev_peak) / (1 << 30));
+  return md + ".\n\n";
+}
+
 std::string LossCurveSvg(const std::string& metrics_jsonl) {
   std::vector<std::pair<double, double>> train, eval;
   std::istringstream in(metrics_jsonl);
@@ -323,12 +363,13 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
   WriteFileAtomic(files::Join(run_dir, "eval_examples.jsonl"), lines);
 
   // loss_curve.svg
-  std::string svg;
+  std::string svg, training;
   if (files::Exists(files::Join(run_dir, "metrics.jsonl"))) {
     std::ifstream in(files::Join(run_dir, "metrics.jsonl"));
     std::stringstream ss;
     ss << in.rdbuf();
     svg = LossCurveSvg(ss.str());
+    training = TrainingSection(ss.str());
   }
   if (!svg.empty()) WriteFileAtomic(files::Join(run_dir, "loss_curve.svg"), svg);
 
@@ -370,6 +411,7 @@ std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir) {
     md += "## Loss curves\n\nNo `metrics.jsonl` with loss records in the run directory "
           "(the model was not trained in it).\n\n";
   }
+  md += training;
   const int64_t shown = std::min<int64_t>(kReportExamples, keys.size());
   md += fmt::format("## Examples\n\nThe first {} of {} evaluated test examples (all of them are in "
                     "`eval_examples.jsonl`){}. ✅ = exact match after normalisation.\n\n",

@@ -52,6 +52,10 @@ std::map<std::string, GenerationTotals> TotalsPerTask(const GenerationResult& g)
 // loss_curve.svg into `run_dir`. Returns the path of report.md.
 std::string WriteEvalReport(const EvalReport& r, const std::string& run_dir);
 
+// The "## Training" paragraph of report.md from metrics.jsonl's step records (tokens/s, model
+// TFLOP/s per device, MFU, peak host and device memory; medians and maxima); "" without steps.
+std::string TrainingSection(const std::string& metrics_jsonl);
+
 // A self-contained SVG line chart of the training loss ("loss") and eval loss ("eval_loss")
 // records of a metrics.jsonl text (one JSON object per line; when the step counter goes back,
 // only the last run's records are kept). Empty when there is nothing to plot.

@@ -43,8 +43,9 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
       if (!out) FT_THROW(IoError, "cannot write {}", tmp);
     }
     files::Rename(tmp, yaml);
-    LogInfo("ftune {} | {} rank(s) | config {}\n{}", command, world.world_size(),
-            args.config_path.empty() ? "(defaults)" : args.config_path, ConfigTable(cfg));
+    LogInfo("ftune {} | {} rank(s) | config {} (resolved in full: {})\n{}", command,
+            world.world_size(), args.config_path.empty() ? "(defaults)" : args.config_path, yaml,
+            ConfigTable(cfg));
   }
   // Rank 0 names this run's flight records (files an earlier run left in the directory are
   // ignored); the broadcast also orders: the run directory exists before any rank writes into it.

@@ -9,6 +9,7 @@
 #include "runtime/metrics.h"
 #include "runtime/run_setup.h"
 #include "runtime/signals.h"
+#include "runtime/tensorboard.h"
 
 namespace ftune::runtime {
 namespace {
@@ -141,9 +142,32 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
 }
 
 Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const Loop& loop) {
+  ThroughputModel tm;
+  tm.flops_per_token = pm_->FlopsPerToken(cfg_.data.max_seq_len);
+  tm.dp = grid_.dp();
+  const std::string device_name = compat::DeviceName(grid_.device());
+  const double peak_tflops = cfg_.run.peak_tflops > 0
+                                 ? cfg_.run.peak_tflops
+                                 : KnownPeakTflops(device_name, pm_->model().dtype());
+  tm.peak_flops = peak_tflops * 1e12;
+  if (world_.rank() == 0 && step_ < total_steps) {
+    if (peak_tflops > 0) {
+      LogInfo("MFU against {} TFLOP/s per device ({})", peak_tflops,
+              cfg_.run.peak_tflops > 0 ? "run.peak_tflops" : device_name + "'s data-sheet peak");
+    } else {
+      LogInfo("MFU is not reported: no known peak for '{}' in {} (set run.peak_tflops)",
+              device_name, c10::toString(pm_->model().dtype()));
+    }
+  }
+  TensorBoardWriter* tb = world_.rank() == 0 && cfg_.log.tensorboard
+                              ? &RunTensorBoard(RunPath(cfg_, "tensorboard"))
+                              : nullptr;
+  if (tb != nullptr && step_ < total_steps) {
+    tb->AddText("config", "```yaml\n" + ConfigToYaml(cfg_) + "```", step_);
+  }
   StepLogger logger(cfg_.log,
                     world_.rank() == 0 && cfg_.log.jsonl ? RunPath(cfg_, "metrics.jsonl") : "",
-                    pm_->FlopsPerToken(cfg_.data.max_seq_len), 0.0);
+                    tm, tb);
   state_.total_steps = total_steps;
   while (step_ < total_steps) {
     const auto t0 = Clock::now();
@@ -152,11 +176,15 @@ Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const
     const double wait = Since(t0);
     StepStats s = TrainStep(micro, total_steps);
     s.data_wait = wait;
+    s.device_memory = compat::DeviceMemoryStats(grid_.device());
+    auto rss = torch::tensor({PeakRssBytes()}, torch::kLong);  // max over ranks: one small reduce
+    grid_.world().AllReduce(rss, parallel::ReduceOp::kMax)->Wait();
+    s.host_rss_max = rss.item<int64_t>();
     if (world_.rank() == 0) logger.Log(s, total_steps);
     if (loop.on_step) loop.on_step(s);
-    MaybeEval(loop.eval, s, total_steps);
+    const bool best = MaybeEval(loop.eval, s, total_steps);
     if (loop.checkpoints != nullptr) {
-      const int signal = MaybeCheckpoint(*loop.checkpoints, s, total_steps, loader);
+      const int signal = MaybeCheckpoint(*loop.checkpoints, s, total_steps, loader, best);
       if (signal != 0) {
         loop.checkpoints->Wait();
         LogInfo("preempted (signal {}) after step {}: checkpoint {} saved; exiting with status {} "
@@ -169,8 +197,8 @@ Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const
   return Outcome::kDone;
 }
 
-void Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps) {
-  if (eval == nullptr || !eval->Due(s.step, total_steps)) return;
+bool Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps) {
+  if (eval == nullptr || !eval->Due(s.step, total_steps)) return false;
   // ZeRO-3: the loss pass gathers one layer at a time, as training does; generation
   // (eval.generate) runs the model once per new token, so it gets the whole model.
   if (cfg_.eval.generate) {
@@ -178,12 +206,13 @@ void Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_st
   } else {
     pm_->BeginForward();
   }
-  eval->Run(pm_->model(), s.step);
+  const bool best = eval->Run(pm_->model(), s.step);
   pm_->ReleaseAll();
+  return best;
 }
 
 int Trainer::MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_t total_steps,
-                             data::Loader& loader) {
+                             data::Loader& loader, bool best) {
   state_.step = s.step;
   state_.tokens_seen += s.tokens;
   state_.skipped_steps += s.skipped ? 1 : 0;
@@ -194,7 +223,8 @@ int Trainer::MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_
   grid_.world().AllReduce(flag, parallel::ReduceOp::kMax)->Wait();
   const int signal = flag.item<int>();
   const bool every = cfg_.checkpoint.every > 0 && s.step % cfg_.checkpoint.every == 0;
-  if (signal != 0 || every || s.step >= total_steps) ckpt.Save(state_);
+  // The best eval step gets a checkpoint of its own (kept by the pruning, train.export: best).
+  if (signal != 0 || every || best || s.step >= total_steps) ckpt.Save(state_);
   return signal;
 }
 

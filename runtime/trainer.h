@@ -18,6 +18,8 @@
 // Collective: every rank of the job constructs it and calls TrainStep / Train in lock step.
 #pragma once
 
+#include "parallel/compat.h"
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -47,6 +49,8 @@ struct StepStats {
   double data_wait = 0;     // seconds spent waiting for batches (set by Train)
   double comm_wait = 0;     // seconds this rank was blocked waiting for collectives
   bool skipped = false;     // non-finite loss or gradient: no update was made
+  int64_t host_rss_max = 0;  // peak resident memory, max over ranks (set by Train)
+  compat::DeviceMemory device_memory;  // this rank's device memory after the step (CUDA only)
 };
 
 class Trainer {
@@ -96,10 +100,11 @@ class Trainer {
 
  private:
   torch::Tensor MicroBatchLoss(const data::Batch& b, double inv_targets);
-  void MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps);
+  // Returns whether the eval found the best step so far.
+  bool MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps);
   // Saves when due or preempted; the agreed preemption signal (0: none).
   int MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_t total_steps,
-                      data::Loader& loader);
+                      data::Loader& loader, bool best);
 
   World& world_;
   const Config& cfg_;

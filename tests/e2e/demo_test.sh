@@ -36,6 +36,10 @@ run ft_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}"
 run ft_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}"
 check "finetune exported an HF dir" "[ -f $S/ft/final/config.json ]"
 check "eval during training logged" "grep -q 'eval at step 3' $S/ft_train.out"
+if /usr/bin/python3 -c 'import google.protobuf' 2> /dev/null; then
+  check "TensorBoard has the exact match per task" \
+    "/usr/bin/python3 tests/e2e/tensorboard_read.py $S/ft/tensorboard | grep 'eval/exact_match/' > /dev/null"
+fi
 # The demo promises byte-identical models from two runs: the finetune again, in another directory.
 run ft2_prepare.out $MPIRUN -np 2 "$FTUNE" prepare "${FT[@]}" --set run.output_dir="$S/ft2"
 run ft2_train.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}" --set run.output_dir="$S/ft2"

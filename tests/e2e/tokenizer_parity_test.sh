@@ -26,26 +26,9 @@ mkdir -p "$SCRATCH" "$NPM_DIR"
 FTUNE=$(cd "$(dirname "$FTUNE")" && pwd)/$(basename "$FTUNE")
 
 # --- reference packages (cached in NPM_DIR) -------------------------------------------------
-installed() {
-  node -e '
-    const fs = require("fs"), path = require("path");
-    const want = JSON.parse(fs.readFileSync(process.argv[1], "utf8")).dependencies;
-    for (const [name, version] of Object.entries(want)) {
-      const p = path.join(process.argv[2], "node_modules", name, "package.json");
-      if (!fs.existsSync(p) || JSON.parse(fs.readFileSync(p, "utf8")).version !== version) process.exit(1);
-    }' "$TOOLS/package.json" "$NPM_DIR"
-}
-if ! installed; then
-  cp "$TOOLS/package.json" "$NPM_DIR/package.json"
-  echo "npm install into $NPM_DIR"
-  if ! (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error); then
-    if ! npm ping >/dev/null 2>&1; then
-      skip "the npm registry is unreachable (npm ping failed); cannot fetch the reference"
-    fi
-    echo "FAIL: npm install failed although the registry answers"
-    exit 1
-  fi
-fi
+# shellcheck source=npm_lib.sh
+source "$(dirname "$0")/npm_lib.sh"
+npm_install "$TOOLS/package.json" "$NPM_DIR"
 MODULES=$NPM_DIR/node_modules
 
 # --- corpus ---------------------------------------------------------------------------------

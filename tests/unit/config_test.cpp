@@ -269,6 +269,11 @@ TEST_F(ConfigTest, YamlRoundTripAndTable) {
   auto table = ConfigTable(c);
   EXPECT_NE(table.find("optim.lr"), std::string::npos);
   EXPECT_NE(table.find("parameter"), std::string::npos);
+  // Only what differs from the defaults: the four keys set above.
+  EXPECT_EQ(table.find("optim.weight_decay"), std::string::npos) << table;
+  EXPECT_EQ(table.find("train.micro_batch"), std::string::npos) << table;
+  EXPECT_NE(table.find("(4 of "), std::string::npos) << table;
+  EXPECT_NE(ConfigTable(Config{}).find("(0 of "), std::string::npos);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include "parallel/error.h"
 #include "parallel/files.h"
 #include "runtime/eval_metrics.h"
+#include "runtime/metrics.h"
+#include "runtime/trainer.h"
 #include "runtime/report.h"
 
 namespace ftune::runtime {
@@ -210,6 +212,64 @@ TEST(Report, MarkdownCell) {
   EXPECT_EQ(MarkdownCell("a|b\nc"), "a\\|b<br>c");
   EXPECT_EQ(MarkdownCell(""), "∅");
   EXPECT_EQ(MarkdownCell("abcdef", 3), "abc…");
+}
+
+// MFU in metrics.jsonl: the formula of `ftune bench train` (FLOPs per token of one tp shard x
+// global tokens / step wall time incl. data wait / dp, over the peak), and the report's section.
+TEST(Metrics, MfuAndMemoryPerStep) {
+  ThroughputModel tm;
+  tm.flops_per_token = 6e9;
+  tm.dp = 4;
+  tm.peak_flops = 989e12;
+  EXPECT_DOUBLE_EQ(ModelFlopsPerDevice(tm, 32768, 0.5), 6e9 * 32768 / 0.5 / 4);
+  EXPECT_EQ(KnownPeakTflops("NVIDIA H100 80GB HBM3", c10::kBFloat16), 989);
+  EXPECT_EQ(KnownPeakTflops("NVIDIA H100 80GB HBM3", c10::kFloat), 0);
+  EXPECT_EQ(KnownPeakTflops("cpu", c10::kBFloat16), 0);
+
+  const std::string path = std::string(FTUNE_BINARY_DIR) + "/tests/scratch/step_logger.jsonl";
+  files::CreateDirectories(files::Parent(path));
+  std::remove(path.c_str());
+  LogConfig lc;
+  lc.every = 1000;
+  {
+    StepLogger logger(lc, path, tm);
+    StepStats s;
+    s.step = 1;
+    s.loss = 2.5;
+    s.tokens = 32768;
+    s.seconds = 0.4;
+    s.data_wait = 0.1;
+    s.host_rss_max = int64_t(3) << 30;
+    s.device_memory = {int64_t(10) << 30, int64_t(12) << 30, int64_t(11) << 30};
+    logger.Log(s, 10);
+    tm.peak_flops = 0;
+    StepLogger cpu(lc, path, tm);
+    s.step = 2;
+    s.device_memory = {};
+    cpu.Log(s, 10);
+  }
+  std::ifstream in(path);
+  std::string a, b;
+  std::getline(in, a);
+  std::getline(in, b);
+  const auto j = nlohmann::json::parse(a), k = nlohmann::json::parse(b);
+  const double device_flops = 6e9 * 32768 / 0.5 / 4;
+  EXPECT_DOUBLE_EQ(j["model_tflops_per_device"].get<double>(), device_flops / 1e12);
+  EXPECT_DOUBLE_EQ(j["mfu"].get<double>(), device_flops / 989e12);
+  EXPECT_EQ(j["host_rss_max_bytes"].get<int64_t>(), int64_t(3) << 30);
+  EXPECT_EQ(j["device_peak_bytes"].get<int64_t>(), int64_t(11) << 30);
+  EXPECT_EQ(j["device_reserved_bytes"].get<int64_t>(), int64_t(12) << 30);
+  EXPECT_FALSE(k.contains("mfu"));  // no peak known: omitted, not 0
+  EXPECT_FALSE(k.contains("device_peak_bytes"));
+
+  std::ifstream again(path);
+  std::stringstream text;
+  text << again.rdbuf();
+  const std::string md = TrainingSection(text.str());
+  EXPECT_NE(md.find("## Training"), std::string::npos) << md;
+  EXPECT_NE(md.find("peak host memory 3.00 GiB"), std::string::npos) << md;
+  EXPECT_NE(md.find("peak device memory 11.00 GiB"), std::string::npos) << md;
+  EXPECT_EQ(TrainingSection("{\"step\": 1, \"eval_loss\": 2}\n"), "");
 }
 
 }  // namespace
