@@ -359,6 +359,45 @@ const std::string& ChatTemplate::origin() const { return impl_->origin; }
 const Json& ChatTemplate::variables() const { return impl_->variables; }
 void ChatTemplate::PinTime(std::string formatted_now) { impl_->pinned_now = std::move(formatted_now); }
 
+namespace {
+
+// How many bytes of `text` at `pos` the token with bytes `piece` covers; npos when it does not
+// fit. Exactly its bytes where they are there (byte-level BPE); else as a SentencePiece-style
+// normalizer made them: a space or "▁" of the piece stands for a space or a "▁" of the text (the
+// normalizer replaced spaces by "▁", and an added token matched on normalized text, such as
+// Gemma's "▁▁", keeps its "▁"), and a leading one may be the dummy prefix, in no text at all.
+size_t MatchTokenText(const std::string& text, size_t pos, const std::string& piece) {
+  if (text.compare(pos, piece.size(), piece) == 0) return piece.size();
+  static const std::string kMeta = "\xe2\x96\x81";  // U+2581, SentencePiece's space
+  auto walk = [&](size_t i) -> size_t {
+    size_t j = pos;
+    while (i < piece.size()) {
+      const bool space = piece[i] == ' ' || piece.compare(i, 3, kMeta) == 0;
+      if (space) {
+        if (j < text.size() && text[j] == ' ') {
+          j += 1;
+        } else if (text.compare(j, 3, kMeta) == 0) {
+          j += 3;
+        } else {
+          return std::string::npos;
+        }
+        i += piece[i] == ' ' ? 1 : 3;
+      } else {
+        if (j >= text.size() || text[j] != piece[i]) return std::string::npos;
+        ++i, ++j;
+      }
+    }
+    return j - pos;
+  };
+  size_t n = walk(0);
+  if (n != std::string::npos) return n;
+  if (!piece.empty() && piece[0] == ' ') return walk(1);  // the dummy prefix
+  if (piece.compare(0, 3, kMeta) == 0) return walk(3);
+  return std::string::npos;
+}
+
+}  // namespace
+
 void TokenizeChat(const Tokenizer& tok, const ChatRender& render, std::vector<int32_t>* tokens,
                   std::vector<uint8_t>* mask) {
   tokens->clear();
@@ -369,13 +408,8 @@ void TokenizeChat(const Tokenizer& tok, const ChatRender& render, std::vector<in
   size_t pos = 0, span = 0;
   for (int32_t id : *tokens) {
     const std::string bytes = tok.TokenBytes(id);
-    size_t len;
-    if (text.compare(pos, bytes.size(), bytes) == 0) {
-      len = bytes.size();
-    } else if (!bytes.empty() && bytes[0] == ' ' &&
-               text.compare(pos, bytes.size() - 1, bytes, 1, std::string::npos) == 0) {
-      len = bytes.size() - 1;  // SentencePiece's dummy-prefix space, not in the text
-    } else {
+    size_t len = MatchTokenText(text, pos, bytes);
+    if (len == std::string::npos) {
       FT_THROW(DataError, "cannot map token {} ('{}') back to the rendered chat text at byte {}: "
                "the tokenizer changes the text (normalization) in a way ftune cannot align the "
                "loss mask with", id, tok.IdToPiece(id), pos);

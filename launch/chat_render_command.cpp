@@ -95,7 +95,7 @@ void RunChatRender(const ChatRenderArgs& a) {
         if (tok) out["ids"] = tok->Encode(out["text"].get<std::string>(), false);
       }
       if ((a.ids || a.training) && !tok) out["ids_skip"] = tok_error;
-    } catch (const data::jinja::TemplateError& e) {
+    } catch (const DataError& e) {  // TemplateError, or a mask the tokenization cannot align
       out = Json::object();
       if (c.contains("name")) out["name"] = c["name"];
       out["error"] = e.what();
