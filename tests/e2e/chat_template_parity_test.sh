@@ -83,6 +83,30 @@ PY
   if [[ $SKIP_FTUNE != 1 ]]; then
     if [[ $has_template == 1 ]]; then
       "$FTUNE" chat-render --tokenizer "$dir" --cases "$CASES" --ids > "$out.ftune.jsonl"
+      # Training's view: the same text and ids, and a loss mask aligned with every token.
+      "$FTUNE" chat-render --tokenizer "$dir" --cases "$CASES" --training > "$out.train.jsonl"
+      python3 - "$CASES" "$out.ftune.jsonl" "$out.train.jsonl" "$name" <<'PY' || status=1
+import json, sys
+cases = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8") if l.strip()]
+plain = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+train = [json.loads(l) for l in open(sys.argv[3], encoding="utf-8")]
+bad, masks = [], 0
+for c, p, t in zip(cases, plain, train):
+    if "error" in t:
+        if "cannot map token" in t["error"]:
+            bad.append((c["name"], t["error"]))
+        continue
+    if not c.get("add_generation_prompt") and "text" in p and t["text"] != p["text"]:
+        bad.append((c["name"], "training text differs from the render"))
+    if "ids" in t:
+        if len(t["ids"]) != len(t["mask"]) or ("ids" in p and not c.get("add_generation_prompt") and t["ids"] != p["ids"]):
+            bad.append((c["name"], "training ids/mask differ from the render's ids"))
+        masks += 1
+for name, why in bad[:5]:
+    print(f"FAIL: {sys.argv[4]} {name}: {why}")
+print(f"{sys.argv[4]}: loss masks aligned for {masks} training renders, {len(bad)} problems")
+sys.exit(1 if bad else 0)
+PY
     else
       # ftune refuses the tokenizer as a whole, before any case, naming what to set.
       if "$FTUNE" chat-render --tokenizer "$dir" --cases "$CASES" > "$out.ftune.log" 2>&1; then
