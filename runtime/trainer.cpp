@@ -171,15 +171,9 @@ Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const
 
 void Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps) {
   if (eval == nullptr || !eval->Due(s.step, total_steps)) return;
-  // ZeRO-3: the loss pass gathers one layer at a time, as training does; generation
-  // (eval.generate) runs the model once per new token, so it gets the whole model.
-  if (cfg_.eval.generate) {
-    pm_->GatherAll();
-  } else {
-    pm_->BeginForward();
-  }
-  eval->Run(pm_->model(), s.step);
-  pm_->ReleaseAll();
+  // On the training layout: ZeRO-3 layers gathered one at a time, for the loss and for every
+  // generated token alike.
+  eval->Run(*pm_, s.step);
 }
 
 int Trainer::MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_t total_steps,
