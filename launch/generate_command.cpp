@@ -3,6 +3,7 @@
 //                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S] [--jsonl]
 //   ftune generate --model DIR|CKPT --chat FILE.jsonl|- [--chat-template FILE.jinja|NAME]
 //                  [--chat-template-kwarg name=value ...] [...] [--jsonl]
+//   mpirun -np N ftune generate ... [--tp T] [--zero 3]
 // Prints each answer on a line of its own, or with --jsonl one JSON object per prompt,
 // {"prompt": ..., "answer": ...}, so that answers holding newlines stay one record each.
 // --chat answers conversations instead: each line of FILE ("-" = standard input) is
