@@ -7,8 +7,8 @@
 // divides). With tp 1 and zero < 3 every rank holds whole models (LoadModelForEval); with tp > 1
 // or zero 3 each rank loads and holds only its shard (LoadShardedModel), ZeRO-3 layers gathered
 // one at a time. Everything that can be wrong with the inputs (dataset, tokenizers,
-// vocabularies, model paths) is checked before any compute. Rank 0 writes eval.json, eval_examples.jsonl, report.md and
-// loss_curve.svg into the run directory (runtime/report.h).
+// vocabularies, model paths) is checked before any compute. Rank 0 writes eval.json,
+// eval_examples.jsonl, report.md and loss_curve.svg into the run directory (runtime/report.h).
 #include <fmt/format.h>
 
 #include <chrono>

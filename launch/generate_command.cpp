@@ -190,7 +190,9 @@ ModelAndTokenizer LoadModelAndTokenizer(const GenerateArgs& a, const runtime::Co
                "(moved or deleted?): pass --tokenizer DIR", meta.path, tok_path);
     }
   }
-  if (root) fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", meta.path, meta.state.step);
+  if (root) {
+    fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", meta.path, meta.state.step);
+  }
   auto tok = data::Tokenizer::FromPath(tok_path);
   runtime::LogNotesOnce(tok.notes(), /*info=*/false);
   std::string chat_template;

@@ -40,7 +40,7 @@ class LlamaModel;
 // full capacity, with the head count its weights have then: under tensor parallelism this rank's
 // kv heads only (Hkv / tp), and under ZeRO-3 the layer is whole only while it computes.
 struct KVCache {
-  std::vector<torch::Tensor> k, v;  // per layer (B, Hkv local, max_len, D), the model's dtype/device
+  std::vector<torch::Tensor> k, v;  // per layer (B, Hkv local, max_len, D): dtype, device of k
   torch::Tensor key_valid;          // (B, max_len) bool; false marks left padding (never attended)
   int64_t length = 0;               // positions filled so far
   int64_t max_len = 0;

@@ -35,7 +35,8 @@ void GenerateOnGrid(models::LlamaModel& model, ParallelModel* pm, parallel::Proc
     // The round's answers on every rank (control traffic: a few ids per answer).
     std::vector<Ids> round(1, std::move(out));
     if (dp > 1) {
-      const auto all = parallel::AllGatherStrings(grid.dp_control(), nlohmann::json(round[0]).dump());
+      const auto all =
+          parallel::AllGatherStrings(grid.dp_control(), nlohmann::json(round[0]).dump());
       round.clear();
       for (const auto& s : all) round.push_back(nlohmann::json::parse(s).get<Ids>());
     }

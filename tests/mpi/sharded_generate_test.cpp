@@ -284,8 +284,9 @@ class ShardedGenerate : public ::testing::Test {
     EXPECT_EQ(got.loss.targets, want.loss.targets) << what;
     ASSERT_EQ(got.eval.answers.size(), want.eval.answers.size()) << what;
     for (size_t i = 0; i < want.eval.answers.size(); ++i) {
-      EXPECT_EQ(got.eval.answers[i].answer, want.eval.answers[i].answer) << what << " example " << i;
-      EXPECT_EQ(got.eval.answers[i].exact, want.eval.answers[i].exact) << what << " example " << i;
+      const std::string at = what + " example " + std::to_string(i);
+      EXPECT_EQ(got.eval.answers[i].answer, want.eval.answers[i].answer) << at;
+      EXPECT_EQ(got.eval.answers[i].exact, want.eval.answers[i].exact) << at;
     }
     EXPECT_EQ(got.eval.totals.exact, want.eval.totals.exact) << what;
     EXPECT_EQ(got.greedy, want.greedy) << what << ": greedy";
