@@ -3,6 +3,7 @@
 //                  [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S] [--jsonl]
 //   ftune generate --model DIR|CKPT --chat FILE.jsonl|- [--chat-template FILE.jinja|NAME]
 //                  [--chat-template-kwarg name=value ...] [...] [--jsonl]
+//   mpirun -np N ftune generate ... [--tp T] [--zero 3]
 // Prints each answer on a line of its own, or with --jsonl one JSON object per prompt,
 // {"prompt": ..., "answer": ...}, so that answers holding newlines stay one record each.
 // --chat answers conversations instead: each line of FILE ("-" = standard input) is
@@ -21,7 +22,15 @@
 // used with the model config and tokenizer its run recorded in /state (runtime/checkpoint.h), so
 // it answers exactly as its `ftune export` does (with --chat: in the chat template the export
 // carries, the run's data.chat_template when that is a .jinja file).
-// Rank 0 does the work (generation is not distributed); other ranks return at once.
+// Under mpirun -np N the prompts are shared out by batches over dp = N / --tp ranks (each a
+// model replica); --tp T splits every layer and the KV cache by heads over T ranks, --zero 3
+// keeps 1/dp of the model (of its tp shard) per rank and gathers one layer at a time for every
+// forward (the dp ranks generate in lock step). No rank holds the whole model then: each loads
+// only its part of the HF directory or checkpoint (runtime::LoadShardedModel). Answers are the
+// same in every layout: greedy ones up to floating-point reduction order, sampled ones because
+// every batch samples from a generator seeded with --seed on whatever ranks run it (a tp group
+// samples from all-gathered logits). Rank 0 prints.
+
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -40,7 +49,10 @@
 #include "models/hf_io.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
+#include "parallel/gather_strings.h"
 #include "runtime/checkpoint.h"
+#include "runtime/evaluator.h"
+#include "runtime/grid_generate.h"
 #include "runtime/log.h"
 #include "runtime/model_setup.h"
 
@@ -64,6 +76,8 @@ struct GenerateArgs {
   double top_p = 1.0;
   uint64_t seed = 1234;
   int64_t batch_size = 8;
+  int64_t tp = 1;    // parallel.tp
+  int64_t zero = 0;  // parallel.zero
   bool jsonl = false;
 };
 
@@ -109,23 +123,40 @@ std::vector<Conversation> ReadConversations(const std::string& path) {
   return out;
 }
 
-// What --model loads: the model, the tokenizer that goes with it (--tokenizer when given), and
-// for a checkpoint the .jinja file its run rendered chat data with (runtime::ChatTemplateFile;
-// `ftune export` writes it as chat_template.jinja, so --chat answers as the export does).
+// What --model loads: the model (whole on this rank, or this rank's shard of it), the tokenizer
+// that goes with it (--tokenizer when given), and for a checkpoint the .jinja file its run
+// rendered chat data with (runtime::ChatTemplateFile; `ftune export` writes it as
+// chat_template.jinja, so --chat answers as the export does).
 struct ModelAndTokenizer {
-  models::LoadedModel loaded;
+  std::shared_ptr<models::LlamaModel> whole;  // runtime::WholeModelLayout
+  runtime::ShardedModel sharded;              // otherwise
   data::Tokenizer tok;
   std::string trained_chat_template;  // "" = the tokenizer's own
+  models::LlamaModel& model() { return whole ? *whole : sharded.pm->model(); }
 };
 
-ModelAndTokenizer LoadModelAndTokenizer(const GenerateArgs& a) {
+ModelAndTokenizer LoadModelAndTokenizer(const GenerateArgs& a, const runtime::Config& cfg,
+                                        parallel::ProcessGrid& grid) {
   const auto dtype = models::ParseDtype(a.dtype);
+  const bool whole = runtime::WholeModelLayout(cfg);
+  const bool root = grid.world().rank() == 0;
+  const std::string what = "--model " + a.model;
   if (files::IsDirectory(a.model) && files::Exists(files::Join(a.model, "config.json"))) {
     auto tok = data::Tokenizer::FromPath(a.tokenizer.empty() ? a.model : a.tokenizer);
-    auto loaded = models::LoadHf(a.model, dtype);
+    std::shared_ptr<models::LlamaModel> model;
+    runtime::ShardedModel sharded;
+    LoadNotes notes;
+    if (whole) {
+      auto loaded = models::LoadHf(a.model, dtype);
+      model = loaded.model;
+      notes = loaded.config.notes;
+    } else {
+      sharded = runtime::LoadShardedModel(a.model, cfg, grid, "", what);
+      notes = sharded.notes;
+    }
     runtime::LogNotesOnce(tok.notes(), /*info=*/false);  // stdout is the answers
-    runtime::LogNotesOnce(loaded.config.notes, /*info=*/false);
-    return {std::move(loaded), std::move(tok), ""};
+    runtime::LogNotesOnce(notes, /*info=*/false);
+    return {model, std::move(sharded), std::move(tok), ""};
   }
   if (!files::Exists(a.model)) FT_THROW(IoError, "--model {}: no such file or directory", a.model);
   if (files::IsDirectory(a.model) &&
@@ -135,27 +166,41 @@ ModelAndTokenizer LoadModelAndTokenizer(const GenerateArgs& a) {
              "checkpoint or run directory (no step_N.h5 in it or in its checkpoints/): pass an HF "
              "directory (e.g. <run>/final) or a checkpoint", a.model);
   }
-  const auto ck = runtime::ReadNewestCheckpointModel(a.model, "--model");
-  const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(ck.meta.model_config_json),
-                                                 ck.meta.path + " /state model_config");
+  std::shared_ptr<models::LlamaModel> model;
+  runtime::ShardedModel sharded;
+  runtime::CheckpointMeta meta;
+  if (whole) {
+    const auto ck = runtime::ReadNewestCheckpointModel(a.model, "--model");
+    meta = ck.meta;
+    const auto mc = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
+                                                  meta.path + " /state model_config");
+    model = models::ModelFromTensors(mc, ck.tensors, dtype, "checkpoint " + meta.path).model;
+  } else {
+    sharded = runtime::LoadShardedModel(a.model, cfg, grid, "", "--model");
+    meta.path = sharded.checkpoint;
+    meta.state.step = sharded.checkpoint_step;
+    meta.tokenizer_dir = sharded.tokenizer_dir;
+    meta.config_yaml = sharded.config_yaml;
+  }
   std::string tok_path = a.tokenizer;
   if (tok_path.empty()) {
-    tok_path = ck.meta.tokenizer_dir;
+    tok_path = meta.tokenizer_dir;
     if (tok_path.empty() || !files::Exists(files::Join(tok_path, "tokenizer.json"))) {
       FT_THROW(IoError, "checkpoint {}: its run's tokenizer directory '{}' has no tokenizer.json "
-               "(moved or deleted?): pass --tokenizer DIR", ck.meta.path, tok_path);
+               "(moved or deleted?): pass --tokenizer DIR", meta.path, tok_path);
     }
   }
-  auto loaded = models::ModelFromTensors(cfg, ck.tensors, dtype, "checkpoint " + ck.meta.path);
-  fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", ck.meta.path, ck.meta.state.step);
+  if (root) {
+    fmt::print(stderr, "ftune generate: checkpoint {} (step {})\n", meta.path, meta.state.step);
+  }
   auto tok = data::Tokenizer::FromPath(tok_path);
   runtime::LogNotesOnce(tok.notes(), /*info=*/false);
   std::string chat_template;
-  if (!a.chat.empty()) {
-    chat_template = runtime::RecordedChatTemplateFile(ck.meta.config_yaml,
-                                                      ck.meta.path + " /state config_yaml");
+  if (!a.chat.empty() && root) {
+    chat_template = runtime::RecordedChatTemplateFile(meta.config_yaml,
+                                                      meta.path + " /state config_yaml");
   }
-  return {std::move(loaded), std::move(tok), chat_template};
+  return {model, std::move(sharded), std::move(tok), chat_template};
 }
 
 // The token ids of each prompt (templated, with the tokenizer's BOS) or --chat conversation
@@ -193,48 +238,80 @@ std::vector<std::vector<int32_t>> InputIds(const GenerateArgs& a, const data::To
   return ids;
 }
 
+// Rank 0's `ids` on every rank of `comm`.
+std::vector<std::vector<int32_t>> FromRoot(parallel::Communicator& comm,
+                                           const std::vector<std::vector<int32_t>>& ids) {
+  if (comm.size() == 1) return ids;
+  const std::string mine = comm.rank() == 0 ? nlohmann::json(ids).dump() : "";
+  return nlohmann::json::parse(parallel::AllGatherStrings(comm, mine)[0])
+      .get<std::vector<std::vector<int32_t>>>();
+}
+
 void RunGenerate(const GenerateArgs& a, runtime::World& world) {
   if (a.prompts.empty() && a.chat.empty()) throw CLI::RequiredError("--prompt or --chat");
-  if (world.rank() != 0) return;
-  const std::vector<Conversation> conversations =
-      a.chat.empty() ? std::vector<Conversation>{} : ReadConversations(a.chat);
-  auto [loaded, tok, trained_chat_template] = LoadModelAndTokenizer(a);
-  auto& model = *loaded.model;
-  model.to(world.device());
-  model.eval();
-  if (tok.vocab_size() > loaded.config.vocab_size) {
-    FT_THROW(ModelError, "tokenizer {} has {} ids but the model's vocab_size is {}", tok.path(),
-             tok.vocab_size(), loaded.config.vocab_size);
+  if (world.world_size() % a.tp != 0) {
+    FT_THROW(ConfigError, "--tp {} does not divide the job's {} ranks: run mpirun -np with a "
+             "multiple of it", a.tp, world.world_size());
+  }
+  const runtime::Config cfg = runtime::LoadConfig(
+      "",
+      {fmt::format("parallel.tp={}", a.tp), fmt::format("parallel.zero={}", a.zero),
+       "parallel.dp=-1", "model.dtype=" + a.dtype},
+      {world.world_size(), /*need_train=*/false});
+  const auto grid = runtime::MakeGrid(world, cfg, /*log=*/false);  // stdout is the answers
+  const bool root = world.rank() == 0;
+  // Rank 0 reads the conversations (mpirun gives the standard input to rank 0 only), renders and
+  // tokenizes them; the other ranks get the ids.
+  std::vector<Conversation> conversations;
+  if (root && !a.chat.empty()) conversations = ReadConversations(a.chat);
+  auto m = LoadModelAndTokenizer(a, cfg, *grid);
+  auto& model = m.model();
+  const models::LlamaConfig& mc = model.config();
+  if (m.whole) {
+    model.to(world.device());
+    model.eval();
+  }
+  if (m.tok.vocab_size() > mc.vocab_size) {
+    FT_THROW(ModelError, "tokenizer {} has {} ids but the model's vocab_size is {}", m.tok.path(),
+             m.tok.vocab_size(), mc.vocab_size);
   }
 
-  models::GenerateOptions opt = runtime::TokenGenerateOptions(tok, loaded.config);
+  models::GenerateOptions opt = runtime::TokenGenerateOptions(m.tok, mc);
   opt.max_new_tokens = a.max_new_tokens;
   opt.temperature = a.temperature;
   opt.top_k = a.top_k;
   opt.top_p = a.top_p;
   opt.seed = a.seed;
 
-  const auto inputs = InputIds(a, tok, trained_chat_template, conversations);
-  for (size_t first = 0; first < inputs.size(); first += a.batch_size) {
-    const size_t last = std::min(inputs.size(), first + static_cast<size_t>(a.batch_size));
-    const std::vector<std::vector<int32_t>> ids(inputs.begin() + first, inputs.begin() + last);
-    auto out = models::Generate(model, ids, opt);
-    for (size_t i = 0; i < out.size(); ++i) {
-      const std::string answer = Trim(tok.Decode(out[i], /*skip_special_tokens=*/true));
-      // Invalid UTF-8 (a byte-level model can stop inside a character) is replaced, not thrown.
-      if (a.jsonl && a.chat.empty()) {
-        const nlohmann::json line = {{"prompt", a.prompts[first + i]}, {"answer", answer}};
-        fmt::print("{}\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-      } else if (a.jsonl) {
-        Json line = conversations[first + i].record;  // the input's key order kept
-        line["messages"].push_back(Json::object({{"role", "assistant"}, {"content", answer}}));
-        fmt::print("{}\n", line.dump(-1, ' ', false, Json::error_handler_t::replace));
-      } else {
-        fmt::print("{}\n", answer);
-      }
+  std::vector<std::vector<int32_t>> inputs;
+  if (root) inputs = InputIds(a, m.tok, m.trained_chat_template, conversations);
+  inputs = FromRoot(world.comm(), inputs);
+  auto print = [&](size_t index, const std::vector<int32_t>& ids) {
+    const std::string answer = Trim(m.tok.Decode(ids, /*skip_special_tokens=*/true));
+    // Invalid UTF-8 (a byte-level model can stop inside a character) is replaced, not thrown.
+    if (a.jsonl && a.chat.empty()) {
+      const nlohmann::json line = {{"prompt", a.prompts[index]}, {"answer", answer}};
+      fmt::print("{}\n", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    } else if (a.jsonl) {
+      Json line = conversations[index].record;  // the input's key order kept
+      line["messages"].push_back(Json::object({{"role", "assistant"}, {"content", answer}}));
+      fmt::print("{}\n", line.dump(-1, ' ', false, Json::error_handler_t::replace));
+    } else {
+      fmt::print("{}\n", answer);
     }
-    std::fflush(stdout);
-  }
+  };
+
+  // Batch k runs on dp rank k % dp (runtime/grid_generate.h); rank 0 prints the answers of each
+  // round of dp batches, in input order.
+  int64_t printed = 0;
+  runtime::GenerateOnGrid(model, m.whole ? nullptr : m.sharded.pm.get(), *grid, inputs,
+                          a.batch_size, opt,
+                          [&](int64_t index, const std::vector<int32_t>& ids) {
+                            if (!root) return;
+                            print(static_cast<size_t>(index), ids);
+                            if (++printed % a.batch_size == 0) std::fflush(stdout);
+                          });
+  if (root) std::fflush(stdout);
 }
 
 }  // namespace
@@ -289,6 +366,16 @@ void AddGenerateCommand(CLI::App& app, runtime::World& world) {
       ->capture_default_str();
   sub->add_option("--batch-size", args->batch_size, "prompts generated together")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->add_option("--tp", args->tp,
+                  "tensor parallelism: each rank holds 1/tp of every layer and its KV cache "
+                  "(under mpirun; dp = ranks / tp share the prompts)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->add_option("--zero", args->zero,
+                  "3: ZeRO-3, each rank keeps 1/dp of the model and gathers one layer at a time "
+                  "(0-2: every rank holds its whole model or tp shard)")
+      ->check(CLI::Range(0, 3))
       ->capture_default_str();
   sub->add_flag("--jsonl", args->jsonl,
                 "one JSON object per prompt, {\"prompt\": ..., \"answer\": ...} (with --chat: "

@@ -30,12 +30,24 @@ torch::Tensor SampleNext(const torch::Tensor& logits, const GenerateOptions& opt
   return torch::multinomial(l.softmax(-1), 1, /*replacement=*/false, gen).squeeze(-1);
 }
 
+void IdleForward(LlamaModel& model) {
+  torch::NoGradGuard no_grad;
+  model.ForwardHidden(torch::zeros({1, 1}, torch::dtype(torch::kLong).device(model.device())));
+}
+
 std::vector<std::vector<int32_t>> Generate(LlamaModel& model,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const GenerateOptions& opt) {
   const int64_t b = static_cast<int64_t>(prompts.size());
   std::vector<std::vector<int32_t>> out(b);
-  if (b == 0 || opt.max_new_tokens <= 0) return out;
+  if (b == 0 || opt.max_new_tokens <= 0) {
+    if (opt.lock_step) {
+      do {
+        IdleForward(model);
+      } while (opt.lock_step(false));
+    }
+    return out;
+  }
   if (opt.temperature < 0 || opt.top_p <= 0 || opt.top_p > 1 || opt.top_k < 0) {
     FT_THROW(ConfigError,
              "generation: temperature {} must be >= 0, top_p {} in (0, 1], top_k {} >= 0",
@@ -95,7 +107,17 @@ std::vector<std::vector<int32_t>> Generate(LlamaModel& model,
         --remaining;
       }
     }
-    if (remaining == 0 || step + 1 == opt.max_new_tokens) break;
+    const bool more = remaining > 0 && step + 1 < opt.max_new_tokens;
+    if (opt.lock_step) {
+      bool any = opt.lock_step(more);
+      if (!more) {
+        while (any) {
+          IdleForward(model);
+          any = opt.lock_step(false);
+        }
+      }
+    }
+    if (!more) break;
     fo.positions = next_pos.to(dev);
     hidden = model.ForwardHidden(next.unsqueeze(1).to(dev), fo);  // (B, 1, C)
     logits = model.Logits(hidden.select(1, -1));

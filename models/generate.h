@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "models/llama.h"
@@ -19,6 +20,13 @@ struct GenerateOptions {
   // Ids >= this are never produced (0 = no limit): a model whose embedding is padded past its
   // tokenizer's vocabulary must not emit ids the tokenizer cannot decode.
   int64_t vocab_limit = 0;
+  // Lock step with other processes whose forwards share collectives with this one's while they
+  // generate other prompts (ZeRO-3: every layer is all-gathered over the data-parallel ranks).
+  // Called after every forward with whether this call wants another; returns whether any process
+  // does. A call whose prompts are done (or that has none) makes idle forwards (IdleForward)
+  // while any other still generates, so every process makes the same number of forwards.
+  // Empty: no lock step (each call on its own).
+  std::function<bool(bool more)> lock_step;
 };
 
 // Continues each prompt (token ids, non-empty) and returns its new ids, prompt excluded; a
@@ -27,9 +35,19 @@ struct GenerateOptions {
 // counted per sequence, so each result equals running that prompt alone (up to floating-point
 // reduction order). Sampling happens on the CPU from one generator, so a seed gives the same
 // tokens on any device. Runs under NoGradGuard; the model is left unchanged.
+// The model may be a parallelized one (tensor-parallel shard, ZeRO-3 layers gathered by its
+// layer runner): its forwards then hold collectives, so every process of its groups calls
+// Generate at the same time, a tensor-parallel group with the same prompts and options (its
+// logits are all-gathered, so every rank samples the same tokens from the same generator), and
+// processes with other prompts under opt.lock_step. With opt.lock_step an empty `prompts` makes
+// only the idle forwards.
 std::vector<std::vector<int32_t>> Generate(LlamaModel& model,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const GenerateOptions& opt);
+
+// One forward of one token without a cache or logits: a process's share of the collectives of
+// a forward when it has nothing to generate (GenerateOptions::lock_step).
+void IdleForward(LlamaModel& model);
 
 // The sampling step alone: logits (B, V) -> next ids (B) int64 on the CPU, with opt's temperature,
 // top-k and top-p (greedy when temperature == 0). `gen` must be a CPU generator.

@@ -108,14 +108,10 @@ struct LinearCrossEntropySum : public torch::autograd::Function<LinearCrossEntro
 KVCache KVCache::Create(const LlamaModel& model, int64_t batch, int64_t max_len) {
   KVCache c;
   c.max_len = max_len;
-  const auto opts = torch::TensorOptions().dtype(model.dtype()).device(model.device());
-  for (const auto& layer : model.model->layer_list) {
-    const auto& attn = *layer->self_attn;
-    const int64_t hkv = attn.k_proj->weight.size(0) / attn.head_dim;
-    c.k.push_back(torch::zeros({batch, hkv, max_len, attn.head_dim}, opts));
-    c.v.push_back(torch::zeros({batch, hkv, max_len, attn.head_dim}, opts));
-  }
-  c.key_valid = torch::ones({batch, max_len}, opts.dtype(torch::kBool));
+  const size_t layers = model.model->layer_list.size();
+  c.k.resize(layers);
+  c.v.resize(layers);
+  c.key_valid = torch::ones({batch, max_len}, torch::dtype(torch::kBool).device(model.device()));
   return c;
 }
 
@@ -193,6 +189,10 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
   k = k * cos + RotateHalf(k) * sin;
   if (cache != nullptr) {
     const int64_t off = cache->length;
+    if (!cache->k[layer].defined()) {
+      cache->k[layer] = torch::zeros({b, nkv, cache->max_len, head_dim}, k.options());
+      cache->v[layer] = torch::zeros({b, nkv, cache->max_len, head_dim}, v.options());
+    }
     cache->k[layer].slice(2, off, off + t).copy_(k);
     cache->v[layer].slice(2, off, off + t).copy_(v);
     k = cache->k[layer].slice(2, 0, off + t);
@@ -411,12 +411,15 @@ torch::Tensor LlamaModel::ForwardHidden(const torch::Tensor& tokens, const Forwa
 
   auto x = Embed(tokens);  // (B, T, C)
   auto [cos, sin] = rotary_.CosSin(positions, x.scalar_type());
+  if (layer_runner && cache != nullptr && torch::GradMode::is_enabled()) {
+    FT_THROW(ModelError, "a KV cache with a layer runner needs no-grad mode (torch::NoGradGuard)");
+  }
   for (size_t i = 0; i < model->layer_list.size(); ++i) {
-    if (layer_runner && cache == nullptr) {
+    if (layer_runner) {
       auto layer = model->layer_list[i];
       const int64_t li = static_cast<int64_t>(i);
-      TensorHook run = [layer, cos = cos, sin = sin, mask, li](const torch::Tensor& h) {
-        return layer->forward(h, cos, sin, mask, nullptr, li);
+      TensorHook run = [layer, cos = cos, sin = sin, mask, cache, li](const torch::Tensor& h) {
+        return layer->forward(h, cos, sin, mask, cache, li);
       };
       x = layer_runner(li, x, run);
     } else {

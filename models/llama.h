@@ -35,15 +35,17 @@ namespace ftune::models {
 
 class LlamaModel;
 
-// Keys and values of every layer for incremental decoding; buffers are preallocated.
-// One cache serves one batch of sequences that advance in lock step.
+// Keys and values of every layer for incremental decoding. One cache serves one batch of
+// sequences that advance in lock step. A layer's buffers are allocated at its first forward, at
+// full capacity, with the head count its weights have then: under tensor parallelism this rank's
+// kv heads only (Hkv / tp), and under ZeRO-3 the layer is whole only while it computes.
 struct KVCache {
-  std::vector<torch::Tensor> k, v;  // per layer (B, Hkv, max_len, D), the model's dtype/device
+  std::vector<torch::Tensor> k, v;  // per layer (B, Hkv local, max_len, D): dtype, device of k
   torch::Tensor key_valid;          // (B, max_len) bool; false marks left padding (never attended)
   int64_t length = 0;               // positions filled so far
   int64_t max_len = 0;
 
-  // Sizes the buffers from the model (local kv heads taken from k_proj weights); all keys valid.
+  // One (not yet allocated) slot per decoder layer of the model; all keys valid.
   static KVCache Create(const LlamaModel& model, int64_t batch, int64_t max_len);
 };
 
@@ -183,7 +185,9 @@ class LlamaModel : public torch::nn::Module {
 
   std::shared_ptr<LlamaBackbone> model;
   torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
-  // Wraps each decoder layer's call when set (training only: not used with a KV cache).
+  // Wraps each decoder layer's call when set (ZeRO-3 gathering, activation checkpointing). With a
+  // KV cache it must run without autograd (generation's NoGradGuard): a recomputation in
+  // backward would append to the cache again.
   LayerRunner layer_runner;
 
  private:

@@ -105,7 +105,7 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
       t.set_data(at::empty({1}, on_device(t).requires_grad(false)).expand(t.sizes()));
     }
   }
-  for (size_t p = 0; p < params_.size(); ++p) {
+  for (size_t p = 0; p < params_.size() && !opt_.params_only; ++p) {
     hooks_.push_back(compat::AddPostAccumulateHook(
         params_[p].param, [this, p]() { OnGradAccumulated(static_cast<int>(p)); }));
   }
@@ -153,7 +153,9 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
           read(g[i], first - b->offsets[i], b->shard_param.narrow(0, first - b->lo, last - first));
         }
       }
-      b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
+      if (!opt_.params_only) {
+        b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
+      }
       for (int p : g) params_[p].param.set_data(at::empty({0}, on_device(params_[p].param)));
     } else {
       // The parameters become views of one flat buffer (identical on all ranks).
@@ -164,7 +166,11 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
         t.set_data(b->flat.narrow(0, b->offsets[i], t.numel()).view(t.sizes()));
       }
       auto mine = b->flat.narrow(0, b->lo, own);
-      b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
+      if (!opt_.params_only) b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
+    }
+    if (opt_.params_only) {
+      buckets_.push_back(std::move(b));
+      continue;
     }
     // Optimizer state lives where the parameters do (the GPU in GPU runs), in fp32.
     const auto fp32 = on_device(params_[g[0]].param).dtype(at::kFloat).requires_grad(false);
@@ -175,6 +181,8 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
   }
 
   for (auto& b : buckets_) BindGradViews(*b);
+  // Read only here: let go of what it holds (a memory-mapped checkpoint or file handle).
+  opt_.source = nullptr;
 }
 
 DataParallel::~DataParallel() {
@@ -199,7 +207,7 @@ int DataParallel::UnitOf(int param) const { return bucket_of_param_.at(param); }
 void DataParallel::BindGradViews(Bucket& b) {
   // ZeRO-2/3: gradients land in fresh tensors, are flattened when the bucket is complete and
   // freed once reduce-scattered, so the full gradient never exists all at once.
-  if (opt_.zero >= 2) return;
+  if (opt_.zero >= 2 || opt_.params_only) return;
   if (!b.grad.defined()) b.grad = at::zeros({b.numel}, b.flat.options());
   for (size_t i = 0; i < b.params.size(); ++i) {
     auto& t = params_[b.params[i]].param;
@@ -208,6 +216,7 @@ void DataParallel::BindGradViews(Bucket& b) {
 }
 
 void DataParallel::StartMicroBatch(bool sync) {
+  FT_CHECK(!opt_.params_only, "StartMicroBatch on a parameters-only DataParallel");
   sync_ = sync || opt_.zero == 3;  // ZeRO-3 keeps no full gradients between micro-batches
   for (auto& b : buckets_) {
     FT_CHECK(!b->work, "a reduction is still outstanding at the start of a micro-batch");
@@ -263,6 +272,7 @@ void DataParallel::FinishReduce(Bucket& b) {
 }
 
 void DataParallel::FinishGradSync() {
+  FT_CHECK(!opt_.params_only, "FinishGradSync on a parameters-only DataParallel");
   FT_CHECK(sync_, "FinishGradSync on a non-synchronising micro-batch");
   for (auto& b : buckets_) {
     if (!b->started) StartReduce(*b);
@@ -272,6 +282,7 @@ void DataParallel::FinishGradSync() {
 }
 
 at::Tensor DataParallel::ShardGradSquaredNorms() const {
+  FT_CHECK(!opt_.params_only, "ShardGradSquaredNorms of a parameters-only DataParallel");
   // On the parameters' device: the caller reduces it there and reads it once per step.
   auto total = at::zeros({2}, buckets_.empty() ? at::TensorOptions(at::kDouble)
                                                : buckets_[0]->master.options().dtype(at::kDouble));
@@ -292,6 +303,7 @@ at::Tensor DataParallel::ShardGradSquaredNorms() const {
 }
 
 void DataParallel::Step(const AdamWStep& s) {
+  FT_CHECK(!opt_.params_only, "Step on a parameters-only DataParallel");
   at::NoGradGuard ng;
   const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
   const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
@@ -397,6 +409,7 @@ int64_t DataParallel::ModelStateBytes() const {
     const int64_t own = b->hi - b->lo;
     const int64_t es = at::elementSize(b->dtype);
     bytes += opt_.zero == 3 ? own * es : b->numel * es;     // parameters
+    if (opt_.params_only) continue;
     bytes += opt_.zero >= 2 ? own * 4 : b->numel * es;      // gradients
     bytes += 2 * own * 4;                                   // Adam moments
     if (b->dtype != at::kFloat) bytes += own * 4;           // fp32 master weights
@@ -405,6 +418,7 @@ int64_t DataParallel::ModelStateBytes() const {
 }
 
 std::vector<DataParallel::ShardView> DataParallel::ShardViews() {
+  FT_CHECK(!opt_.params_only, "ShardViews of a parameters-only DataParallel (no master weights)");
   std::vector<ShardView> views;
   for (auto& b : buckets_) {
     for (size_t i = 0; i < b->params.size(); ++i) {
@@ -421,6 +435,7 @@ std::vector<DataParallel::ShardView> DataParallel::ShardViews() {
 }
 
 void DataParallel::LoadMasterIntoParams() {
+  FT_CHECK(!opt_.params_only, "LoadMasterIntoParams on a parameters-only DataParallel");
   at::NoGradGuard ng;
   for (auto& b : buckets_) PublishParams(*b);
   for (auto& b : buckets_) {

@@ -63,8 +63,13 @@ struct DataParallelOptions {
   at::Device device = at::kCPU;
   double bucket_mb = 25.0;
   // Empty: the parameters' current values. Set: the parameters' storage is never read; under
-  // ZeRO-3 only this rank's slices are requested, so no rank ever holds the whole model.
+  // ZeRO-3 only this rank's slices are requested, so no rank ever holds the whole model. Used
+  // in the constructor only, and dropped at its end (with whatever it holds).
   ParamSource source;
+  // Parameters only (evaluation, generation): no gradient hooks or buffers, no fp32 master
+  // copies, no optimizer state. The gradient, step and checkpoint methods then throw; the ZeRO-3
+  // gathers work as in training.
+  bool params_only = false;
 };
 
 struct AdamWStep {

@@ -243,5 +243,31 @@ CheckpointModel ReadNewestCheckpointModel(const std::string& arg, const std::str
 // other ranks the metadata and an empty tensor list.
 CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
                                           const std::string& option);
+// The same verification without the gather, for sharded loading (CheckpointModelReader next):
+// every rank reads and checksums its 1/size slice of one /model tensor at a time and keeps none
+// of it. Returns the metadata of the newest usable checkpoint on every rank.
+CheckpointMeta VerifyNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
+                                           const std::string& option);
+
+struct ShardInfo;  // runtime/parallelize.h
+
+// Reads parts of a checkpoint's /model tensors (fp32, full shape) for sharded loading: a
+// parallel::ParamSource calls Read for the elements its rank keeps. Verify the file first
+// (VerifyNewestCheckpointModel); this reads without checksums. Holds the file open read-only
+// (plain HDF5, this process alone); every call holds data::Hdf5Mutex().
+class CheckpointModelReader {
+ public:
+  explicit CheckpointModelReader(const std::string& path);
+  ~CheckpointModelReader();
+  CheckpointModelReader(const CheckpointModelReader&) = delete;
+  CheckpointModelReader& operator=(const CheckpointModelReader&) = delete;
+  // Elements [begin, begin + out.numel()) of the flattened local tensor that `info` cuts out of
+  // /model/<name>, converted to out's dtype; only the rows covering them are read.
+  void Read(const std::string& name, const ShardInfo& info, int64_t begin, at::Tensor out);
+
+ private:
+  std::string path_;
+  int64_t file_ = -1;  // hid_t
+};
 
 }  // namespace ftune::runtime

@@ -6,6 +6,7 @@
 #include "parallel/gather_strings.h"
 #include "runtime/checkpoint_internal.h"
 #include "runtime/log.h"
+#include "runtime/parallelize.h"
 
 namespace ftune::runtime {
 namespace {
@@ -16,9 +17,10 @@ using namespace checkpoint_detail;
 // [numel * r / size, numel * (r + 1) / size) of every tensor (one contiguous
 // range of the file, by an independent MPI-IO transfer), the crc32s of the
 // slices are combined and checked against the stored ones on every rank, and
-// the tensors are gathered on rank 0 (empty list elsewhere).
+// the tensors are gathered on rank 0 (empty list elsewhere). Without `gather` each slice is
+// dropped once checksummed and nothing is gathered (verification only).
 models::NamedTensors ReadModelCollective(parallel::Communicator& comm, const std::string& path,
-                                         CheckpointMeta& meta) {
+                                         CheckpointMeta& meta, bool gather = true) {
   H5Id file;
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   Phase(comm, "opening " + path, [&]() {
@@ -76,6 +78,7 @@ models::NamedTensors ReadModelCollective(parallel::Communicator& comm, const std
       entries.insert(entries.end(),
                      {static_cast<int64_t>(i), a * 4, (b - a) * 4,
                       static_cast<int64_t>(Crc32(mine[i].data_ptr<float>(), (b - a) * 4))});
+      if (!gather) mine[i] = at::Tensor();
     });
   }
   reads.Agree(comm, "reading " + path);
@@ -92,6 +95,7 @@ models::NamedTensors ReadModelCollective(parallel::Communicator& comm, const std
   });
   Phase(comm, "closing " + path, [&]() { H5_CHECK(IoError, file.Close(), "closing " + path); });
   models::NamedTensors out;
+  if (!gather) return out;
   for (size_t i = 0; i < shapes.size(); ++i) {
     auto full = torch::empty(shapes[i].second, torch::kFloat);
     auto flat = full.view({-1});
@@ -125,8 +129,11 @@ CheckpointModel ReadNewestCheckpointModel(const std::string& arg, const std::str
            option, arg, candidates.size());
 }
 
-CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
-                                          const std::string& option) {
+namespace {
+
+// The candidate files of `arg` (ResolveCheckpointArg on rank 0), the same list on every rank.
+std::vector<std::string> CandidatesOnEveryRank(parallel::Communicator& comm,
+                                               const std::string& arg, const std::string& option) {
   std::string joined;
   Phase(comm, "finding the checkpoints of " + arg, [&]() {
     if (comm.rank() != 0) return;
@@ -137,6 +144,14 @@ CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const st
   for (size_t a = 0, b; (b = joined.find('\n', a)) != std::string::npos; a = b + 1) {
     candidates.push_back(joined.substr(a, b - a));
   }
+  return candidates;
+}
+
+}  // namespace
+
+CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
+                                          const std::string& option) {
+  const auto candidates = CandidatesOnEveryRank(comm, arg, option);
   for (const auto& path : candidates) {
     try {
       CheckpointModel out;
@@ -148,6 +163,77 @@ CheckpointModel ReadNewestCheckpointModel(parallel::Communicator& comm, const st
   }
   FT_THROW(IoError, "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
            option, arg, candidates.size());
+}
+
+CheckpointMeta VerifyNewestCheckpointModel(parallel::Communicator& comm, const std::string& arg,
+                                           const std::string& option) {
+  const auto candidates = CandidatesOnEveryRank(comm, arg, option);
+  for (const auto& path : candidates) {
+    try {
+      CheckpointMeta meta;
+      ReadModelCollective(comm, path, meta, /*gather=*/false);
+      return meta;
+    } catch (const CorruptCheckpointError& e) {
+      LogWarn("checkpoint {} is unusable, trying the previous one: {}", path, e.what());
+    }
+  }
+  FT_THROW(IoError, "{} {}: none of its {} checkpoint(s) is usable (see the warnings above)",
+           option, arg, candidates.size());
+}
+
+CheckpointModelReader::CheckpointModelReader(const std::string& path) : path_(path) {
+  data::QuietHdf5();
+  H5Lock lock;
+  file_ = H5_CHECK(CorruptCheckpointError, H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                   "opening checkpoint " + path);
+}
+
+CheckpointModelReader::~CheckpointModelReader() {
+  H5Lock lock;
+  if (file_ >= 0) H5Fclose(static_cast<hid_t>(file_));
+}
+
+void CheckpointModelReader::Read(const std::string& name, const ShardInfo& info, int64_t begin,
+                                 at::Tensor out) {
+  const auto local = info.local_shape();
+  FT_CHECK(!local.empty(), "{}: a scalar parameter", name);
+  int64_t cols = 1;  // elements per row of the local tensor
+  for (size_t d = 1; d < local.size(); ++d) cols *= local[d];
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const int64_t r0 = begin / cols, r1 = (begin + n + cols - 1) / cols;
+  // The local rows [r0, r1) as one block of the full tensor.
+  std::vector<hsize_t> start(local.size(), 0), count(local.begin(), local.end());
+  start[0] = static_cast<hsize_t>(r0);
+  count[0] = static_cast<hsize_t>(r1 - r0);
+  if (info.sharded()) start[info.dim] += static_cast<hsize_t>(info.offset);
+  auto rows = torch::empty(std::vector<int64_t>(count.begin(), count.end()), torch::kFloat);
+  const std::string ds_name = DatasetName(name, 0);
+  const std::string ctx = fmt::format("checkpoint {} dataset {}", path_, ds_name);
+  {
+    H5Lock lock;
+    H5Id ds(H5_CHECK(CorruptCheckpointError,
+                     H5Dopen2(static_cast<hid_t>(file_), ds_name.c_str(), H5P_DEFAULT), ctx),
+            H5Dclose);
+    H5Id fspace(H5_CHECK(CorruptCheckpointError, H5Dget_space(ds.get()), ctx), H5Sclose);
+    std::vector<hsize_t> dims(std::max(0, H5Sget_simple_extent_ndims(fspace.get())));
+    if (!dims.empty()) H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
+    if (std::vector<int64_t>(dims.begin(), dims.end()) != info.full_shape) {
+      FT_THROW(ModelError, "{} has shape [{}], the model's is [{}]", ctx, fmt::join(dims, ", "),
+               fmt::join(info.full_shape, ", "));
+    }
+    H5_CHECK(IoError,
+             H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start.data(), nullptr,
+                                 count.data(), nullptr),
+             ctx);
+    hsize_t total = static_cast<hsize_t>(rows.numel());
+    H5Id mspace(H5_CHECK(IoError, H5Screate_simple(1, &total, nullptr), ctx), H5Sclose);
+    H5_CHECK(CorruptCheckpointError,
+             H5Dread(ds.get(), H5T_NATIVE_FLOAT, mspace.get(), fspace.get(), H5P_DEFAULT,
+                     rows.data_ptr<float>()),
+             ctx);
+  }
+  out.copy_(rows.view({-1}).narrow(0, begin - r0 * cols, n));
 }
 
 CheckpointMeta ReadCheckpointMeta(const std::string& path) {

@@ -204,11 +204,26 @@ std::vector<EvalExample> Evaluator::ReadExamples(int64_t limit,
   return out;
 }
 
+LossTotals Evaluator::Loss(ParallelModel& pm) {
+  pm.BeginForward();
+  const LossTotals tot = Loss(pm.model());
+  pm.ReleaseAll();
+  return tot;
+}
+
 GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samples) {
-  if (grid_.tp() > 1) {
-    FT_THROW(ConfigError, "generation metrics need whole models: parallel.tp is {} (evaluate "
-             "the exported model with ftune eval, which runs data parallel only)", grid_.tp());
-  }
+  return GenerateWith(model, max_samples, {});
+}
+
+GenerationResult Evaluator::Generate(ParallelModel& pm, int64_t max_samples) {
+  pm.BeginForward();  // ZeRO-3: embedding and head whole throughout, layers gathered per forward
+  GenerationResult res = GenerateWith(pm.model(), max_samples, pm.GenerationLockStep());
+  pm.ReleaseAll();
+  return res;
+}
+
+GenerationResult Evaluator::GenerateWith(models::LlamaModel& model, int64_t max_samples,
+                                         const std::function<bool(bool)>& lock_step) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t bs = cfg_.eval.batch_size, dp = grid_.dp(), rank = grid_.dp_rank();
   // Batch k (examples [k*bs, (k+1)*bs) in dataset order) runs on rank k % dp.
@@ -219,8 +234,19 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
   opt.top_k = cfg_.eval.top_k;
   opt.top_p = cfg_.eval.top_p;
   opt.seed = static_cast<uint64_t>(cfg_.run.seed);
+  opt.lock_step = lock_step;
 
   nlohmann::json local = nlohmann::json::array();
+  if (lock_step) {
+    // Every dp rank takes part in every forward: as many rounds as the rank with the most
+    // batches. Where the idle rounds go changes nothing (the lock step pairs forwards).
+    const int64_t batches = (static_cast<int64_t>(examples.size()) + bs - 1) / bs;
+    auto most = torch::tensor({batches}, torch::kLong);
+    grid_.dp_control().AllReduce(most, parallel::ReduceOp::kMax)->Wait();
+    for (int64_t idle = most.item<int64_t>() - batches; idle > 0; --idle) {
+      models::Generate(model, {}, opt);
+    }
+  }
   for (size_t first = 0; first < examples.size(); first += bs) {
     const size_t last = std::min(examples.size(), first + static_cast<size_t>(bs));
     std::vector<std::vector<int32_t>> prompts;
@@ -331,26 +357,21 @@ void TrainingEval::WriteTensorBoard(int64_t step, const LossTotals& loss,
   tb.AddText("eval/examples", md, step);
 }
 
-bool TrainingEval::Run(models::LlamaModel& model, int64_t step) {
+bool TrainingEval::Run(ParallelModel& pm, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
-  const LossTotals loss = evaluator_->Loss(model);
+  const LossTotals loss = evaluator_->Loss(pm);
   nlohmann::json j = {{"step", step}, {"eval_loss", loss.MeanNll()},
                       {"eval_ppl", loss.Perplexity()}, {"eval_targets", loss.targets}};
   std::string gen_text;
   std::optional<GenerationResult> gen;
   if (cfg_.eval.generate && cfg_.eval.max_samples != 0) {
-    if (grid_.tp() > 1) {
-      LogWarn("eval.generate is skipped with parallel.tp > 1 (run ftune eval on the exported "
-              "model)");
-    } else {
-      gen = evaluator_->Generate(model, cfg_.eval.max_samples);
-      const auto& g = *gen;
-      j["exact_match"] = g.totals.ExactMatchRate();
-      j["f1"] = g.totals.MeanF1();
-      j["eval_examples"] = g.totals.examples;
-      gen_text = fmt::format(" | exact match {:.1f}% | F1 {:.3f}",
-                             100 * g.totals.ExactMatchRate(), g.totals.MeanF1());
-    }
+    gen = evaluator_->Generate(pm, cfg_.eval.max_samples);
+    const auto& g = *gen;
+    j["exact_match"] = g.totals.ExactMatchRate();
+    j["f1"] = g.totals.MeanF1();
+    j["eval_examples"] = g.totals.examples;
+    gen_text = fmt::format(" | exact match {:.1f}% | F1 {:.3f}", 100 * g.totals.ExactMatchRate(),
+                           g.totals.MeanF1());
   }
   j["eval_s"] = Since(t0);
   const bool best = loss.MeanNll() < best_loss_;
@@ -386,28 +407,41 @@ void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer&
   }
 }
 
-std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
-                                                     c10::ScalarType dtype,
-                                                     const std::string& tokenizer_sha256) {
-  const std::string& p = path;
-  if (!files::Exists(p)) FT_THROW(IoError, "model {} does not exist", path);
-  if (files::IsDirectory(p) && files::Exists(files::Join(p, "config.json"))) {
-    if (!tokenizer_sha256.empty() && files::Exists(files::Join(p, "tokenizer.json"))) {
-      const std::string sha = data::Sha256File(files::Join(p, "tokenizer.json"));
-      if (sha != tokenizer_sha256) {
-        FT_THROW(DataError, "model {} comes with another tokenizer (tokenizer.json sha256 {}) "
-                 "than the dataset was prepared with (sha256 {}): prepare the data with the "
-                 "model's tokenizer (tokenizer.path) or evaluate a model that uses it",
-                 path, sha, tokenizer_sha256);
-      }
-    }
-    auto loaded = models::LoadHf(path, dtype);
-    LogNotesOnce(loaded.config.notes);
-    return loaded.model;
+namespace {
+
+bool IsHfDir(const std::string& path) {
+  return files::IsDirectory(path) && files::Exists(files::Join(path, "config.json"));
+}
+
+// An HF directory's tokenizer.json must be the dataset's (when both are known).
+void CheckHfTokenizer(const std::string& path, const std::string& tokenizer_sha256) {
+  if (tokenizer_sha256.empty() || !files::Exists(files::Join(path, "tokenizer.json"))) return;
+  const std::string sha = data::Sha256File(files::Join(path, "tokenizer.json"));
+  if (sha != tokenizer_sha256) {
+    FT_THROW(DataError, "model {} comes with another tokenizer (tokenizer.json sha256 {}) "
+             "than the dataset was prepared with (sha256 {}): prepare the data with the "
+             "model's tokenizer (tokenizer.path) or evaluate a model that uses it",
+             path, sha, tokenizer_sha256);
   }
-  // An ftune training checkpoint: a step_N.h5 file, a checkpoint directory or a run directory.
+}
+
+// A checkpoint's run's tokenizer must be the dataset's (when both are known).
+void CheckCheckpointTokenizer(const CheckpointMeta& meta, const std::string& tokenizer_sha256) {
+  const std::string tok_json = files::Join(meta.tokenizer_dir, "tokenizer.json");
+  if (tokenizer_sha256.empty() || !files::Exists(tok_json)) return;
+  const std::string sha = data::Sha256File(tok_json);
+  if (sha != tokenizer_sha256) {
+    FT_THROW(DataError, "checkpoint {} was trained with another tokenizer ({}, sha256 {}) "
+             "than the dataset was prepared with (sha256 {})", meta.path, tok_json,
+             sha, tokenizer_sha256);
+  }
+}
+
+// `path` is not an HF directory: when it is a directory, it must hold a complete step_N.h5
+// (itself or its checkpoints/), else a ModelError saying what it holds.
+void CheckCheckpointDir(const std::string& path) {
   bool complete = false, any = false;
-  for (const std::string& d : {p, files::Join(p, "checkpoints")}) {
+  for (const std::string& d : {path, files::Join(path, "checkpoints")}) {
     if (!files::IsDirectory(d)) continue;
     for (const auto& name : files::ListDir(d)) {
       bool c = false;
@@ -417,28 +451,75 @@ std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
       }
     }
   }
-  if (files::IsDirectory(p) && !complete) {
+  if (files::IsDirectory(path) && !complete) {
     FT_THROW(ModelError, "{} holds no complete checkpoint ({}) and is not an HF model "
              "directory (no config.json): pass an HF directory (e.g. <run>/final) or a "
              "checkpoint directory holding a finished step_N.h5", path,
              any ? "only unfinished step_N.h5.tmp files" : "no step_N.h5 file");
   }
+}
+
+}  // namespace
+
+std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
+                                                     c10::ScalarType dtype,
+                                                     const std::string& tokenizer_sha256) {
+  if (!files::Exists(path)) FT_THROW(IoError, "model {} does not exist", path);
+  if (IsHfDir(path)) {
+    CheckHfTokenizer(path, tokenizer_sha256);
+    auto loaded = models::LoadHf(path, dtype);
+    LogNotesOnce(loaded.config.notes);
+    return loaded.model;
+  }
+  // An ftune training checkpoint: a step_N.h5 file, a checkpoint directory or a run directory.
+  CheckCheckpointDir(path);
   const auto ck = ReadNewestCheckpointModel(path, "model");
   const CheckpointMeta& meta = ck.meta;
-  const std::string tok_json = files::Join(meta.tokenizer_dir, "tokenizer.json");
-  if (!tokenizer_sha256.empty() && files::Exists(tok_json)) {
-    const std::string sha = data::Sha256File(tok_json);
-    if (sha != tokenizer_sha256) {
-      FT_THROW(DataError, "checkpoint {} was trained with another tokenizer ({}, sha256 {}) "
-               "than the dataset was prepared with (sha256 {})", meta.path, tok_json,
-               sha, tokenizer_sha256);
-    }
-  }
+  CheckCheckpointTokenizer(meta, tokenizer_sha256);
   const auto cfg = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
                                                  meta.path + " /state model_config");
   auto model = models::ModelFromTensors(cfg, ck.tensors, dtype, "checkpoint " + meta.path).model;
   LogInfo("loaded checkpoint {} (step {}) for evaluation", meta.path, meta.state.step);
   return model;
+}
+
+bool WholeModelLayout(const Config& cfg) { return cfg.parallel.tp == 1 && cfg.parallel.zero < 3; }
+
+ShardedModel LoadShardedModel(const std::string& path, const Config& cfg,
+                              parallel::ProcessGrid& grid, const std::string& tokenizer_sha256,
+                              const std::string& what) {
+  const auto dtype = models::ParseDtype(cfg.model.dtype);
+  if (!files::Exists(path)) FT_THROW(IoError, "{}: {} does not exist", what, path);
+  ShardedModel out;
+  ModelShard shard;
+  parallel::ParamSource source;
+  if (IsHfDir(path)) {
+    CheckHfTokenizer(path, tokenizer_sha256);
+    models::HfWeights hf = models::OpenHf(path);  // checks names and shapes, reads none
+    out.notes = hf.config.notes;
+    shard = UnmaterialisedShard(hf.config, dtype, grid);
+    source = SafetensorsSource(hf.tensors, shard.layout);
+  } else {
+    CheckCheckpointDir(path);
+    const CheckpointMeta meta = VerifyNewestCheckpointModel(grid.world(), path, what);
+    CheckCheckpointTokenizer(meta, tokenizer_sha256);
+    const auto mc = models::LlamaConfig::FromJson(nlohmann::json::parse(meta.model_config_json),
+                                                  meta.path + " /state model_config");
+    shard = UnmaterialisedShard(mc, dtype, grid);
+    auto reader = std::make_shared<CheckpointModelReader>(meta.path);
+    source = [reader, layout = shard.layout](const parallel::ParamSpec& spec, int64_t begin,
+                                             at::Tensor dst) {
+      reader->Read(spec.name, layout.at(spec.name), begin, dst);
+    };
+    out.checkpoint = meta.path;
+    out.checkpoint_step = meta.state.step;
+    out.tokenizer_dir = meta.tokenizer_dir;
+    out.config_yaml = meta.config_yaml;
+  }
+  out.pm = std::make_unique<ParallelModel>(shard.model, grid, cfg, std::move(source),
+                                           /*params_only=*/true);
+  out.pm->model().eval();
+  return out;
 }
 
 }  // namespace ftune::runtime

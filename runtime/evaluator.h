@@ -29,8 +29,15 @@
 // tokens, and compared with the reference (eval_metrics.h). Per-example results are all-gathered,
 // so every rank returns all of them, ordered by (document index, turn).
 //
+// Layouts. The model may be whole on every rank, a tensor-parallel shard (every rank of a tp group
+// runs the same batches; its logits are all-gathered, so the group samples the same tokens), or a
+// ParallelModel under ZeRO-3 (layers gathered one at a time, also per generated token; the dp
+// ranks generate their batches in lock step, ParallelModel::GenerationLockStep). Greedy answers
+// and, since every batch is sampled from a generator seeded with run.seed whatever rank runs it,
+// sampled answers are the same in every layout (up to floating-point reduction order).
+//
 // Collective: every rank of the grid constructs the Evaluator and calls each method in the same
-// order. Generation needs whole (not tensor-parallel) models: with parallel.tp > 1 it throws.
+// order.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +52,7 @@
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/eval_metrics.h"
+#include "runtime/parallelize.h"
 
 namespace ftune::runtime {
 
@@ -82,11 +90,16 @@ class Evaluator {
             parallel::ProcessGrid& grid);
 
   // Mean NLL over the whole test split (see the header comment). Collective over the grid.
+  // `model`: whole, or a tensor-parallel shard, or a ParallelModel's model between its
+  // BeginForward and ReleaseAll; the ParallelModel overload makes that bracket itself.
   LossTotals Loss(models::LlamaModel& model);
+  LossTotals Loss(ParallelModel& pm);
 
   // Generation metrics on the first `max_samples` examples (trained turns; -1 = all).
-  // Collective over the grid.
+  // Collective over the grid. `model`: whole or a tensor-parallel shard (not ZeRO-3: use the
+  // ParallelModel overload, which gathers its layers one at a time in lock step over dp).
   GenerationResult Generate(models::LlamaModel& model, int64_t max_samples);
+  GenerationResult Generate(ParallelModel& pm, int64_t max_samples);
 
   int64_t num_test_examples() const { return manifest_.test.num_docs; }
   int64_t num_test_tokens() const { return manifest_.test.num_tokens; }
@@ -98,6 +111,10 @@ class Evaluator {
   // document (hyperslabs only) up to the last example counted.
   std::vector<EvalExample> ReadExamples(int64_t limit,
                                         const std::function<bool(int64_t)>& keep) const;
+  // Generate with models::GenerateOptions::lock_step set to `lock_step` (empty: none); under a
+  // lock step every dp rank runs as many batches as the one with the most (idle ones empty).
+  GenerationResult GenerateWith(models::LlamaModel& model, int64_t max_samples,
+                                const std::function<bool(bool)>& lock_step);
 
   const Config& cfg_;
   std::string dir_;
@@ -111,8 +128,8 @@ class Evaluator {
 // metrics on eval.max_samples examples) is computed and appended to <run>/metrics.jsonl as
 // {"step", "eval_loss", "eval_ppl", ["exact_match", "f1"]}; the best step by eval loss is kept in
 // <run>/best.json ({"step", "eval_loss", "eval_ppl"}, read back on resume). Disabled, with one log
-// line, when the dataset has no test split. Collective over the grid: the caller makes the
-// model whole (ZeRO-3 gathered) around Run().
+// line, when the dataset has no test split. Collective over the grid; runs on the training
+// layout (tensor-parallel shards, ZeRO-3 layers gathered one at a time), never whole models.
 class TrainingEval {
  public:
   TrainingEval(const Config& cfg, const data::Tokenizer& tok, parallel::ProcessGrid& grid);
@@ -120,7 +137,7 @@ class TrainingEval {
   bool enabled() const { return evaluator_ != nullptr; }
   bool Due(int64_t step, int64_t total_steps) const;
   // Returns whether `step` is the best so far (then best.json names it).
-  bool Run(models::LlamaModel& model, int64_t step);
+  bool Run(ParallelModel& pm, int64_t step);
 
  private:
   // Rank 0: eval scalars (loss, perplexity, exact match overall and per task, F1) and the first
@@ -151,5 +168,32 @@ void CheckModelTokenizer(const models::LlamaModel& model, const data::Tokenizer&
 std::shared_ptr<models::LlamaModel> LoadModelForEval(const std::string& path,
                                                      c10::ScalarType dtype,
                                                      const std::string& tokenizer_sha256);
+
+// Whether `cfg`'s layout keeps whole models on every rank (parallel.tp 1, parallel.zero < 3):
+// then evaluation and generation load them with LoadModelForEval, as on one rank.
+bool WholeModelLayout(const Config& cfg);
+
+// What LoadShardedModel loaded.
+struct ShardedModel {
+  std::unique_ptr<ParallelModel> pm;
+  std::string checkpoint;        // the checkpoint file used ("" for an HF directory)
+  int64_t checkpoint_step = -1;
+  std::string tokenizer_dir;     // a checkpoint's run's tokenizer directory ("" for HF)
+  std::string config_yaml;       // a checkpoint's resolved run config ("" for HF)
+  LoadNotes notes;               // an HF directory's config.json notes, for LogNotesOnce
+};
+
+// The model at `path` (an HF directory or an ftune checkpoint, as LoadModelForEval) laid out over
+// `grid` as `cfg` trains it, for evaluation and generation: this rank's tensor-parallel shard
+// (parallel.tp), under parallel.zero 3 only its 1/dp of that between uses; in model.dtype, on the
+// grid's device, parameters only (no gradients or optimizer state). Each rank reads only the
+// elements it keeps: from the memory-mapped safetensors, or from the checkpoint's /model datasets
+// after the checkpoint was verified collectively (each rank checksums a 1/world slice of every
+// tensor, as a collective export does; a damaged newest checkpoint falls back to the previous
+// one). `tokenizer_sha256` as LoadModelForEval's; `what` names the model in messages
+// ("--model X"). Collective over the grid.
+ShardedModel LoadShardedModel(const std::string& path, const Config& cfg,
+                              parallel::ProcessGrid& grid, const std::string& tokenizer_sha256,
+                              const std::string& what);
 
 }  // namespace ftune::runtime

@@ -151,22 +151,34 @@ TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
   models::HfWeights hf = models::OpenHf(cfg.model.path);  // checks names and shapes, reads none
   LogNotesOnce(hf.config.notes);
   CheckVocab(hf.config, tok);
+  ModelShard shard = UnmaterialisedShard(hf.config, RunDtype(cfg), grid);
   TrainModel out;
-  std::map<std::string, ShardInfo> layout;
+  out.model = shard.model;
+  out.source = SafetensorsSource(hf.tensors, std::move(shard.layout));
+  return out;
+}
+
+ModelShard UnmaterialisedShard(const models::LlamaConfig& mc, c10::ScalarType dtype,
+                               parallel::ProcessGrid& grid) {
+  ModelShard out;
   if (grid.tp() > 1) {
-    auto tp = std::make_shared<TensorParallelLlama>(hf.config, grid);
-    layout = tp->layout();
+    auto tp = std::make_shared<TensorParallelLlama>(mc, grid);
+    out.layout = tp->layout();
     out.model = tp;
   } else {
-    out.model = std::make_shared<models::LlamaModel>(hf.config, /*materialize=*/false);
-    layout = TensorParallelLayout(hf.config, 1, 0);
+    out.model = std::make_shared<models::LlamaModel>(mc, /*materialize=*/false);
+    out.layout = TensorParallelLayout(mc, 1, 0);
   }
-  models::Unmaterialize(*out.model, RunDtype(cfg));
-  out.source = [st = hf.tensors, layout](const parallel::ParamSpec& spec, int64_t begin,
-                                         at::Tensor dst) {
+  models::Unmaterialize(*out.model, dtype);
+  return out;
+}
+
+parallel::ParamSource SafetensorsSource(std::shared_ptr<models::SafetensorsCheckpoint> st,
+                                        std::map<std::string, ShardInfo> layout) {
+  return [st = std::move(st), layout = std::move(layout)](const parallel::ParamSpec& spec,
+                                                          int64_t begin, at::Tensor dst) {
     ReadShardRange(*st, spec.name, layout.at(spec.name), begin, dst);
   };
-  return out;
 }
 
 void ExportRunModel(models::LlamaModel& model, parallel::ProcessGrid& grid,

@@ -1,17 +1,20 @@
 // Building the model a run trains or evaluates, and writing it back out.
 #pragma once
 
-#include <memory>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "models/generate.h"
 #include "models/llama.h"
+#include "models/safetensors.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
+#include "runtime/parallelize.h"
 
 namespace ftune::runtime {
 
@@ -65,6 +68,20 @@ struct TrainModel {
 // model (model.arch) is built whole, as BuildRunModel does, and `source` stays empty.
 TrainModel BuildTrainModel(const Config& cfg, const data::Tokenizer& tok,
                            parallel::ProcessGrid& grid);
+
+// This rank's part of a `mc` model before its weights are loaded: the tensor-parallel shard
+// (TensorParallelLlama) when grid.tp() > 1, else the whole shape, unmaterialised
+// (models::Unmaterialize) in `dtype`; and where each of its parameters sits in the full tensor.
+struct ModelShard {
+  std::shared_ptr<models::LlamaModel> model;
+  std::map<std::string, ShardInfo> layout;
+};
+ModelShard UnmaterialisedShard(const models::LlamaConfig& mc, c10::ScalarType dtype,
+                               parallel::ProcessGrid& grid);
+// A ParamSource (sharded loading) copying each requested range of a parameter's local tensor,
+// as `layout` places it, out of the memory-mapped safetensors `st`: only the rows covering it.
+parallel::ParamSource SafetensorsSource(std::shared_ptr<models::SafetensorsCheckpoint> st,
+                                        std::map<std::string, ShardInfo> layout);
 
 // Calls its argument with each parameter's name and tensor (this rank's tensor-parallel slice,
 // else the whole tensor), in the same order on every rank; Trainer::VisitParams is one.

@@ -212,7 +212,7 @@ std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel
 
 ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
                              parallel::ProcessGrid& grid, const Config& cfg,
-                             parallel::ParamSource source)
+                             parallel::ParamSource source, bool params_only)
     : model_(std::move(model)), grid_(grid) {
   const auto* tp = dynamic_cast<const TensorParallelLlama*>(model_.get());
   std::vector<parallel::ParamSpec> specs;
@@ -237,6 +237,7 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
   opt.bucket_mb = cfg.parallel.bucket_mb;
   opt.device = grid.device();
   opt.source = std::move(source);
+  opt.params_only = params_only;
   // Units whose first parameter is known, before DataParallel takes the specs.
   std::vector<int> first_param;
   for (const auto& u : units) first_param.push_back(u.empty() ? -1 : u.front());
@@ -254,10 +255,16 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
       layer_units_.at(std::stoi(name.substr(name.find('.') + 1))) = unit;  // "layer.<i>"
     }
   }
-  if (dp_->zero() == 3 || cfg.train.activation_checkpointing) {
+  if (dp_->zero() == 3 || (cfg.train.activation_checkpointing && !params_only)) {
     model_->layer_runner = [this](int64_t layer, const torch::Tensor& x,
                                   const models::TensorHook& run) {
-      return CheckpointedLayer(x, run, HooksFor(layer));
+      if (torch::GradMode::is_enabled()) return CheckpointedLayer(x, run, HooksFor(layer));
+      // Nothing to recompute: the gather/release hooks around the plain call.
+      const LayerHooks hooks = HooksFor(layer);
+      if (hooks.before_forward) hooks.before_forward();
+      auto y = run(x);
+      if (hooks.after_forward) hooks.after_forward();
+      return y;
     };
   }
 }
@@ -332,6 +339,18 @@ void ParallelModel::VisitParams(
     for (int p : by_unit[u]) fn(params[p].name, params[p].param);
     dp_->ReleaseUnit(u);
   }
+}
+
+bool ParallelModel::zero3() const { return dp_->zero() == 3; }
+
+std::function<bool(bool)> ParallelModel::GenerationLockStep() {
+  if (dp_->zero() != 3 || grid_.dp() == 1) return {};
+  parallel::Communicator* dp = &grid_.dp_control();
+  return [dp](bool more) {
+    auto flag = torch::tensor({more ? 1 : 0}, torch::kInt);
+    dp->AllReduce(flag, parallel::ReduceOp::kMax)->Wait();
+    return flag.item<int>() != 0;
+  };
 }
 
 double ParallelModel::FlopsPerToken(int64_t seq_len) const {

@@ -114,13 +114,19 @@ std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel
 // checkpointing (train.activation_checkpointing). Parameters, gradients and optimizer state live
 // on grid.device().
 //
+// Outside autograd (evaluation, generation) a layer runs between its ZeRO-3 hooks without the
+// checkpointing wrapper; with a KV cache too, so generation gathers one layer at a time as
+// training does and no rank ever holds the whole model (its tensor-parallel shard) at once.
+//
 // Collective: every rank of the grid builds it and calls its gathers in the same order.
 class ParallelModel {
  public:
   // `source`: where the parameters' initial values come from when the model is unmaterialised
-  // (BuildTrainModel); empty = the model's current values.
+  // (BuildTrainModel); empty = the model's current values. `params_only`: for evaluation and
+  // generation (parallel::DataParallelOptions::params_only: no gradients, master weights or
+  // optimizer state).
   ParallelModel(std::shared_ptr<models::LlamaModel> model, parallel::ProcessGrid& grid,
-                const Config& cfg, parallel::ParamSource source = {});
+                const Config& cfg, parallel::ParamSource source = {}, bool params_only = false);
   ~ParallelModel();
 
   models::LlamaModel& model() { return *model_; }
@@ -145,6 +151,12 @@ class ParallelModel {
   // Under ZeRO-3 the units are gathered one at a time and released after their calls, so a rank
   // holds one unit whole at a time, unless fn keeps references. For export.
   void VisitParams(const std::function<void(const std::string&, const torch::Tensor&)>& fn);
+  // For models::GenerateOptions::lock_step. Under ZeRO-3 with dp > 1 every forward gathers the
+  // layers over the dp ranks, which generate different prompts: an all-reduce (max) over the dp
+  // axis' control communicator of "this rank wants another forward". Empty otherwise: no forward
+  // collective crosses dp ranks then (tensor-parallel ranks generate the same prompts).
+  std::function<bool(bool more)> GenerationLockStep();
+  bool zero3() const;
   // FLOPs per trained token (PaLM: 6N + 12 L d T, N = parameters without the input embedding).
   double FlopsPerToken(int64_t seq_len) const;
 

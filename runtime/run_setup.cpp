@@ -65,7 +65,7 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
   return cfg;
 }
 
-std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg) {
+std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg, bool log) {
   parallel::GridOptions opt;
   opt.dp = cfg.parallel.dp;
   opt.tp = cfg.parallel.tp;
@@ -74,6 +74,7 @@ std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg)
   opt.device_shared = world.device_shared();
   opt.timeout_s = cfg.parallel.timeout_s;
   auto grid = std::make_unique<parallel::ProcessGrid>(world.comm(), opt);
+  if (!log) return grid;
   LogInfo("placement: dp {} x tp {} on {} (rank 0's device), data communicators {}, control MPI",
           grid->dp(), grid->tp(), grid->device().str(), grid->backend());
   return grid;

@@ -26,7 +26,8 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
 // The run's placement, decided here and nowhere else: parallel.dp x parallel.tp over the world,
 // this rank's device (World's), the data communicators' backend (parallel.backend; auto = NCCL on
 // a GPU no other rank of the node shares, else MPI) and parallel.timeout_s on every
-// communicator. Logs the placement on rank 0. Collective over the world.
-std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg);
+// communicator. Logs the placement on rank 0 unless `log` is false (a command whose standard
+// output is its result). Collective over the world.
+std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg, bool log = true);
 
 }  // namespace ftune::runtime

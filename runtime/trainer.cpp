@@ -199,16 +199,9 @@ Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const
 
 bool Trainer::MaybeEval(TrainingEval* eval, const StepStats& s, int64_t total_steps) {
   if (eval == nullptr || !eval->Due(s.step, total_steps)) return false;
-  // ZeRO-3: the loss pass gathers one layer at a time, as training does; generation
-  // (eval.generate) runs the model once per new token, so it gets the whole model.
-  if (cfg_.eval.generate) {
-    pm_->GatherAll();
-  } else {
-    pm_->BeginForward();
-  }
-  const bool best = eval->Run(pm_->model(), s.step);
-  pm_->ReleaseAll();
-  return best;
+  // On the training layout: ZeRO-3 layers gathered one at a time, for the loss and for every
+  // generated token alike.
+  return eval->Run(*pm_, s.step);
 }
 
 int Trainer::MaybeCheckpoint(CheckpointManager& ckpt, const StepStats& s, int64_t total_steps,

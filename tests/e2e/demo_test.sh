@@ -2,7 +2,9 @@
 # e2e: a shortened cluster/demo.sh (a few steps each) and what `ftune eval` promises:
 #   pretrain -> export -> prepare -> finetune with eval.every (metrics.jsonl, best.json) ->
 #   eval --compare under mpirun -np 2 (eval.json, eval_examples.jsonl, report.md, loss_curve.svg
-#   all parse) -> the same eval at 1 rank gives identical metrics -> generate before/after ->
+#   all parse) -> the same eval at 1 rank gives identical metrics -> eval in the sharded layouts
+#   (tp 2, dp 2 x ZeRO-3, tp 2 from the checkpoint) equals it -> eval.generate during training in
+#   tp 2 and ZeRO-3 -> generate before/after, also under mpirun in tp 2 and ZeRO-3 ->
 #   the C++ API examples (runner_example, finetune_example) -> bad inputs fail clearly before
 #   any compute (dataset/model tokenizer mismatch, --compare with another vocabulary, empty test
 #   split, checkpoint directory without a complete checkpoint).
@@ -109,6 +111,44 @@ assert a["exact"] == b["exact"] and a["targets"] == b["targets"], (a, b)
 assert math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=1e-9), (a, b)
 PY
 
+# The layouts the model trains in, at 2 ranks: tp 2, dp 2 x ZeRO-3 (each rank loads only its
+# shard of the HF directory), and tp 2 from the checkpoint: the 1-rank answers, exact matches and
+# targets, the loss within fp32 reduction noise.
+LAYOUTS=("final parallel.tp=2" "final parallel.zero=3" "ckpt parallel.tp=2")
+for l in "${LAYOUTS[@]}"; do
+  set -- $l
+  out=layout_$1_${2//[.=]/_}
+  model="$S/ft/final"; [ "$1" = ckpt ] && model="$S/ft"
+  run $out.out $MPIRUN -np 2 "$FTUNE" eval "${EV[@]}" --set run.output_dir="$S/$out" \
+    --set data.dir="$S/ft/data" --set "$2" --model "$model"
+done
+python3 - "$S" <<'PY' && echo "ok: eval in tp 2, dp 2 x ZeRO-3 and tp 2 from the checkpoint equals 1 rank" || { echo "FAIL: sharded eval"; fail=1; }
+import json, sys, math
+s = sys.argv[1]
+for out, ref in (("layout_final_parallel_tp_2", "ft"), ("layout_final_parallel_zero_3", "ft"),
+                 ("layout_ckpt_parallel_tp_2", "ckpt_eval")):
+    a, b = json.load(open(f"{s}/{out}/eval.json")), json.load(open(f"{s}/{ref}/eval.json"))
+    for who in ("model", "base") if "base" in a else ("model",):
+        x, y = a[who], b[who]
+        for k in ("targets", "exact", "generated_examples"):
+            assert x[k] == y[k], (out, who, k, x[k], y[k])
+        assert math.isclose(x["eval_loss"], y["eval_loss"], rel_tol=1e-5), (out, who, x, y)
+    if ref == "ft":
+        ex = [json.loads(l) for l in open(f"{s}/{out}/eval_examples.jsonl")]
+        ex1 = [json.loads(l) for l in open(f"{s}/ft/eval_examples.jsonl")]
+        assert [(e["answer"], e["base_answer"]) for e in ex] == \
+               [(e["answer"], e["base_answer"]) for e in ex1], out
+PY
+check "sharded eval names its layout" "grep -q 'dp 1 x tp 2, each rank its shard' $S/layout_final_parallel_tp_2.out"
+# eval.generate during training in tp 2 and in dp 2 x ZeRO-3 (layers gathered per token).
+for layout in "parallel.tp=2" "parallel.zero=3"; do
+  out=train_${layout//[.=]/_}
+  run $out.out $MPIRUN -np 2 "$FTUNE" train "${FT[@]}" --set run.output_dir="$S/$out" \
+    --set data.dir="$S/ft/data" --set train.steps=2 --set eval.every=2 --set "$layout"
+  check "eval.generate during training with $layout" \
+    "grep -q '\"exact_match\"' $S/$out/metrics.jsonl && grep -q '\"eval_examples\": *8' $S/$out/metrics.jsonl"
+done
+
 # The bundled inputs are what make_demo_data.py writes (its assertions: the before/after
 # questions and what they ask about are in neither file), and the questions are not in the data.
 python3 configs/demo/make_demo_data.py --out "$S/demo_data" > /dev/null
@@ -138,6 +178,19 @@ assert all(isinstance(r["answer"], str) for r in recs), recs
 alone = open(sys.argv[2]).read().rstrip("\n")
 assert recs[1]["answer"] == alone, (recs[1]["answer"], alone)
 PY
+# Under mpirun in tp 2 and in dp 2 x ZeRO-3 (batches of 2 over the dp ranks): the same answers,
+# greedy and sampled with a seed.
+GEN=(--model "$S/ft/final" --max-new-tokens 6 --jsonl --prompt "Is 7 even or odd?"
+     --prompt "Spell 'tune' backwards." --prompt "x")
+run gen_s.jsonl "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7
+run gen_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --tp 2
+run gen_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --zero 3 --batch-size 2
+run gen_s_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --tp 2
+run gen_s_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --zero 3
+check "generate --tp 2 answers as 1 rank" "cmp $S/gen.jsonl $S/gen_tp2.jsonl"
+check "generate --zero 3 answers as 1 rank" "cmp $S/gen.jsonl $S/gen_z3.jsonl"
+check "sampled generate --tp 2 answers as 1 rank" "cmp $S/gen_s.jsonl $S/gen_s_tp2.jsonl"
+check "sampled generate --zero 3 answers as 1 rank" "cmp $S/gen_s.jsonl $S/gen_s_z3.jsonl"
 if [ -x "$BIN/runner_example" ]; then
   run runner.out "$BIN/runner_example" "$S/ft/final" "Spell 'cat' backwards." "Is 3 even or odd?"
   check "runner_example prints one answer per prompt" "[ \$(wc -l < $S/runner.out) -eq 2 ]"
