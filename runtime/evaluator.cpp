@@ -28,7 +28,7 @@
 namespace ftune::runtime {
 namespace {
 
-double Since(std::chrono::steady_clock::time_point t0) {
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -268,7 +268,7 @@ GenerationResult Evaluator::Generate(models::LlamaModel& model, int64_t max_samp
     res.totals.exact += a.exact ? 1 : 0;
     res.totals.f1_sum += a.f1;
   }
-  res.seconds = Since(t0);
+  res.seconds = SecondsSince(t0);
   return res;
 }
 
@@ -319,11 +319,11 @@ void TrainingEval::Run(models::LlamaModel& model, int64_t step) {
                              100 * g.totals.ExactMatchRate(), g.totals.MeanF1());
     }
   }
-  j["eval_s"] = Since(t0);
+  j["eval_s"] = SecondsSince(t0);
   const bool best = loss.MeanNll() < best_loss_;
   if (best) best_loss_ = loss.MeanNll();
   LogInfo("eval at step {}: loss {:.4f} | ppl {:.3f}{}{} ({:.1f} s)", step, loss.MeanNll(),
-          loss.Perplexity(), gen_text, best ? " | best so far" : "", Since(t0));
+          loss.Perplexity(), gen_text, best ? " | best so far" : "", SecondsSince(t0));
   if (grid_.world().rank() != 0) return;
   {
     std::ofstream out(RunPath(cfg_, "metrics.jsonl"), std::ios::app);
