@@ -18,7 +18,8 @@ struct DataParallel::Bucket {
 
   at::Tensor flat;        // zero 0-2: the parameters' storage (compute dtype), all of it
   at::Tensor shard_param; // zero 3: the only persistent copy, this rank's slice
-  at::Tensor full;        // zero 3: gathered parameters while the unit is in use
+  at::Tensor full;        // zero 3: gathered parameters while the unit is in use; after
+                          // ReleaseUnitUntilBackward a storage object without memory
   at::Tensor master;      // fp32 owned slice: a view of flat/shard_param when those are fp32
   at::Tensor exp_avg, exp_avg_sq;  // fp32 owned slice
   at::Tensor grad;        // flat gradient (compute dtype): persistent for zero 0/1, transient else
@@ -38,6 +39,22 @@ std::vector<int64_t> EvenCounts(int64_t numel, int n) {
   std::vector<int64_t> c(n, numel / n);
   for (int i = 0; i < numel % n; ++i) c[i] += 1;
   return c;
+}
+
+// ReleaseUnitUntilBackward's storage resize: the tensor's storage object stays, its memory goes
+// (FreeStorage) and comes back fresh (AllocStorage), so views of it read whatever is written
+// there next.
+void FreeStorage(const at::Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  s->set_nbytes(0);
+}
+
+void AllocStorage(const at::Tensor& t, size_t nbytes) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  FT_CHECK(s->allocator() != nullptr, "a gathered buffer without an allocator");
+  s->set_data_ptr_noswap(s->allocator()->allocate(nbytes));
+  s->set_nbytes(nbytes);
 }
 
 }  // namespace
@@ -366,7 +383,11 @@ void DataParallel::GatherUnit(int u) {
   FT_CHECK(opt_.zero == 3, "GatherUnit needs ZeRO-3");
   auto& b = *buckets_.at(u);
   if (b.gathered || b.gather) return;
-  b.full = at::empty({b.numel}, b.shard_param.options());
+  if (b.full.defined()) {  // released until backward: the same storage object, fresh memory
+    AllocStorage(b.full, static_cast<size_t>(b.numel) * b.full.element_size());
+  } else {
+    b.full = at::empty({b.numel}, b.shard_param.options());
+  }
   b.gather = dp_.AllGatherV(b.shard_param, b.full, b.counts);
 }
 
@@ -389,6 +410,22 @@ void DataParallel::ReleaseUnit(int u) {
   for (int p : b.params) params_[p].param.set_data(at::empty({0}, b.shard_param.options()));
   b.full = at::Tensor();
   b.gathered = false;
+}
+
+void DataParallel::ReleaseUnitUntilBackward(int u) {
+  auto& b = *buckets_.at(u);
+  if (!b.gathered) return;
+  for (int p : b.params) params_[p].param.set_data(at::empty({0}, b.shard_param.options()));
+  FreeStorage(b.full);
+  b.gathered = false;
+}
+
+int64_t DataParallel::GatheredBytes() const {
+  int64_t bytes = 0;
+  for (const auto& b : buckets_) {
+    if (b->full.defined()) bytes += static_cast<int64_t>(b->full.storage().nbytes());
+  }
+  return bytes;
 }
 
 int64_t DataParallel::ModelStateBytes() const {

@@ -107,10 +107,21 @@ class DataParallel {
   void ZeroGrads();
 
   // ZeRO-3: make unit `u`'s parameters whole (all-gather) / drop them again.
-  // Gather may be started early (prefetch); the parameters are valid after WaitUnit.
+  // Gather may be started early (prefetch); the parameters are valid after WaitUnit. Release
+  // drops this object's reference to the gathered parameters (tensors that others still hold
+  // keep their values and their memory).
   void GatherUnit(int u);
   void WaitUnit(int u);
   void ReleaseUnit(int u);
+  // Release for a unit whose backward will gather it again: returns the gathered memory itself
+  // but keeps its storage object, so tensors autograd saved from the whole parameters in forward
+  // (views of that storage: a matmul keeps its weight) are valid again after the unit's next
+  // WaitUnit, and a layer needs no recompute to be released between its forward and its
+  // backward (PyTorch FSDP's storage resize). Until then every view of the unit's parameters
+  // reads freed memory: gather before backward reaches the unit, and hold no other references.
+  void ReleaseUnitUntilBackward(int u);
+  // ZeRO-3: bytes of gathered parameters this rank holds now (units gathered or in flight).
+  int64_t GatheredBytes() const;
   // Which bucket (= unit under ZeRO-3) a parameter belongs to.
   int UnitOf(int param) const;
   // Full shape of a parameter (also while released under ZeRO-3).

@@ -213,7 +213,8 @@ std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel
 ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
                              parallel::ProcessGrid& grid, const Config& cfg,
                              parallel::ParamSource source)
-    : model_(std::move(model)), grid_(grid) {
+    : model_(std::move(model)), grid_(grid), checkpointing_(cfg.train.Checkpointing()) {
+  checkpointing_.CheckLayers(model_->config().num_hidden_layers);
   const auto* tp = dynamic_cast<const TensorParallelLlama*>(model_.get());
   std::vector<parallel::ParamSpec> specs;
   std::vector<std::vector<int>> units;
@@ -254,10 +255,10 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
       layer_units_.at(std::stoi(name.substr(name.find('.') + 1))) = unit;  // "layer.<i>"
     }
   }
-  if (dp_->zero() == 3 || cfg.train.activation_checkpointing) {
+  if (dp_->zero() == 3 || checkpointing_.policy() != ActivationCheckpointing::Policy::kNone) {
     model_->layer_runner = [this](int64_t layer, const torch::Tensor& x,
                                   const models::TensorHook& run) {
-      return CheckpointedLayer(x, run, HooksFor(layer));
+      return RunLayer(x, run, checkpointing_.ForLayer(layer), HooksFor(layer));
     };
   }
 }
@@ -267,7 +268,9 @@ ParallelModel::~ParallelModel() {
 }
 
 // ZeRO-3: a layer is gathered just before it computes (the next one is prefetched meanwhile)
-// and released right after, in forward and in backward.
+// and released right after, in forward and in backward, whether or not it is recomputed. The
+// last layer stays whole from its forward to its backward, which comes right after the head's
+// (it would be gathered again at once).
 LayerHooks ParallelModel::HooksFor(int64_t layer) {
   if (dp_->zero() != 3) return {};
   const int u = layer_units_[layer];
@@ -280,7 +283,7 @@ LayerHooks ParallelModel::HooksFor(int64_t layer) {
     dp->WaitUnit(u);
     if (next >= 0) dp->GatherUnit(next);
   };
-  h.after_forward = [dp, u]() { dp->ReleaseUnit(u); };
+  if (layer + 1 < n) h.after_forward = [dp, u]() { dp->ReleaseUnitUntilBackward(u); };
   h.before_backward = [dp, u, prev]() {
     dp->WaitUnit(u);
     if (prev >= 0) dp->GatherUnit(prev);
@@ -300,8 +303,9 @@ void ParallelModel::BeginMicroBatch() {
 
 void ParallelModel::EndMicroBatch() {
   if (dp_->zero() != 3) return;
-  dp_->ReleaseUnit(embed_unit_);
-  if (head_unit_ >= 0) dp_->ReleaseUnit(head_unit_);
+  // The layers' backward hooks have released them (a no-op then); a layer whose backward never
+  // ran (its input needed no gradient) must not stay whole into the next step's update.
+  ReleaseAll();
 }
 
 void ParallelModel::GatherAll() {
