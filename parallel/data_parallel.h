@@ -65,6 +65,13 @@ struct DataParallelOptions {
   // Empty: the parameters' current values. Set: the parameters' storage is never read; under
   // ZeRO-3 only this rank's slices are requested, so no rank ever holds the whole model.
   ParamSource source;
+  // Optimizer state offload (parallel.offload: optimizer): the fp32 master weights and the AdamW
+  // moments of the owned slices live in host memory (pinned when the device is a GPU), with an fp32
+  // host copy of each owned gradient slice; Step copies the gradients to the host, updates every
+  // bucket on `offload_threads` host threads and copies the new parameters back, bucket by bucket
+  // in bucket order (then all-gathered as without offload). CPU ranks run the same code path.
+  bool offload_optimizer = false;
+  int offload_threads = 4;
 };
 
 struct AdamWStep {
@@ -132,8 +139,12 @@ class DataParallel {
   const std::vector<ParamSpec>& params() const { return params_; }
   // Bytes of parameters + gradients + optimizer state held persistently by
   // this rank (the ZeRO paper's model-state accounting; transient gathered
-  // units and in-flight buckets excluded).
+  // units and in-flight buckets excluded), on the device: with offload_optimizer
+  // the optimizer state is in HostStateBytes instead.
   int64_t ModelStateBytes() const;
+  // offload_optimizer: host bytes of the fp32 master weights, the moments and the fp32 gradient
+  // copies of the owned slices (16 per owned element); 0 without offload.
+  int64_t HostStateBytes() const;
 
   // This rank's owned slices, one entry per (parameter, bucket slice): fp32
   // views of the master weights and Adam moments (writable: a checkpoint
@@ -154,6 +165,9 @@ class DataParallel {
   void FinishReduce(Bucket& b);
   void BindGradViews(Bucket& b);
   void PublishParams(Bucket& b);
+  // AdamW on bucket b's owned slice given its fp32 gradient `g` (master and moments updated).
+  void UpdateSlice(Bucket& b, at::Tensor g, const AdamWStep& s, const at::Tensor& step_t);
+  void StepOffloaded(const AdamWStep& s);
   int64_t NumelOf(int param) const;  // from the recorded shape (ZeRO-3 params may be released)
 
   std::vector<ParamSpec> params_;

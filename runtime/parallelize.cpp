@@ -238,6 +238,8 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
   opt.bucket_mb = cfg.parallel.bucket_mb;
   opt.device = grid.device();
   opt.source = std::move(source);
+  opt.offload_optimizer = cfg.parallel.offload == "optimizer";
+  opt.offload_threads = static_cast<int>(cfg.parallel.offload_threads);
   // Units whose first parameter is known, before DataParallel takes the specs.
   std::vector<int> first_param;
   for (const auto& u : units) first_param.push_back(u.empty() ? -1 : u.front());

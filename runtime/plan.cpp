@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <tuple>
 
 #include "parallel/compat.h"
@@ -117,13 +118,17 @@ double LayerFlops(const Shapes& x) {
 std::string Gib(double bytes) { return fmt::format("{:.1f}", bytes / kGiB); }
 
 // The model state of `params` parameters per tp rank (see the header).
-ModelState StateOf(double p, int64_t elem_bytes, int64_t dp, int64_t zero) {
+ModelState StateOf(double p, int64_t elem_bytes, int64_t dp, int64_t zero, bool offload) {
   const double e = double(elem_bytes);
   const double own = zero == 0 ? p : p / dp;  // elements whose optimizer state this GPU keeps
   ModelState s;
   s.params = (zero == 3 ? p / dp : p) * e;
   s.grads = zero >= 2 ? own * 4 : p * e;
-  s.optimizer = own * 8 + (elem_bytes != 4 ? own * 4 : 0.0);
+  if (offload) {
+    s.host = own * 16;
+  } else {
+    s.optimizer = own * 8 + (elem_bytes != 4 ? own * 4 : 0.0);
+  }
   return s;
 }
 
@@ -152,6 +157,7 @@ PlanInput PlanInputFor(const Config& cfg, const models::LlamaConfig& model, int6
   in.gpus_per_node = gpus_per_node;
   in.gpu_mem_bytes = gpu_mem_bytes;
   in.policies = PlanPolicies(cfg.train.Checkpointing());
+  in.offload_threads = cfg.parallel.offload_threads;
   return in;
 }
 
@@ -165,7 +171,7 @@ LayoutPlan PlanConfigLayout(const PlanInput& in, const Config& cfg) {
   const auto policy = cfg.train.Checkpointing();
   policy.CheckLayers(in.model.num_hidden_layers);
   CheckTensorParallel(in.model, tp);
-  return PlanLayout(in, dp, tp, cfg.parallel.zero, policy);
+  return PlanLayout(in, dp, tp, cfg.parallel.zero, policy, cfg.parallel.offload == "optimizer");
 }
 
 int64_t ParamsPerTpRank(const models::LlamaConfig& cfg, int64_t tp) {
@@ -176,7 +182,7 @@ int64_t ParamsPerTpRank(const models::LlamaConfig& cfg, int64_t tp) {
 
 ModelState PlanModelState(const models::LlamaConfig& cfg, int64_t elem_bytes, int64_t dp,
                           int64_t tp, int64_t zero) {
-  return StateOf(double(ParamsPerTpRank(cfg, tp)), elem_bytes, dp, zero);
+  return StateOf(double(ParamsPerTpRank(cfg, tp)), elem_bytes, dp, zero, false);
 }
 
 ActivationPlan PlanActivations(const PlanInput& in, int64_t tp,
@@ -205,16 +211,16 @@ const char* StepPeak::Name() const {
 }
 
 LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
-                      const ActivationCheckpointing& policy) {
+                      const ActivationCheckpointing& policy, bool offload) {
   const auto& c = in.model;
   const double e = double(in.elem_bytes);
   const Shapes x = ShapesOf(in, tp);
   const UnitSizes u = Units(c, tp);
   const int64_t layers = c.num_hidden_layers;
   LayoutPlan p;
-  p.dp = dp, p.tp = tp, p.zero = zero, p.checkpointing = policy;
+  p.dp = dp, p.tp = tp, p.zero = zero, p.checkpointing = policy, p.offload = offload;
   p.params_per_gpu = ParamsPerTpRank(c, tp);
-  p.state = StateOf(double(p.params_per_gpu), in.elem_bytes, dp, zero);
+  p.state = StateOf(double(p.params_per_gpu), in.elem_bytes, dp, zero, offload);
   p.acts = PlanActivations(in, tp, policy);
 
   // The step's peak (see the header): the loss's backward, each layer's backward, the optimizer.
@@ -273,8 +279,17 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
   const double largest =  // elements of the largest bucket
       zero == 3 ? double(std::max({u.embed, u.head, u.layer})) : std::max(bucket / e, late);
   const double owned = zero == 0 ? largest : largest / dp;
-  if (!compat::kFusedAdamW) opt.bytes += 2 * 4 * owned;  // fp32 temporaries of the plain ops
-  if (zero <= 1 && x.e != 4) opt.bytes += 4 * owned;        // the gradient slice in fp32
+  // The update's fp32 temporaries: two of the plain ops (none fused), in bf16 under ZeRO-0/1 the
+  // gradient slice in fp32. Offloaded they are host memory, once per update thread at most.
+  double temps = compat::kFusedAdamW ? 0.0 : 2 * 4 * owned;
+  if (offload) {
+    const double buckets =
+        zero == 3 ? double(layers + 2) : std::ceil(double(p.params_per_gpu) * e / bucket);
+    p.host = p.state.host + std::min(buckets, double(in.offload_threads)) * temps;
+  } else {
+    if (zero <= 1 && x.e != 4) temps += 4 * owned;
+    opt.bytes += temps;
+  }
   if ((zero == 1 || zero == 2) && dp > 1) opt.bytes += double(p.params_per_gpu) * e / dp;
   // Before it, at the end of backward: ZeRO-0/1's all-reduces of every bucket still in flight.
   if (zero <= 1) opt.bytes = std::max(opt.bytes, double(p.params_per_gpu) * e * wire);
@@ -324,12 +339,14 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
   for (int64_t tp = 1; tp <= in.gpus_per_node; ++tp) {
     if (in.gpus_per_node % tp != 0 || !TpAllowed(c, tp)) continue;
     for (int64_t zero = 0; zero <= 3; ++zero) {
-      for (const auto& policy : in.policies) {
-        if (policy.policy() == ActivationCheckpointing::Policy::kEveryN &&
-            policy.every() > c.num_hidden_layers) {
-          continue;  // recomputes no layer: the trainer refuses it
+      for (bool offload : {false, true}) {
+        for (const auto& policy : in.policies) {
+          if (policy.policy() == ActivationCheckpointing::Policy::kEveryN &&
+              policy.every() > c.num_hidden_layers) {
+            continue;  // recomputes no layer: the trainer refuses it
+          }
+          out.push_back(PlanLayout(in, world / tp, tp, zero, policy, offload));
         }
-        out.push_back(PlanLayout(in, world / tp, tp, zero, policy));
       }
     }
   }
@@ -340,7 +357,8 @@ int RecommendLayout(const std::vector<LayoutPlan>& plans) {
   auto key = [](const LayoutPlan& p) {
     const bool whole_layers = p.checkpointing.policy() == ActivationCheckpointing::Policy::kFull ||
                               p.checkpointing.policy() == ActivationCheckpointing::Policy::kEveryN;
-    return std::make_tuple(!p.headroom, whole_layers, p.tp, p.recompute, p.dp_comm_bytes, p.zero);
+    return std::make_tuple(!p.headroom, p.offload, whole_layers, p.tp, p.recompute,
+                           p.dp_comm_bytes, p.zero);
   };
   int best = -1;
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -365,29 +383,45 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
       in.seq_len, in.micro_batch, in.grad_accum, in.nodes, in.gpus_per_node,
       Gib(in.gpu_mem_bytes), Gib(in.overhead_bytes),
       in.flash_attention ? "fused (no s^2 term)" : "materialized softmax");
-  r += "  dp  tp zero recompute  +flops | params  grads  optim   acts |   peak at       |  total "
-       "GiB fits | comm GB/step dp     tp\n";
+  r += "  dp  tp zero recompute  +flops offload | params  grads  optim   acts |   peak at       | "
+       " total GiB fits | host GiB | comm GB/step dp     tp\n";
   const int best = RecommendLayout(plans);
+  auto row = [&](const LayoutPlan& p, bool recommended) {
+    return fmt::format(
+        "{:4} {:3} {:4} {:>9} {:>6.1f}% {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:<9} | {:>10} "
+        "{:>4} | {:>8} | {:>15.1f} {:>6.1f}{}\n",
+        p.dp, p.tp, p.zero, p.checkpointing.Name(), 100 * p.recompute,
+        p.offload ? "optim" : "-", Gib(p.state.params), Gib(p.state.grads),
+        Gib(p.state.optimizer), Gib(p.acts.kept()), Gib(p.peak.bytes), p.peak.Name(),
+        Gib(p.total), p.fits ? "yes" : "no", p.offload ? Gib(p.host) : "-",
+        p.dp_comm_bytes / 1e9, p.tp_comm_bytes / 1e9, recommended ? "  <- recommended" : "");
+  };
+  // Offload rows only where the same layout without offload lacks 10 % headroom (the others
+  // are planned and considered, but offload would only cost there).
+  std::set<std::tuple<int64_t, int64_t, std::string>> roomy;
+  for (const auto& p : plans) {
+    if (!p.offload && p.headroom) roomy.insert({p.tp, p.zero, p.checkpointing.Name()});
+  }
   for (size_t i = 0; i < plans.size(); ++i) {
     const auto& p = plans[i];
-    r += fmt::format(
-        "{:4} {:3} {:4} {:>9} {:>6.1f}% | {:>6} {:>6} {:>6} {:>6} | {:>6} {:<9} | {:>10} {:>4} | "
-        "{:>15.1f} {:>6.1f}{}\n",
-        p.dp, p.tp, p.zero, p.checkpointing.Name(), 100 * p.recompute, Gib(p.state.params),
-        Gib(p.state.grads), Gib(p.state.optimizer), Gib(p.acts.kept()), Gib(p.peak.bytes),
-        p.peak.Name(), Gib(p.total), p.fits ? "yes" : "no", p.dp_comm_bytes / 1e9,
-        p.tp_comm_bytes / 1e9, static_cast<int>(i) == best ? "  <- recommended" : "");
+    const bool shown = !p.offload || !roomy.count({p.tp, p.zero, p.checkpointing.Name()});
+    if (shown || static_cast<int>(i) == best) r += row(p, static_cast<int>(i) == best);
   }
   r += "\nacts: activations kept from forward to backward (one micro-batch). peak: the most the "
        "step holds besides the model state, at the loss's backward, a layer's backward or the "
        "update (activations, recompute, ZeRO-3's gathered layers, gradients in flight, the "
-       "optimizer's temporaries). total = params + grads + optim + peak + the reserve.\n";
+       "optimizer's temporaries). total = params + grads + optim + peak + the reserve. offload "
+       "optim: parallel.offload=optimizer, its state and update in host memory (host GiB per GPU; "
+       "listed where the layout without it lacks 10% headroom).\n";
   if (config != nullptr) {
     const auto& p = *config;
     r += fmt::format(
-        "this config: dp {} tp {} zero {} {}: {} GiB of {} GiB per GPU ({}), {:.1f}% of the "
+        "this config: dp {} tp {} zero {} {}{}: {} GiB of {} GiB per GPU ({}), {:.1f}% of the "
         "step's FLOPs recomputed\n",
-        p.dp, p.tp, p.zero, p.checkpointing.Name(), Gib(p.total), Gib(in.gpu_mem_bytes),
+        p.dp, p.tp, p.zero, p.checkpointing.Name(),
+        p.offload ? fmt::format(", optimizer offloaded ({} GiB of host memory per GPU)", Gib(p.host))
+                  : "",
+        Gib(p.total), Gib(in.gpu_mem_bytes),
         p.headroom ? "fits with 10% headroom" : p.fits ? "fits, without 10% headroom"
                                                         : "DOES NOT FIT",
         100 * p.recompute);
@@ -404,11 +438,15 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
             ? "--set " + settings
             : "--set " + settings.substr(0, space) + " --set " + settings.substr(space + 1);
     r += fmt::format(
-        "\nrecommended: --set parallel.dp={} --set parallel.tp={} --set parallel.zero={} {} ({} "
-        "GiB of {} GiB per GPU). Chosen among the layouts that fit with 10% headroom: no whole "
-        "layer recomputed (none or selective) first, then the smallest tp, then the least "
-        "recompute, then the fewest bytes sent over dp.\n",
-        p.dp, p.tp, p.zero, sets, Gib(p.total), Gib(in.gpu_mem_bytes));
+        "\nrecommended: --set parallel.dp={} --set parallel.tp={} --set parallel.zero={} {}{} ({} "
+        "GiB of {} GiB per GPU{}). Chosen among the layouts that fit with 10% headroom: without "
+        "optimizer offload first, then no whole layer recomputed (none or selective), then the "
+        "smallest tp, then the least recompute, then the fewest bytes sent over dp.\n",
+        p.dp, p.tp, p.zero, sets, p.offload ? " --set parallel.offload=optimizer" : "",
+        Gib(p.total), Gib(in.gpu_mem_bytes),
+        p.offload ? fmt::format("; host: {} GiB per GPU, {} GiB per node", Gib(p.host),
+                                Gib(p.host * double(in.gpus_per_node)))
+                  : "");
   }
   return r;
 }

@@ -14,7 +14,9 @@
 // i.e. 16 bytes per parameter before sharding in both fp32 and bf16 (mixed-precision AdamW), and
 // ZeRO-1 4P + 12P/N, ZeRO-2 2P + 16P/N, ZeRO-3 18P/N in bf16 (the ZeRO paper's 4+12/N, 2+14/N,
 // 16/N, plus 2 bytes/param where ftune keeps the reduced gradient shard in fp32); in fp32
-// 8P + 8P/N, 4P + 12P/N, 16P/N.
+// 8P + 8P/N, 4P + 12P/N, 16P/N. With parallel.offload: optimizer the moments and the master
+// leave the GPU; the host keeps them with an fp32 copy of the owned gradients: 16 bytes per owned
+// parameter (P, or P/N at ZeRO >= 1), and each update thread's fp32 temporaries.
 //
 // Activations are what autograd keeps of ftune's Llama (models/llama.cpp) between forward and
 // backward, tensor by tensor, per decoder layer and micro-batch (s tokens x b sequences, hidden
@@ -85,6 +87,7 @@ struct PlanInput {
   // Reductions of 16-bit gradients staged in fp32 buffers while in flight: the MPI backend (CPU
   // ranks); NCCL reduces bf16 as it is.
   bool staged_reductions = false;
+  int64_t offload_threads = 4;  // parallel.offload_threads: host threads of an offloaded update
   double overhead_bytes = 3.0 * (1 << 30);  // CUDA context, NCCL buffers, allocator slack
   // The policies each layout is planned with (PlanPolicies: none, selective, every_2, full and the
   // config's own).
@@ -99,7 +102,8 @@ PlanInput PlanInputFor(const Config& cfg, const models::LlamaConfig& model, int6
 
 struct ModelState {
   double params = 0, grads = 0, optimizer = 0;  // optimizer = Adam moments + fp32 master
-  double total() const { return params + grads + optimizer; }
+  double host = 0;  // parallel.offload: optimizer: master, moments and a gradient copy, 16 B/owned
+  double total() const { return params + grads + optimizer; }  // on the GPU
 };
 
 // Activation memory of one micro-batch (see the file comment).
@@ -126,12 +130,14 @@ struct StepPeak {
 struct LayoutPlan {
   int64_t dp = 1, tp = 1, zero = 0;
   ActivationCheckpointing checkpointing;
+  bool offload = false;        // parallel.offload: optimizer
   int64_t params_per_gpu = 0;  // P: parameters of this tp rank's shard
   ModelState state;
   ActivationPlan acts;         // per micro-batch
   StepPeak peak;               // above the model state
   double overhead = 0;
-  double total = 0;            // state + peak + overhead
+  double total = 0;            // state + peak + overhead (GPU memory)
+  double host = 0;             // host memory per GPU: the offloaded state + its update's temporaries
   bool fits = false;           // total <= GPU memory
   bool headroom = false;       // total <= 90 % of it (fragmentation, estimate error)
   double recompute = 0;        // extra compute: the step's FLOPs spent recomputing, as a fraction
@@ -152,11 +158,11 @@ ActivationPlan PlanActivations(const PlanInput& in, int64_t tp,
 
 // One layout (every term of the file comment).
 LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
-                      const ActivationCheckpointing& policy);
+                      const ActivationCheckpointing& policy, bool offload = false);
 
 // Every layout of nodes x gpus_per_node GPUs: tp a divisor of gpus_per_node that the model
 // allows (heads, kv heads, intermediate and vocab divisible), dp = GPUs / tp, zero 0-3, each of
-// in.policies.
+// in.policies, without and with optimizer offload.
 std::vector<LayoutPlan> PlanLayouts(const PlanInput& in);
 
 // The layout `cfg` asks for (parallel.dp, parallel.tp, parallel.zero and its policy) on in's GPUs.
@@ -164,7 +170,8 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in);
 LayoutPlan PlanConfigLayout(const PlanInput& in, const Config& cfg);
 
 // The layout to use among those that fit with 10 % headroom (else among those that fit at all),
-// or -1: first one that recomputes no whole layer (none, selective: at most a few percent more
+// or -1: first one without optimizer offload (PCIe copies and a host AdamW every step), then one
+// that recomputes no whole layer (none, selective: at most a few percent more
 // compute; every_n and full cost up to a third), then the smallest tp (its all-reduces sit on the
 // critical path of every layer), then the least recompute, then the fewest bytes sent over dp
 // (ZeRO-2 sends less than ZeRO-1, ZeRO-3 re-gathers every micro-batch), then the lowest stage.

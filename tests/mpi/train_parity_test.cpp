@@ -189,6 +189,35 @@ TEST_F(TrainParity, EveryCheckpointingPolicyAtEachZeroStageAndTp) {
   }
 }
 
+TEST_F(TrainParity, OptimizerOffloadAtEachZeroStageAndTp) {
+  // parallel.offload: optimizer moves the master weights and moments to the host and updates
+  // them on host threads: the same run as the one-rank reference, at every ZeRO stage and tp.
+  const int n = TestWorld().world_size();
+  for (int64_t tp : {1, 2}) {
+    for (int zero = 0; zero <= 3; ++zero) {
+      auto cfg = TinyConfig(2 * tp, 1, zero);
+      cfg.parallel.tp = tp;
+      cfg.parallel.offload = "optimizer";
+      cfg.parallel.offload_threads = 3;
+      ExpectSameRun(Train(TestWorld().comm(), cfg, kSteps), *reference_,
+                    fmt::format("offload dp={} tp={} zero={}", n / tp, tp, zero));
+    }
+  }
+  // bf16 with fp32 masters: bit for bit the run without offload (the same arithmetic, on host).
+  for (int zero : {0, 3}) {
+    auto cfg = TinyConfig(2, 1, zero);
+    cfg.model.dtype = "bf16";
+    const auto plain = Train(TestWorld().comm(), cfg, kSteps);
+    cfg.parallel.offload = "optimizer";
+    const auto offloaded = Train(TestWorld().comm(), cfg, kSteps);
+    EXPECT_EQ(offloaded.losses, plain.losses) << "bf16 offload zero " << zero;
+    for (const auto& [name, w] : plain.params) {
+      EXPECT_TRUE(offloaded.params.at(name).equal(w)) << "bf16 offload zero " << zero << name;
+    }
+    EXPECT_EQ(offloaded.master_dtype, at::kFloat);
+  }
+}
+
 TEST_F(TrainParity, Zero3GathersEachLayerForForwardAndAgainForBackward) {
   // ZeRO-3 without recompute: each layer runs once per micro-batch, is released after its
   // forward (only the embedding, the head and the last layer stay whole until backward) and is
@@ -339,6 +368,18 @@ TEST_F(TrainParity, ZeroShardsModelState) {
   EXPECT_NEAR(bytes[2], 4 * psi + 12 * psi / n, 64 * 4);
   EXPECT_NEAR(bytes[3], 16 * psi / n, 64 * 4);
   if (n == 4) EXPECT_LE(bytes[3], 0.3 * bytes[0]);
+  // Offloaded, the optimizer state (master, moments, a gradient copy: 16 bytes per owned
+  // element) is host memory; the device keeps parameters and gradients.
+  for (int zero : {1, 3}) {
+    parallel::ProcessGrid grid(comm, -1, 1);
+    auto cfg = TinyConfig(2, 1, zero);
+    cfg.parallel.offload = "optimizer";
+    auto model = models::BuildLlama(models::LlamaConfig::FromInline(cfg.model), torch::kFloat, 1);
+    Trainer t(TestWorld(), cfg, model, grid);
+    const double device = zero == 1 ? 8 * psi : 8 * psi / n;
+    EXPECT_NEAR(t.data_parallel().ModelStateBytes(), device, 64 * 4) << "zero " << zero;
+    EXPECT_NEAR(t.data_parallel().HostStateBytes(), 16 * psi / n, 64 * 4) << "zero " << zero;
+  }
 }
 
 }  // namespace

@@ -59,13 +59,27 @@ TEST(Plan, LayoutsAndRecommendation) {
   in.gpus_per_node = 8;
   in.gpu_mem_bytes = 80.0 * (1 << 30);
   const auto plans = PlanLayouts(in);
-  ASSERT_EQ(plans.size(), 4u * 4u * 4u);  // tp 1, 2, 4, 8 x zero 0-3 x none/selective/every_2/full
-  std::map<std::tuple<int64_t, int64_t, std::string>, const LayoutPlan*> by;
+  // tp 1, 2, 4, 8 x zero 0-3 x none/selective/every_2/full x optimizer offload or not
+  ASSERT_EQ(plans.size(), 4u * 4u * 4u * 2u);
+  std::map<std::tuple<int64_t, int64_t, std::string>, const LayoutPlan*> by, offloaded;
   for (const auto& p : plans) {
     EXPECT_EQ(p.dp * p.tp, 8);
     EXPECT_NEAR(p.total, p.state.total() + p.peak.bytes + p.overhead, 1);
     EXPECT_GE(p.peak.bytes, p.acts.kept());
-    by[{p.tp, p.zero, p.checkpointing.Name()}] = &p;
+    (p.offload ? offloaded : by)[{p.tp, p.zero, p.checkpointing.Name()}] = &p;
+  }
+  // Offload moves the optimizer state (moments and master: 12 bytes per owned parameter in bf16)
+  // to the host, which keeps 16 (with the fp32 gradient copy) plus the update's temporaries.
+  for (const auto& [key, q] : offloaded) {
+    const auto& p = *by.at(key);
+    const double own = std::get<1>(key) == 0 ? double(p.params_per_gpu)
+                                             : double(p.params_per_gpu) / p.dp;
+    EXPECT_EQ(q->state.optimizer, 0.0);
+    EXPECT_DOUBLE_EQ(p.state.optimizer, 12 * own);
+    EXPECT_DOUBLE_EQ(q->state.host, 16 * own);
+    EXPECT_GE(q->host, q->state.host);
+    EXPECT_LT(q->total, p.total);
+    EXPECT_EQ(p.host, 0.0);
   }
   // Each policy keeps less than the one before it, and costs more compute.
   for (const auto& p : plans) {
@@ -100,6 +114,21 @@ TEST(Plan, LayoutsAndRecommendation) {
   const std::string report = PlanReport(in, plans);
   EXPECT_NE(report.find("--set parallel.zero=2 --set train.activation_checkpointing=selective"),
             std::string::npos) << report;
+
+  EXPECT_FALSE(rec.offload);  // offload is the last lever
+
+  // One 80 GiB GPU: only an offloaded optimizer leaves room (the model state alone is 120 GiB).
+  in.gpus_per_node = 1;
+  const auto one = PlanLayouts(in);
+  const int only = RecommendLayout(one);
+  ASSERT_GE(only, 0);
+  EXPECT_TRUE(one[only].offload);
+  EXPECT_NEAR(one[only].state.host, 16 * 8030261248.0, 1e6);
+  EXPECT_NE(PlanReport(in, one).find("--set parallel.offload=optimizer"), std::string::npos);
+  for (const auto& p : one) {
+    if (!p.offload) EXPECT_FALSE(p.headroom) << p.zero << " " << p.checkpointing.Name();
+  }
+  in.gpus_per_node = 8;
 
   // tp must divide the heads: 6 GPUs per node allow tp 1 and 2 only (32 heads, 8 kv heads).
   in.gpus_per_node = 6;
