@@ -72,10 +72,11 @@ ftune_row() {  # label config [--set k=v ...]: appends a row, sets tps (tokens/s
   local out=$LOG/bench_${1//[^A-Za-z0-9]/_}.log
   if "$FTUNE" bench train --config "$2" "${@:3}" --warmup "$WARMUP" --steps "$STEPS" > "$out" 2>&1; then
     local j; j=$(tail -1 "$out")
-    # ftune plan's total for this very layout: the row "1 1 0 off" (dp tp zero ckpt).
+    # ftune plan's total for this very layout: the row "1 1 0 none" (dp tp zero recompute); the
+    # total is the first field after the third "|".
     local plan; plan=$("$FTUNE" plan --config "$2" --nodes 1 --gpus-per-node 1 2>/dev/null |
-      awk '$1 == 1 && $2 == 1 && $3 == 0 && $4 == "off|" || ($1 == 1 && $2 == 1 && $3 == 0 && $4 == "off") {
-             for (i = 1; i <= NF; i++) if ($i == "|") n++; else if (n == 2) { print $i " GiB"; exit } }')
+      awk '$1 == 1 && $2 == 1 && $3 == 0 && $4 == "none" {
+             for (i = 1; i <= NF; i++) if ($i == "|") n++; else if (n == 3) { print $i " GiB"; exit } }')
     [[ -n $plan ]] || plan="?"
     rows+=("$(printf '%-34s %10.0f %9.1f %7.1f%% %9.1f GiB %12s' "$1" "$(field "$j" tokens_per_s)" \
       "$(field "$j" step_ms_median)" "$(python3 -c "print(100*$(field "$j" mfu))")" \

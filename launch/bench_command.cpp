@@ -133,7 +133,7 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
         {"zero", cfg.parallel.zero}, {"dtype", cfg.model.dtype}, {"device", device.str()},
         {"threads", world.threads()}, {"seq_len", cfg.data.max_seq_len},
         {"micro_batch", cfg.train.micro_batch}, {"grad_accum", cfg.train.grad_accum},
-        {"activation_checkpointing", cfg.train.activation_checkpointing},
+        {"activation_checkpointing", trainer.parallel().checkpointing().Name()},
         {"warmup_steps", bench_warmup}, {"timed_steps", bench_steps},
         {"tokens_per_step", tokens_per_step}, {"tokens_per_s", tokens_per_s},
         {"step_ms_median", 1e3 * median}, {"step_ms_p10", 1e3 * Percentile(step_s, 0.1)},

@@ -1,6 +1,7 @@
 // `ftune plan --config C --nodes N --gpus-per-node G [--gpu-mem GiB]`: per-GPU memory and
-// per-step communication of every layout (dp, tp, zero, activation checkpointing) for the
-// config's model, batch and sequence length, which fit, and the one to use (runtime/plan.h).
+// per-step communication of every layout (dp, tp, zero, activation checkpointing policy) for the
+// config's model, batch and sequence length, which fit, the config's own layout, and the one to
+// use (runtime/plan.h).
 // Needs no GPU and no data; under mpirun only rank 0 prints.
 #include "launch/commands.h"
 #include "models/llama_config.h"
@@ -32,22 +33,24 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
     runtime::ConfigCheck check;
     check.layout = false;  // the layouts are what plan enumerates
     runtime::Config cfg = runtime::LoadConfig(args.config_path, args.overrides, check);
-    runtime::PlanInput in;
-    in.model = cfg.model.path.empty()
-                   ? models::LlamaConfig::FromInline(cfg.model)
-                   : models::LlamaConfig::FromFile(files::Join(cfg.model.path, "config.json"));
-    runtime::LogNotesOnce(in.model.notes);
-    in.elem_bytes = cfg.model.dtype == "bf16" ? 2 : 4;
-    in.seq_len = cfg.data.max_seq_len;
-    in.micro_batch = cfg.train.micro_batch;
-    in.grad_accum = cfg.train.grad_accum;
-    in.bucket_bytes = cfg.parallel.bucket_mb * double(1 << 20);
-    in.nodes = nodes;
-    in.gpus_per_node = gpus;
-    in.gpu_mem_bytes = gpu_mem_gib * double(1 << 30);
+    const auto model =
+        cfg.model.path.empty()
+            ? models::LlamaConfig::FromInline(cfg.model)
+            : models::LlamaConfig::FromFile(files::Join(cfg.model.path, "config.json"));
+    runtime::LogNotesOnce(model.notes);
+    runtime::PlanInput in =
+        runtime::PlanInputFor(cfg, model, nodes, gpus, gpu_mem_gib * double(1 << 30));
     in.flash_attention = attention == "flash";
+    cfg.train.Checkpointing().CheckLayers(model.num_hidden_layers);  // a policy it cannot run
     const auto plans = runtime::PlanLayouts(in);
-    if (world.rank() == 0) fmt::print("{}", runtime::PlanReport(in, plans));
+    // The config's own layout, as the trainer would run it on these GPUs.
+    std::unique_ptr<runtime::LayoutPlan> own;
+    try {
+      own = std::make_unique<runtime::LayoutPlan>(runtime::PlanConfigLayout(in, cfg));
+    } catch (const ConfigError& e) {
+      runtime::LogWarn("plan: the config's own layout is not planned: {}", e.what());
+    }
+    if (world.rank() == 0) fmt::print("{}", runtime::PlanReport(in, plans, own.get()));
   });
 }
 

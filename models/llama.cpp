@@ -102,7 +102,106 @@ struct LinearCrossEntropySum : public torch::autograd::Function<LinearCrossEntro
   }
 };
 
+// --- OpTape (selective recompute) --------------------------------------------------------------
+thread_local OpTape* current_tape = nullptr;
+thread_local OpTapeMode current_tape_mode = OpTapeMode::kRecord;
+
+torch::Tensor TakeFromTape() {
+  OpTape& tape = *current_tape;
+  FT_CHECK(tape.next < tape.outputs.size(),
+           "selective recompute: the layer asked for kept output {} of {} (the replay differs "
+           "from the recorded forward)", tape.next + 1, tape.outputs.size());
+  return tape.outputs[tape.next++];
+}
+
+// A projection's kept output behind the linear's backward: x (..., in), weight (out, in),
+// kept (..., out). The gradients are computed as autograd's matmul computes them.
+struct KeptProjection : public torch::autograd::Function<KeptProjection> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& kept) {
+    FT_CHECK(kept.sizes().back() == weight.size(0), "kept projection output {} for weight {}",
+             c10::str(kept.sizes()), c10::str(weight.sizes()));
+    ctx->save_for_backward({x, weight});
+    return kept;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    const auto g = grad_out[0].reshape({-1, w.size(0)});  // (N, out)
+    torch::Tensor gx, gw;
+    if (ctx->needs_input_grad(0)) gx = g.mm(w).view(x.sizes());
+    if (ctx->needs_input_grad(1)) gw = x.reshape({-1, w.size(1)}).t().mm(g).t();
+    return {gx, gw, torch::Tensor()};
+  }
+};
+
+// The attention's kept output; backward recomputes the attention and backpropagates through it.
+struct KeptAttention : public torch::autograd::Function<KeptAttention> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& kept, c10::IValue mask) {
+    ctx->save_for_backward({q, k, v});
+    ctx->saved_data["mask"] = std::move(mask);  // undefined (causal) is no input autograd takes
+    return kept;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    torch::AutoGradMode enable(true);
+    auto q = saved[0].detach().requires_grad_(true);
+    auto k = saved[1].detach().requires_grad_(true);
+    auto v = saved[2].detach().requires_grad_(true);
+    const c10::IValue& mask = ctx->saved_data["mask"];
+    auto y = compat::Attention(q, k, v, mask.isTensor() ? mask.toTensor() : torch::Tensor(),
+                               /*causal=*/true);
+    auto g = torch::autograd::grad({y}, {q, k, v}, {grad_out[0]});
+    return {g[0], g[1], g[2], torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// exit(linear(x)), or its kept output while a tape replays.
+torch::Tensor Project(torch::nn::Linear linear, const torch::Tensor& x,
+                      const TensorHook& exit = nullptr) {
+  if (current_tape != nullptr && current_tape_mode == OpTapeMode::kReplay) {
+    return KeptProjection::apply(x, linear->weight, TakeFromTape());
+  }
+  auto y = ApplyHook(exit, linear(x));
+  if (current_tape != nullptr) current_tape->outputs.push_back(y);
+  return y;
+}
+
+torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const torch::Tensor& mask) {
+  if (current_tape != nullptr && current_tape_mode == OpTapeMode::kReplay) {
+    return KeptAttention::apply(q, k, v, TakeFromTape(),
+                                mask.defined() ? c10::IValue(mask) : c10::IValue());
+  }
+  auto y = compat::Attention(q, k, v, mask, /*causal=*/true);
+  if (current_tape != nullptr) current_tape->outputs.push_back(y);
+  return y;
+}
+
 }  // namespace
+
+int64_t OpTape::bytes() const {
+  int64_t n = 0;
+  for (const auto& t : outputs) n += t.numel() * t.element_size();
+  return n;
+}
+
+OpTapeScope::OpTapeScope(OpTape& tape, OpTapeMode mode)
+    : previous_tape_(current_tape), previous_mode_(current_tape_mode) {
+  current_tape = &tape;
+  current_tape_mode = mode;
+  if (mode == OpTapeMode::kReplay) tape.next = 0;
+}
+
+OpTapeScope::~OpTapeScope() {
+  current_tape = previous_tape_;
+  current_tape_mode = previous_mode_;
+}
 
 // --- KVCache ----------------------------------------------------------------------------------
 KVCache KVCache::Create(const LlamaModel& model, int64_t batch, int64_t max_len) {
@@ -182,9 +281,9 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
   const int64_t nh = q_proj->weight.size(0) / head_dim;
   const int64_t nkv = k_proj->weight.size(0) / head_dim;
   auto h = ApplyHook(enter_region, x);
-  auto q = q_proj(h).view({b, t, nh, head_dim}).transpose(1, 2);   // (B, H, T, D)
-  auto k = k_proj(h).view({b, t, nkv, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
-  auto v = v_proj(h).view({b, t, nkv, head_dim}).transpose(1, 2);
+  auto q = Project(q_proj, h).view({b, t, nh, head_dim}).transpose(1, 2);   // (B, H, T, D)
+  auto k = Project(k_proj, h).view({b, t, nkv, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
+  auto v = Project(v_proj, h).view({b, t, nkv, head_dim}).transpose(1, 2);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
   if (cache != nullptr) {
@@ -198,9 +297,9 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
     k = cache->k[layer].slice(2, 0, off + t);
     v = cache->v[layer].slice(2, 0, off + t);
   }
-  auto y = compat::Attention(q, k, v, mask, /*causal=*/true);  // (B, H, T, D)
+  auto y = Attend(q, k, v, mask);  // (B, H, T, D)
   y = y.transpose(1, 2).reshape({b, t, nh * head_dim});
-  return ApplyHook(exit_region, o_proj(y));
+  return Project(o_proj, y, exit_region);
 }
 
 // --- MLP --------------------------------------------------------------------------------------
@@ -213,7 +312,9 @@ LlamaMlp::LlamaMlp(const LlamaConfig& cfg, bool materialize) {
 
 torch::Tensor LlamaMlp::forward(const torch::Tensor& x) {
   auto h = ApplyHook(enter_region, x);
-  return ApplyHook(exit_region, down_proj(F::silu(gate_proj(h)) * up_proj(h)));
+  auto gate = Project(gate_proj, h);  // (B, T, F); gate before up, in record and in replay
+  auto up = Project(up_proj, h);
+  return Project(down_proj, F::silu(gate) * up, exit_region);
 }
 
 // --- Decoder layer ----------------------------------------------------------------------------

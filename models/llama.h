@@ -18,6 +18,9 @@
 //    of o_proj / down_proj (reduce-from-region). Empty hooks are the identity.
 //  * LlamaModel's Embed(), Logits() and CrossEntropySum() are virtual: a vocab-parallel model
 //    overrides them (the chunked loss reaches the lm_head only through these).
+//  * `layer_runner` wraps each decoder layer's call (activation checkpointing, ZeRO-3 gathers),
+//    and an OpTape lets such a wrapper keep the layer's matmul and attention outputs and replay
+//    them while it recomputes the rest (selective recompute).
 //
 // Thread safety: a module is used by one thread at a time.
 #pragma once
@@ -61,6 +64,36 @@ struct ForwardOptions {
 };
 
 using TensorHook = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// Selective activation recomputation inside a decoder layer (torchtitan's op-level policy).
+// While a tape records (OpTapeScope with kRecord: the layer's forward, without grad), the layer's
+// expensive calls append their outputs to it: each projection (q/k/v/o, gate/up/down, o and down
+// with their exit_region hook) and the attention. While it replays (kReplay: the layer run again
+// in backward, with grad), the same calls in the same order take those outputs back instead of
+// computing them, each behind an autograd node of its own: a projection's backward is its
+// linear's (grad input = g W, grad weight = g^T x; exit_region's backward must be the identity,
+// as Megatron's reduce-from-region is), the attention's recomputes the attention from its
+// inputs and backpropagates through it (the scores are not kept). So only the cheap ops between
+// them run twice: RMSNorm, RoPE, SiLU and its product, the residual adds. The tape owns the
+// outputs; a scope installs it for the calling thread only.
+struct OpTape {
+  std::vector<torch::Tensor> outputs;
+  size_t next = 0;  // replay position
+  // Bytes of the kept outputs.
+  int64_t bytes() const;
+};
+enum class OpTapeMode { kRecord, kReplay };
+class OpTapeScope {
+ public:
+  OpTapeScope(OpTape& tape, OpTapeMode mode);  // replay starts at the tape's first output
+  ~OpTapeScope();
+  OpTapeScope(const OpTapeScope&) = delete;
+  OpTapeScope& operator=(const OpTapeScope&) = delete;
+
+ private:
+  OpTape* previous_tape_;
+  OpTapeMode previous_mode_;
+};
 
 // Runs decoder layer `layer` as `run(x)`. A runner may wrap the call (activation
 // checkpointing, ZeRO-3 gathering of the layer's parameters); `run` holds

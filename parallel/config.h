@@ -15,6 +15,11 @@ struct ParallelConfig {
   double bucket_mb = 25.0;  // gradient all-reduce bucket size; larger = fewer, bigger messages
   std::string backend = "auto";  // data communicators: auto (nccl on an unshared GPU), mpi, nccl
   double timeout_s = 300;   // a collective waiting longer than this aborts the job (lost rank)
+  // none | optimizer: fp32 master weights and AdamW moments in host memory, updated there on
+  // host threads (frees 12 bytes per owned parameter of GPU memory; costs PCIe copies and host
+  // compute every step). Composes with every ZeRO stage and tp.
+  std::string offload = "none";
+  int64_t offload_threads = 4;  // host threads updating the buckets (offload: optimizer)
 
   template <class V>
   void VisitFields(V& v) {
@@ -24,6 +29,8 @@ struct ParallelConfig {
     v("bucket_mb", bucket_mb, "gradient all-reduce bucket size in MB");
     v("backend", backend, "auto | mpi | nccl");
     v("timeout_s", timeout_s, "seconds a collective may wait before the job aborts");
+    v("offload", offload, "none | optimizer (master weights + AdamW moments in host memory)");
+    v("offload_threads", offload_threads, "host threads of the offloaded optimizer step");
   }
   void Validate() const {
     if (dp != -1 && dp < 1) throw ConfigKeyError("dp", "must be >= 1 or -1 (auto)");
@@ -32,6 +39,8 @@ struct ParallelConfig {
     CheckRange("bucket_mb", bucket_mb, 0.001, 1e6);
     CheckOneOf("backend", backend, {"auto", "mpi", "nccl"});
     CheckRange("timeout_s", timeout_s, 1.0, 1e7);
+    CheckOneOf("offload", offload, {"none", "optimizer"});
+    CheckRange<int64_t>("offload_threads", offload_threads, 1, 1024);
   }
 };
 

@@ -1,6 +1,10 @@
 #include "parallel/data_parallel.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <future>
+#include <thread>
 
 #include "parallel/compat.h"
 #include "parallel/error.h"
@@ -18,11 +22,13 @@ struct DataParallel::Bucket {
 
   at::Tensor flat;        // zero 0-2: the parameters' storage (compute dtype), all of it
   at::Tensor shard_param; // zero 3: the only persistent copy, this rank's slice
-  at::Tensor full;        // zero 3: gathered parameters while the unit is in use
+  at::Tensor full;        // zero 3: gathered parameters while the unit is in use; after
+                          // ReleaseUnitUntilBackward a storage object without memory
   at::Tensor master;      // fp32 owned slice: a view of flat/shard_param when those are fp32
   at::Tensor exp_avg, exp_avg_sq;  // fp32 owned slice
   at::Tensor grad;        // flat gradient (compute dtype): persistent for zero 0/1, transient else
   at::Tensor grad_shard;  // zero 2/3: fp32 reduced gradient of the owned slice
+  at::Tensor host_grad;   // offload: fp32 host copy of the owned gradient slice
   at::Tensor rs_out;      // reduce-scatter destination while in flight
 
   int pending = 0;        // parameters still to receive their gradient this micro-batch
@@ -38,6 +44,22 @@ std::vector<int64_t> EvenCounts(int64_t numel, int n) {
   std::vector<int64_t> c(n, numel / n);
   for (int i = 0; i < numel % n; ++i) c[i] += 1;
   return c;
+}
+
+// ReleaseUnitUntilBackward's storage resize: the tensor's storage object stays, its memory goes
+// (FreeStorage) and comes back fresh (AllocStorage), so views of it read whatever is written
+// there next.
+void FreeStorage(const at::Tensor& t) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  s->set_nbytes(0);
+}
+
+void AllocStorage(const at::Tensor& t, size_t nbytes) {
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  FT_CHECK(s->allocator() != nullptr, "a gathered buffer without an allocator");
+  s->set_data_ptr_noswap(s->allocator()->allocate(nbytes));
+  s->set_nbytes(nbytes);
 }
 
 }  // namespace
@@ -154,7 +176,9 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
         }
       }
       if (!opt_.params_only) {
-        b->master = b->dtype == at::kFloat ? b->shard_param : b->shard_param.to(at::kFloat);
+        b->master = b->dtype == at::kFloat && !opt_.offload_optimizer
+                        ? b->shard_param
+                        : b->shard_param.to(at::kFloat);
       }
       for (int p : g) params_[p].param.set_data(at::empty({0}, on_device(params_[p].param)));
     } else {
@@ -166,16 +190,26 @@ DataParallel::DataParallel(std::vector<ParamSpec> params, std::vector<std::vecto
         t.set_data(b->flat.narrow(0, b->offsets[i], t.numel()).view(t.sizes()));
       }
       auto mine = b->flat.narrow(0, b->lo, own);
-      if (!opt_.params_only) b->master = b->dtype == at::kFloat ? mine : mine.to(at::kFloat);
+      if (!opt_.params_only) {
+        b->master = b->dtype == at::kFloat && !opt_.offload_optimizer ? mine : mine.to(at::kFloat);
+      }
     }
     if (opt_.params_only) {
       buckets_.push_back(std::move(b));
       continue;
     }
-    // Optimizer state lives where the parameters do (the GPU in GPU runs), in fp32.
+    // Optimizer state lives where the parameters do (the GPU in GPU runs), in fp32; offloaded, in
+    // host memory, pinned for asynchronous copies when the parameters are on a GPU.
     const auto fp32 = on_device(params_[g[0]].param).dtype(at::kFloat).requires_grad(false);
-    b->exp_avg = at::zeros({own}, fp32);
-    b->exp_avg_sq = at::zeros({own}, fp32);
+    const auto state = opt_.offload_optimizer
+                           ? at::TensorOptions(at::kFloat).pinned_memory(!opt_.device.is_cpu())
+                           : fp32;
+    if (opt_.offload_optimizer) {
+      b->master = b->master.to(state, /*non_blocking=*/false, /*copy=*/true);
+      b->host_grad = at::zeros({own}, state);
+    }
+    b->exp_avg = at::zeros({own}, state);
+    b->exp_avg_sq = at::zeros({own}, state);
     if (opt_.zero >= 2) b->grad_shard = at::zeros({own}, fp32);
     buckets_.push_back(std::move(b));
   }
@@ -302,42 +336,51 @@ at::Tensor DataParallel::ShardGradSquaredNorms() const {
   return total;
 }
 
+void DataParallel::UpdateSlice(Bucket& b, at::Tensor g, const AdamWStep& s,
+                               const at::Tensor& step_t) {
+  const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+  const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  if (s.grad_scale != 1.0) g = g * s.grad_scale;
+  // Decoupled weight decay on the decayed parameters' elements of the slice.
+  if (s.weight_decay != 0.0) {
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      if (!params_[b.params[i]].decay) continue;
+      const int64_t p0 = std::max(b.offsets[i], b.lo);
+      const int64_t p1 = std::min(b.offsets[i] + NumelOf(b.params[i]), b.hi);
+      if (p1 > p0) b.master.narrow(0, p0 - b.lo, p1 - p0).mul_(1.0 - s.lr * s.weight_decay);
+    }
+  }
+  if (!s.fused || !compat::FusedAdamW(b.master, g, b.exp_avg, b.exp_avg_sq, step_t, s.lr, s.beta1,
+                                      s.beta2, s.eps)) {
+    b.exp_avg.mul_(s.beta1).add_(g, 1.0 - s.beta1);
+    b.exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
+    auto denom = (b.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(s.eps);
+    b.master.addcdiv_(b.exp_avg, denom, -s.lr / bc1);
+  }
+}
+
 void DataParallel::Step(const AdamWStep& s) {
   FT_CHECK(!opt_.params_only, "Step on a parameters-only DataParallel");
   at::NoGradGuard ng;
-  const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
-  const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
-  // The step for the fused kernel, on the device: filled without waiting for it.
-  at::Tensor step_t;
-  if (s.fused && compat::kFusedAdamW) {
-    step_t = at::scalar_tensor(static_cast<double>(s.step),
-                               at::TensorOptions(at::kFloat).device(opt_.device));
-  }
-  for (auto& bp : buckets_) {
-    Bucket& b = *bp;
-    const int64_t own = b.hi - b.lo;
-    if (own == 0) continue;
-    at::Tensor g = opt_.zero >= 2 ? b.grad_shard : b.grad.narrow(0, b.lo, own).to(at::kFloat);
-    if (s.grad_scale != 1.0) g = g * s.grad_scale;
-    // Decoupled weight decay on the decayed parameters' elements of the slice.
-    if (s.weight_decay != 0.0) {
-      for (size_t i = 0; i < b.params.size(); ++i) {
-        if (!params_[b.params[i]].decay) continue;
-        const int64_t p0 = std::max(b.offsets[i], b.lo);
-        const int64_t p1 = std::min(b.offsets[i] + NumelOf(b.params[i]), b.hi);
-        if (p1 > p0) b.master.narrow(0, p0 - b.lo, p1 - p0).mul_(1.0 - s.lr * s.weight_decay);
-      }
+  if (opt_.offload_optimizer) {
+    StepOffloaded(s);
+  } else {
+    // The step for the fused kernel, on the device: filled without waiting for it.
+    at::Tensor step_t;
+    if (s.fused && compat::kFusedAdamW) {
+      step_t = at::scalar_tensor(static_cast<double>(s.step),
+                                 at::TensorOptions(at::kFloat).device(opt_.device));
     }
-    if (!s.fused || !compat::FusedAdamW(b.master, g, b.exp_avg, b.exp_avg_sq, step_t, s.lr,
-                                        s.beta1, s.beta2, s.eps)) {
-      b.exp_avg.mul_(s.beta1).add_(g, 1.0 - s.beta1);
-      b.exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
-      auto denom = (b.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(s.eps);
-      b.master.addcdiv_(b.exp_avg, denom, -s.lr / bc1);
+    for (auto& bp : buckets_) {
+      Bucket& b = *bp;
+      const int64_t own = b.hi - b.lo;
+      if (own == 0) continue;
+      UpdateSlice(b, opt_.zero >= 2 ? b.grad_shard : b.grad.narrow(0, b.lo, own).to(at::kFloat),
+                  s, step_t);
+      PublishParams(b);
+      if (opt_.zero >= 2) b.grad_shard.zero_();
+      if (b.grad.defined()) b.grad.zero_();
     }
-    PublishParams(b);
-    if (opt_.zero >= 2) b.grad_shard.zero_();
-    if (b.grad.defined()) b.grad.zero_();
   }
   for (auto& b : buckets_) {
     if (b->work) {
@@ -345,6 +388,55 @@ void DataParallel::Step(const AdamWStep& s) {
       b->work.reset();
     }
   }
+}
+
+void DataParallel::StepOffloaded(const AdamWStep& s) {
+  // Every owned gradient slice to its fp32 host copy (one wait for the device at the end of the
+  // copies), then the buckets' updates on host threads, each published as soon as it is done,
+  // in bucket order (the all-gathers are collective: the same order on every rank).
+  for (auto& bp : buckets_) {
+    Bucket& b = *bp;
+    const int64_t own = b.hi - b.lo;
+    if (own == 0) continue;
+    b.host_grad.copy_(opt_.zero >= 2 ? b.grad_shard : b.grad.narrow(0, b.lo, own),
+                      /*non_blocking=*/true);
+    if (opt_.zero >= 2) b.grad_shard.zero_();
+    if (b.grad.defined()) b.grad.zero_();
+  }
+  if (!opt_.device.is_cpu()) compat::SynchronizeDevice(opt_.device);
+  at::Tensor step_t;
+  if (s.fused && compat::kFusedAdamW) {
+    step_t = at::scalar_tensor(static_cast<double>(s.step), at::TensorOptions(at::kFloat));
+  }
+  const size_t n = buckets_.size();
+  std::vector<std::promise<void>> done(n);
+  std::atomic<size_t> next{0};
+  auto worker = [&]() {
+    at::NoGradGuard ng;
+    for (size_t i; (i = next++) < n;) {
+      try {
+        Bucket& b = *buckets_[i];
+        if (b.hi > b.lo) UpdateSlice(b, b.host_grad, s, step_t);
+        done[i].set_value();
+      } catch (...) {
+        done[i].set_exception(std::current_exception());
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  const size_t threads = std::min<size_t>(n, std::max(1, opt_.offload_threads));
+  for (size_t t = 0; t < threads; ++t) pool.emplace_back(worker);
+  std::exception_ptr error;
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      done[i].get_future().get();
+      if (!error && buckets_[i]->hi > buckets_[i]->lo) PublishParams(*buckets_[i]);
+    } catch (...) {
+      if (!error) error = std::current_exception();
+    }
+  }
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 void DataParallel::ZeroGrads() {
@@ -362,11 +454,11 @@ void DataParallel::ZeroGrads() {
 void DataParallel::PublishParams(Bucket& b) {
   const int64_t own = b.hi - b.lo;
   if (opt_.zero == 3) {
-    if (!b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master);
+    if (!b.master.is_same(b.shard_param)) b.shard_param.copy_(b.master, /*non_blocking=*/true);
     return;
   }
   auto mine = b.flat.narrow(0, b.lo, own);
-  if (!b.master.is_same(mine)) mine.copy_(b.master);
+  if (!b.master.is_same(mine)) mine.copy_(b.master, /*non_blocking=*/true);
   if (opt_.zero >= 1 && dp_.size() > 1) {
     // The send buffer must not alias the receive buffer.
     b.rs_out = mine.clone();
@@ -378,7 +470,11 @@ void DataParallel::GatherUnit(int u) {
   FT_CHECK(opt_.zero == 3, "GatherUnit needs ZeRO-3");
   auto& b = *buckets_.at(u);
   if (b.gathered || b.gather) return;
-  b.full = at::empty({b.numel}, b.shard_param.options());
+  if (b.full.defined()) {  // released until backward: the same storage object, fresh memory
+    AllocStorage(b.full, static_cast<size_t>(b.numel) * b.full.element_size());
+  } else {
+    b.full = at::empty({b.numel}, b.shard_param.options());
+  }
   b.gather = dp_.AllGatherV(b.shard_param, b.full, b.counts);
 }
 
@@ -403,6 +499,22 @@ void DataParallel::ReleaseUnit(int u) {
   b.gathered = false;
 }
 
+void DataParallel::ReleaseUnitUntilBackward(int u) {
+  auto& b = *buckets_.at(u);
+  if (!b.gathered) return;
+  for (int p : b.params) params_[p].param.set_data(at::empty({0}, b.shard_param.options()));
+  FreeStorage(b.full);
+  b.gathered = false;
+}
+
+int64_t DataParallel::GatheredBytes() const {
+  int64_t bytes = 0;
+  for (const auto& b : buckets_) {
+    if (b->full.defined()) bytes += static_cast<int64_t>(b->full.storage().nbytes());
+  }
+  return bytes;
+}
+
 int64_t DataParallel::ModelStateBytes() const {
   int64_t bytes = 0;
   for (const auto& b : buckets_) {
@@ -411,9 +523,17 @@ int64_t DataParallel::ModelStateBytes() const {
     bytes += opt_.zero == 3 ? own * es : b->numel * es;     // parameters
     if (opt_.params_only) continue;
     bytes += opt_.zero >= 2 ? own * 4 : b->numel * es;      // gradients
+    if (opt_.offload_optimizer) continue;
     bytes += 2 * own * 4;                                   // Adam moments
     if (b->dtype != at::kFloat) bytes += own * 4;           // fp32 master weights
   }
+  return bytes;
+}
+
+int64_t DataParallel::HostStateBytes() const {
+  if (!opt_.offload_optimizer) return 0;
+  int64_t bytes = 0;
+  for (const auto& b : buckets_) bytes += 4 * 4 * (b->hi - b->lo);  // master, moments, gradient
   return bytes;
 }
 

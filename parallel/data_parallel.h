@@ -70,6 +70,13 @@ struct DataParallelOptions {
   // copies, no optimizer state. The gradient, step and checkpoint methods then throw; the ZeRO-3
   // gathers work as in training.
   bool params_only = false;
+  // Optimizer state offload (parallel.offload: optimizer): the fp32 master weights and the AdamW
+  // moments of the owned slices live in host memory (pinned when the device is a GPU), with an fp32
+  // host copy of each owned gradient slice; Step copies the gradients to the host, updates every
+  // bucket on `offload_threads` host threads and copies the new parameters back, bucket by bucket
+  // in bucket order (then all-gathered as without offload). CPU ranks run the same code path.
+  bool offload_optimizer = false;
+  int offload_threads = 4;
 };
 
 struct AdamWStep {
@@ -112,10 +119,21 @@ class DataParallel {
   void ZeroGrads();
 
   // ZeRO-3: make unit `u`'s parameters whole (all-gather) / drop them again.
-  // Gather may be started early (prefetch); the parameters are valid after WaitUnit.
+  // Gather may be started early (prefetch); the parameters are valid after WaitUnit. Release
+  // drops this object's reference to the gathered parameters (tensors that others still hold
+  // keep their values and their memory).
   void GatherUnit(int u);
   void WaitUnit(int u);
   void ReleaseUnit(int u);
+  // Release for a unit whose backward will gather it again: returns the gathered memory itself
+  // but keeps its storage object, so tensors autograd saved from the whole parameters in forward
+  // (views of that storage: a matmul keeps its weight) are valid again after the unit's next
+  // WaitUnit, and a layer needs no recompute to be released between its forward and its
+  // backward (PyTorch FSDP's storage resize). Until then every view of the unit's parameters
+  // reads freed memory: gather before backward reaches the unit, and hold no other references.
+  void ReleaseUnitUntilBackward(int u);
+  // ZeRO-3: bytes of gathered parameters this rank holds now (units gathered or in flight).
+  int64_t GatheredBytes() const;
   // Which bucket (= unit under ZeRO-3) a parameter belongs to.
   int UnitOf(int param) const;
   // Full shape of a parameter (also while released under ZeRO-3).
@@ -126,8 +144,12 @@ class DataParallel {
   const std::vector<ParamSpec>& params() const { return params_; }
   // Bytes of parameters + gradients + optimizer state held persistently by
   // this rank (the ZeRO paper's model-state accounting; transient gathered
-  // units and in-flight buckets excluded).
+  // units and in-flight buckets excluded), on the device: with offload_optimizer
+  // the optimizer state is in HostStateBytes instead.
   int64_t ModelStateBytes() const;
+  // offload_optimizer: host bytes of the fp32 master weights, the moments and the fp32 gradient
+  // copies of the owned slices (16 per owned element); 0 without offload.
+  int64_t HostStateBytes() const;
 
   // This rank's owned slices, one entry per (parameter, bucket slice): fp32
   // views of the master weights and Adam moments (writable: a checkpoint
@@ -148,6 +170,9 @@ class DataParallel {
   void FinishReduce(Bucket& b);
   void BindGradViews(Bucket& b);
   void PublishParams(Bucket& b);
+  // AdamW on bucket b's owned slice given its fp32 gradient `g` (master and moments updated).
+  void UpdateSlice(Bucket& b, at::Tensor g, const AdamWStep& s, const at::Tensor& step_t);
+  void StepOffloaded(const AdamWStep& s);
   int64_t NumelOf(int param) const;  // from the recorded shape (ZeRO-3 params may be released)
 
   std::vector<ParamSpec> params_;

@@ -15,6 +15,7 @@
 #include "models/config.h"
 #include "parallel/config.h"
 #include "parallel/config_fields.h"
+#include "runtime/activation_checkpointing.h"
 
 namespace ftune::runtime {
 
@@ -52,7 +53,10 @@ struct TrainConfig {
   int64_t micro_batch = 4;    // sequences per rank per micro-batch
   int64_t grad_accum = 1;     // micro-batches per optimizer step
   double clip = 1.0;          // global gradient-norm clip; 0 disables
-  bool activation_checkpointing = false;  // recompute each decoder layer in backward
+  // What backward recomputes (runtime/activation_checkpointing.h): none | full | every_n |
+  // selective, for every ZeRO stage; true / false (the old boolean) mean full / none.
+  std::string activation_checkpointing = "none";
+  int64_t activation_checkpointing_every = 0;  // every_n's n: layers n-1, 2n-1, ... recompute
   int64_t max_bad_steps = 5;  // consecutive non-finite steps before the run stops
   // Which weights become <run>/final: "last" (the end of training) or "best" (the checkpoint of
   // the eval step with the lowest eval loss, <run>/best.json; needs eval.every).
@@ -65,7 +69,10 @@ struct TrainConfig {
     v("micro_batch", micro_batch, "sequences per rank per micro-batch");
     v("grad_accum", grad_accum, "micro-batches per optimizer step");
     v("clip", clip, "global gradient-norm clip (0 = off)");
-    v("activation_checkpointing", activation_checkpointing, "recompute decoder layers in backward");
+    v("activation_checkpointing", activation_checkpointing,
+      "none | full | every_n | selective: what backward recomputes (true/false = full/none)");
+    v("activation_checkpointing_every", activation_checkpointing_every,
+      "every_n: recompute every n-th decoder layer (layers n-1, 2n-1, ...); 0 otherwise");
     v("max_bad_steps", max_bad_steps, "consecutive non-finite steps tolerated");
     v("export", export_which,
       "last | best: <run>/final from the last step or the best eval step's checkpoint");
@@ -78,6 +85,14 @@ struct TrainConfig {
     CheckRange("clip", clip, 0.0, 1e9);
     CheckRange<int64_t>("max_bad_steps", max_bad_steps, 1, 1 << 20);
     CheckOneOf("export", export_which, {"last", "best"});
+    CheckRange<int64_t>("activation_checkpointing_every", activation_checkpointing_every, 0,
+                        1 << 20);
+    Checkpointing();  // throws ConfigKeyError for an unknown policy
+  }
+  // The policy object the trainer and `ftune plan` share.
+  ActivationCheckpointing Checkpointing() const {
+    return ActivationCheckpointing::Parse(activation_checkpointing,
+                                          activation_checkpointing_every);
   }
 };
 

@@ -31,7 +31,7 @@
 namespace ftune::runtime {
 namespace {
 
-double Since(std::chrono::steady_clock::time_point t0) {
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -297,7 +297,7 @@ GenerationResult Evaluator::GenerateWith(models::LlamaModel& model, int64_t max_
     res.totals.exact += a.exact ? 1 : 0;
     res.totals.f1_sum += a.f1;
   }
-  res.seconds = Since(t0);
+  res.seconds = SecondsSince(t0);
   return res;
 }
 
@@ -373,11 +373,11 @@ bool TrainingEval::Run(ParallelModel& pm, int64_t step) {
     gen_text = fmt::format(" | exact match {:.1f}% | F1 {:.3f}", 100 * g.totals.ExactMatchRate(),
                            g.totals.MeanF1());
   }
-  j["eval_s"] = Since(t0);
+  j["eval_s"] = SecondsSince(t0);
   const bool best = loss.MeanNll() < best_loss_;
   if (best) best_loss_ = loss.MeanNll();
   LogInfo("eval at step {}: loss {:.4f} | ppl {:.3f}{}{} ({:.1f} s)", step, loss.MeanNll(),
-          loss.Perplexity(), gen_text, best ? " | best so far" : "", Since(t0));
+          loss.Perplexity(), gen_text, best ? " | best so far" : "", SecondsSince(t0));
   if (grid_.world().rank() != 0) return best;
   {
     std::ofstream out(RunPath(cfg_, "metrics.jsonl"), std::ios::app);

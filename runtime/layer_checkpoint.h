@@ -1,7 +1,8 @@
-// Per-layer activation checkpointing, optionally with ZeRO-3 parameter
-// gathering: a decoder layer runs without keeping its activations, and is
-// recomputed in backward. Hooks around both runs gather / release the layer's
-// parameters, so under ZeRO-3 a layer is whole only while it computes.
+// How one decoder layer runs in training: what backward keeps of it (LayerRecompute, from the
+// ActivationCheckpointing policy) and, around its forward and its backward, hooks that gather and
+// release its parameters under ZeRO-3. The two are independent: a layer that recomputes nothing
+// is released after its forward too (autograd's saved views of its weights stay valid across a
+// release and the next gather, parallel/data_parallel.h), and gathered again for its backward.
 #pragma once
 
 #include <functional>
@@ -9,9 +10,14 @@
 #include <torch/torch.h>
 
 #include "models/llama.h"
+#include "runtime/activation_checkpointing.h"
 
 namespace ftune::runtime {
 
+// Each hook is optional. Under ZeRO-3, forward calls before_forward, computes, after_forward;
+// backward calls before_backward when the gradient of the layer's output is complete (before
+// any of the layer's backward runs, and before its recompute) and after_backward once the
+// gradient of its input is (the layer's parameter gradients have been accumulated by then).
 struct LayerHooks {
   std::function<void()> before_forward;   // e.g. wait for this layer's gather, prefetch the next
   std::function<void()> after_forward;    // e.g. release the layer
@@ -19,11 +25,11 @@ struct LayerHooks {
   std::function<void()> after_backward;   // e.g. release (its gradients are already handed off)
 };
 
-// `run(x)` without storing activations; in backward, `run` is recomputed with
-// grad enabled and backpropagated, accumulating parameter gradients into
-// .grad (so use loss.backward(), not torch::autograd::grad). Collective only
-// through the hooks.
-torch::Tensor CheckpointedLayer(const torch::Tensor& x, const models::TensorHook& run,
-                                const LayerHooks& hooks);
+// `run(x)` with `mode` deciding what backward keeps (see LayerRecompute) and `hooks` around the
+// forward and the backward. kFull and kSelective recompute in a nested backward that accumulates
+// parameter gradients into .grad (so use loss.backward(), not torch::autograd::grad). Without
+// grad (evaluation) only the forward hooks run. Collective only through the hooks.
+torch::Tensor RunLayer(const torch::Tensor& x, const models::TensorHook& run, LayerRecompute mode,
+                       const LayerHooks& hooks);
 
 }  // namespace ftune::runtime

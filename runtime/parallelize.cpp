@@ -213,7 +213,8 @@ std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel
 ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
                              parallel::ProcessGrid& grid, const Config& cfg,
                              parallel::ParamSource source, bool params_only)
-    : model_(std::move(model)), grid_(grid) {
+    : model_(std::move(model)), grid_(grid), checkpointing_(cfg.train.Checkpointing()) {
+  checkpointing_.CheckLayers(model_->config().num_hidden_layers);
   const auto* tp = dynamic_cast<const TensorParallelLlama*>(model_.get());
   std::vector<parallel::ParamSpec> specs;
   std::vector<std::vector<int>> units;
@@ -238,6 +239,8 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
   opt.device = grid.device();
   opt.source = std::move(source);
   opt.params_only = params_only;
+  opt.offload_optimizer = cfg.parallel.offload == "optimizer";
+  opt.offload_threads = static_cast<int>(cfg.parallel.offload_threads);
   // Units whose first parameter is known, before DataParallel takes the specs.
   std::vector<int> first_param;
   for (const auto& u : units) first_param.push_back(u.empty() ? -1 : u.front());
@@ -255,16 +258,13 @@ ParallelModel::ParallelModel(std::shared_ptr<models::LlamaModel> model,
       layer_units_.at(std::stoi(name.substr(name.find('.') + 1))) = unit;  // "layer.<i>"
     }
   }
-  if (dp_->zero() == 3 || (cfg.train.activation_checkpointing && !params_only)) {
+  // The layer runner: ZeRO-3's gather/release hooks around every layer, and recompute where
+  // the checkpointing policy asks for it (never for parameters-only models: eval, generation).
+  if (dp_->zero() == 3 ||
+      (checkpointing_.policy() != ActivationCheckpointing::Policy::kNone && !params_only)) {
     model_->layer_runner = [this](int64_t layer, const torch::Tensor& x,
                                   const models::TensorHook& run) {
-      if (torch::GradMode::is_enabled()) return CheckpointedLayer(x, run, HooksFor(layer));
-      // Nothing to recompute: the gather/release hooks around the plain call.
-      const LayerHooks hooks = HooksFor(layer);
-      if (hooks.before_forward) hooks.before_forward();
-      auto y = run(x);
-      if (hooks.after_forward) hooks.after_forward();
-      return y;
+      return RunLayer(x, run, checkpointing_.ForLayer(layer), HooksFor(layer));
     };
   }
 }
@@ -274,7 +274,9 @@ ParallelModel::~ParallelModel() {
 }
 
 // ZeRO-3: a layer is gathered just before it computes (the next one is prefetched meanwhile)
-// and released right after, in forward and in backward.
+// and released right after, in forward and in backward, whether or not it is recomputed. The
+// last layer stays whole from its forward to its backward, which comes right after the head's
+// (it would be gathered again at once).
 LayerHooks ParallelModel::HooksFor(int64_t layer) {
   if (dp_->zero() != 3) return {};
   const int u = layer_units_[layer];
@@ -287,7 +289,7 @@ LayerHooks ParallelModel::HooksFor(int64_t layer) {
     dp->WaitUnit(u);
     if (next >= 0) dp->GatherUnit(next);
   };
-  h.after_forward = [dp, u]() { dp->ReleaseUnit(u); };
+  if (layer + 1 < n) h.after_forward = [dp, u]() { dp->ReleaseUnitUntilBackward(u); };
   h.before_backward = [dp, u, prev]() {
     dp->WaitUnit(u);
     if (prev >= 0) dp->GatherUnit(prev);
@@ -307,8 +309,9 @@ void ParallelModel::BeginMicroBatch() {
 
 void ParallelModel::EndMicroBatch() {
   if (dp_->zero() != 3) return;
-  dp_->ReleaseUnit(embed_unit_);
-  if (head_unit_ >= 0) dp_->ReleaseUnit(head_unit_);
+  // The layers' backward hooks have released them (a no-op then); a layer whose backward never
+  // ran (its input needed no gradient) must not stay whole into the next step's update.
+  ReleaseAll();
 }
 
 void ParallelModel::GatherAll() {

@@ -110,9 +110,10 @@ std::shared_ptr<TensorParallelLlama> MakeTensorParallel(const models::LlamaModel
 // parallelize): the model (its tensor-parallel shard when grid.tp() > 1) with DataParallel/ZeRO
 // over grid.dp_comm(), the model's units (models::ParamUnit: embedding, each decoder layer, head)
 // as the buckets that are reduced together and, under ZeRO-3, gathered together; and around each
-// decoder layer the ZeRO-3 gather/release hooks (the next layer prefetched) and activation
-// checkpointing (train.activation_checkpointing). Parameters, gradients and optimizer state live
-// on grid.device().
+// decoder layer the ZeRO-3 gather/release hooks (the next layer prefetched, in forward and in
+// backward) and what backward recomputes (train.activation_checkpointing's policy, the same object
+// `ftune plan` reads; independent of the ZeRO stage). Parameters, gradients and optimizer state
+// live on grid.device().
 //
 // Outside autograd (evaluation, generation) a layer runs between its ZeRO-3 hooks without the
 // checkpointing wrapper; with a KV cache too, so generation gathers one layer at a time as
@@ -133,11 +134,12 @@ class ParallelModel {
   const std::shared_ptr<models::LlamaModel>& shared_model() const { return model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   parallel::ProcessGrid& grid() { return grid_; }
+  const ActivationCheckpointing& checkpointing() const { return checkpointing_; }
 
   // Around each micro-batch's forward and backward: under ZeRO-3 the embedding and the head stay
   // whole for the whole micro-batch (the head computes last in forward and first in backward; a
-  // tied embedding is used at both ends); the layers come and go through the layer hooks.
-  // No-ops below ZeRO-3.
+  // tied embedding is used at both ends); the layers come and go through the layer hooks, and
+  // EndMicroBatch releases whatever is still whole. No-ops below ZeRO-3.
   void BeginMicroBatch();
   void EndMicroBatch();
   // A forward pass outside training (evaluation) under ZeRO-3 without the whole model:
@@ -165,6 +167,7 @@ class ParallelModel {
 
   std::shared_ptr<models::LlamaModel> model_;
   parallel::ProcessGrid& grid_;
+  ActivationCheckpointing checkpointing_;
   std::unique_ptr<parallel::DataParallel> dp_;
   int embed_unit_ = -1, head_unit_ = -1;
   std::vector<int> layer_units_;  // DataParallel unit of each decoder layer

@@ -3,15 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <set>
 #include <tuple>
 
+#include "parallel/compat.h"
 #include "runtime/parallelize.h"
 
 namespace ftune::runtime {
 namespace {
 
 constexpr double kGiB = double(1 << 30);
-constexpr double kLogitsBudget = kGiB;  // CausalLmLoss chunks past 1 GiB of fp32 logits
 
 bool TpAllowed(const models::LlamaConfig& c, int64_t tp) {
   return c.num_attention_heads % tp == 0 && c.num_key_value_heads % tp == 0 &&
@@ -44,25 +46,133 @@ UnitSizes Units(const models::LlamaConfig& cfg, int64_t tp) {
   return u;
 }
 
-// Bytes backward keeps for one decoder layer and one micro-batch (see the header).
-double LayerActivationBytes(const PlanInput& in, int64_t tp) {
+// Sizes of one micro-batch on one tp rank, in elements; q, kv, inter, heads and v are this tp
+// rank's share.
+struct Shapes {
+  double s, b, sb, e, h, q, kv, inter, heads, v, d;
+};
+
+Shapes ShapesOf(const PlanInput& in, int64_t tp) {
   const auto& c = in.model;
-  const double sb = double(in.seq_len) * in.micro_batch, e = double(in.elem_bytes);
-  const double h = c.hidden_size, qd = double(c.num_attention_heads) * c.head_dim;
-  const double kvd = double(c.num_key_value_heads) * c.head_dim, inter = c.intermediate_size;
-  double elems = 2 * sb * h;                    // the two RMSNorm inputs
-  elems += sb * h + sb * (qd + 2 * kvd) / tp;   // attention input; q, k, v
-  elems += sb * qd / tp;                        // attention output (o_proj input)
-  if (!in.flash_attention) {                    // softmax probabilities
-    elems += double(c.num_attention_heads) / tp * in.seq_len * double(in.seq_len) * in.micro_batch;
+  Shapes x;
+  x.s = double(in.seq_len), x.b = double(in.micro_batch), x.e = double(in.elem_bytes);
+  x.sb = x.s * x.b;
+  x.h = double(c.hidden_size);
+  x.q = double(c.num_attention_heads) * c.head_dim / tp;
+  x.kv = double(c.num_key_value_heads) * c.head_dim / tp;
+  x.inter = double(c.intermediate_size) / tp;
+  x.heads = double(c.num_attention_heads) / tp;
+  x.v = double(c.vocab_size) / tp;
+  x.d = double(c.head_dim);
+  return x;
+}
+
+// An RMSNorm keeps its input in fp32 (the input itself in fp32, a copy in bf16), on libtorch 1.x
+// the squared input too (mean's backward keeps its input there), the rsqrt and its output.
+double NormBytes(const Shapes& x) {
+  const double squared = compat::kTorch2 ? 0.0 : 4.0;
+  return x.sb * x.h * (4.0 + squared + x.e) + x.sb * 4.0;
+}
+
+// What the attention keeps, the o_proj input included.
+double AttentionBytes(const PlanInput& in, const Shapes& x) {
+  if (in.flash_attention) {  // q, k, v, the output, the o_proj input; the log-sum-exp
+    return x.sb * (3 * x.q + 2 * x.kv) * x.e + x.b * x.heads * x.s * 4.0;
   }
-  elems += sb * h + 4 * sb * inter / tp;        // MLP input; gate, up, silu(gate), product
-  return elems * e;
+  // Contiguous copies of q, k and v (k, v repeated to q's width under GQA), the o_proj input, the
+  // fp32 probabilities (and their copy in the model's dtype), the causal mask.
+  const double kv = std::max(x.kv, x.q);
+  const double scores = x.b * x.heads * x.s * x.s;
+  return x.sb * (2 * x.q + 2 * kv) * x.e + scores * (4.0 + (x.e != 4 ? x.e : 0.0)) + x.s * x.s;
+}
+
+// One decoder layer's bytes kept between forward and backward.
+double LayerBytes(const PlanInput& in, const Shapes& x, LayerRecompute mode) {
+  switch (mode) {
+    case LayerRecompute::kFull:
+      return x.sb * x.h * x.e;
+    case LayerRecompute::kSelective:
+      return x.sb * (3 * x.h + 2 * x.q + 2 * x.kv + 2 * x.inter) * x.e;
+    case LayerRecompute::kNone:
+      break;
+  }
+  return 2 * NormBytes(x) + 2 * x.sb * x.h * x.e + AttentionBytes(in, x) +
+         4 * x.sb * x.inter * x.e;
+}
+
+// Rows of fp32 logits the loss computes at once: all target rows up to 1 GiB of them, else
+// chunks of this many, recomputed in backward (Trainer::MicroBatchLoss).
+double LossChunkRows(const Shapes& x) { return std::max(1024.0, kGiB / (4 * x.v)); }
+
+// fp32 logits of `rows` rows and their log-sum-exp.
+double LogitsBytes(const Shapes& x, double rows) { return rows * x.v * 4 + rows * 4; }
+
+// Forward FLOPs of the attention's two products (full s x s, as the materialized path computes).
+double AttentionFlops(const Shapes& x) { return 4 * x.b * x.s * x.s * x.q; }
+
+// Forward FLOPs of one decoder layer.
+double LayerFlops(const Shapes& x) {
+  return 2 * x.sb * x.h * (2 * x.q + 2 * x.kv + 3 * x.inter) + AttentionFlops(x);
 }
 
 std::string Gib(double bytes) { return fmt::format("{:.1f}", bytes / kGiB); }
 
+// The model state of `params` parameters per tp rank (see the header).
+ModelState StateOf(double p, int64_t elem_bytes, int64_t dp, int64_t zero, bool offload) {
+  const double e = double(elem_bytes);
+  const double own = zero == 0 ? p : p / dp;  // elements whose optimizer state this GPU keeps
+  ModelState s;
+  s.params = (zero == 3 ? p / dp : p) * e;
+  s.grads = zero >= 2 ? own * 4 : p * e;
+  if (offload) {
+    s.host = own * 16;
+  } else {
+    s.optimizer = own * 8 + (elem_bytes != 4 ? own * 4 : 0.0);
+  }
+  return s;
+}
+
 }  // namespace
+
+std::vector<ActivationCheckpointing> PlanPolicies(const ActivationCheckpointing& config) {
+  std::vector<ActivationCheckpointing> out = {
+      ActivationCheckpointing::Parse("none", 0), ActivationCheckpointing::Parse("selective", 0),
+      ActivationCheckpointing::Parse("every_n", 2), ActivationCheckpointing::Parse("full", 0)};
+  bool listed = false;
+  for (const auto& p : out) listed = listed || p.Name() == config.Name();
+  if (!listed) out.insert(out.begin() + 2, config);
+  return out;
+}
+
+PlanInput PlanInputFor(const Config& cfg, const models::LlamaConfig& model, int64_t nodes,
+                       int64_t gpus_per_node, double gpu_mem_bytes) {
+  PlanInput in;
+  in.model = model;
+  in.elem_bytes = cfg.model.dtype == "bf16" ? 2 : 4;
+  in.seq_len = cfg.data.max_seq_len;
+  in.micro_batch = cfg.train.micro_batch;
+  in.grad_accum = cfg.train.grad_accum;
+  in.bucket_bytes = cfg.parallel.bucket_mb * double(1 << 20);
+  in.nodes = nodes;
+  in.gpus_per_node = gpus_per_node;
+  in.gpu_mem_bytes = gpu_mem_bytes;
+  in.policies = PlanPolicies(cfg.train.Checkpointing());
+  in.offload_threads = cfg.parallel.offload_threads;
+  return in;
+}
+
+LayoutPlan PlanConfigLayout(const PlanInput& in, const Config& cfg) {
+  const int64_t gpus = in.nodes * in.gpus_per_node, tp = cfg.parallel.tp;
+  const int64_t dp = cfg.parallel.dp == -1 ? gpus / tp : cfg.parallel.dp;
+  if (gpus % tp != 0 || dp != gpus / tp) {
+    FT_THROW(ConfigError, "parallel.dp {} x parallel.tp {} does not fill the {} GPU(s) planned; "
+             "set parallel.dp: -1 or plan for dp x tp GPUs", cfg.parallel.dp, tp, gpus);
+  }
+  const auto policy = cfg.train.Checkpointing();
+  policy.CheckLayers(in.model.num_hidden_layers);
+  CheckTensorParallel(in.model, tp);
+  return PlanLayout(in, dp, tp, cfg.parallel.zero, policy, cfg.parallel.offload == "optimizer");
+}
 
 int64_t ParamsPerTpRank(const models::LlamaConfig& cfg, int64_t tp) {
   int64_t n = 0;
@@ -70,69 +180,173 @@ int64_t ParamsPerTpRank(const models::LlamaConfig& cfg, int64_t tp) {
   return n;
 }
 
-namespace {
-
-// The model state of `params` parameters per tp rank (see the header).
-ModelState StateOf(double p, int64_t elem_bytes, int64_t dp, int64_t zero) {
-  const double e = double(elem_bytes);
-  const double own = zero == 0 ? p : p / dp;  // elements whose optimizer state this GPU keeps
-  ModelState s;
-  s.params = (zero == 3 ? p / dp : p) * e;
-  s.grads = zero >= 2 ? own * 4 : p * e;
-  s.optimizer = own * 8 + (elem_bytes != 4 ? own * 4 : 0.0);
-  return s;
-}
-
-}  // namespace
-
 ModelState PlanModelState(const models::LlamaConfig& cfg, int64_t elem_bytes, int64_t dp,
                           int64_t tp, int64_t zero) {
-  return StateOf(double(ParamsPerTpRank(cfg, tp)), elem_bytes, dp, zero);
+  return StateOf(double(ParamsPerTpRank(cfg, tp)), elem_bytes, dp, zero, false);
+}
+
+ActivationPlan PlanActivations(const PlanInput& in, int64_t tp,
+                               const ActivationCheckpointing& policy) {
+  const Shapes x = ShapesOf(in, tp);
+  ActivationPlan a;
+  for (int64_t i = 0; i < in.model.num_hidden_layers; ++i) {
+    a.layers += LayerBytes(in, x, policy.ForLayer(i));
+  }
+  // The final norm, the hidden rows the loss reads (every token a target at most), RoPE's cos/sin.
+  a.head = NormBytes(x) + x.sb * x.h * x.e + 2 * x.sb * x.d * x.e;
+  a.logits_kept = x.sb <= LossChunkRows(x) ? LogitsBytes(x, x.sb) : 0.0;
+  return a;
+}
+
+const char* StepPeak::Name() const {
+  switch (when) {
+    case When::kLoss:
+      return "loss";
+    case When::kLayer:
+      return "layer";
+    case When::kUpdate:
+      return "update";
+  }
+  return "loss";
+}
+
+LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
+                      const ActivationCheckpointing& policy, bool offload) {
+  const auto& c = in.model;
+  const double e = double(in.elem_bytes);
+  const Shapes x = ShapesOf(in, tp);
+  const UnitSizes u = Units(c, tp);
+  const int64_t layers = c.num_hidden_layers;
+  LayoutPlan p;
+  p.dp = dp, p.tp = tp, p.zero = zero, p.checkpointing = policy, p.offload = offload;
+  p.params_per_gpu = ParamsPerTpRank(c, tp);
+  p.state = StateOf(double(p.params_per_gpu), in.elem_bytes, dp, zero, offload);
+  p.acts = PlanActivations(in, tp, policy);
+
+  // The step's peak (see the header): the loss's backward, each layer's backward, the optimizer.
+  const double ends = double(u.embed + u.head) * e, layer = double(u.layer) * e;
+  const double lm_head = x.v * x.h * e;  // its gradient (the embedding's when tied)
+  std::vector<double> kept(layers);
+  for (int64_t i = 0; i < layers; ++i) kept[i] = LayerBytes(in, x, policy.ForLayer(i));
+  const double none = LayerBytes(in, x, LayerRecompute::kNone);
+  // fp32 staging bytes per byte of a 16-bit gradient being reduced (staged_reductions).
+  const double wire = in.staged_reductions && x.e != 4 ? 4 / x.e : 0.0;
+  StepPeak loss;
+  loss.when = StepPeak::When::kLoss;
+  const double rows = std::min(x.sb, LossChunkRows(x));
+  loss.activations = p.acts.layers + p.acts.head + LogitsBytes(x, rows) +
+                     (x.e != 4 ? rows * x.v * x.e : 0.0) + rows * x.h * x.e +
+                     x.sb * x.h * x.e + lm_head;
+  loss.gathered = zero == 3 ? ends + layer : 0.0;  // the last layer stays whole into backward
+  loss.bytes = loss.activations + loss.gathered;
+  StepPeak worst = loss;
+  // ZeRO-2/3 buckets: a unit each under ZeRO-3; under ZeRO-0-2 about bucket_mb, a parameter
+  // larger than that alone, the lm_head (whose gradient arrives in pieces) apart.
+  const double late = c.tie_word_embeddings ? double(u.embed) : x.v * x.h;  // elements
+  const double biggest = std::max(x.v * x.h, x.inter * x.h);
+  const double bucket =
+      zero == 3 ? layer
+                : std::max(std::min(in.bucket_bytes, (double(p.params_per_gpu) - late) * e),
+                           biggest * e);
+  double below = 0;  // kept by the layers under i
+  for (int64_t i = 0; i < layers; ++i) below += kept[i];
+  for (int64_t i = layers - 1; i >= 0; --i) {
+    below -= kept[i];
+    StepPeak b;
+    b.when = StepPeak::When::kLayer;
+    b.layer = i;
+    const double back = policy.ForLayer(i) == LayerRecompute::kNone ? 0.0 : none - kept[i];
+    // Gradients through the SwiGLU (product, silu, gate) and of the layer's output.
+    const double flowing = (3 * x.inter + x.h) * x.sb * x.e;
+    b.activations = below + kept[i] + back + flowing;
+    if (zero == 3) b.gathered = ends + (i > 0 ? 2 : 1) * layer;
+    // The layers after i have produced their gradients (this layer's arrive at the end of its
+    // backward). Complete buckets are reduced: under ZeRO-2/3 reduce-scattered two at a time,
+    // each with its flattened gradient and the owned slice it reduces into; the rest still fills.
+    const double produced = double(layers - 1 - i) * layer;
+    const double complete = std::floor(produced / bucket);
+    if (zero >= 2) {
+      const double filling = produced - complete * bucket;
+      b.grads = lm_head + filling + std::min(complete, 2.0) * (bucket + bucket / dp) * (1 + wire);
+    } else {
+      b.grads = complete * bucket * wire;  // all-reduced in place, staged while in flight
+    }
+    b.bytes = b.activations + b.gathered + b.grads;
+    if (b.bytes > worst.bytes) worst = b;
+  }
+  StepPeak opt;
+  opt.when = StepPeak::When::kUpdate;
+  const double largest =  // elements of the largest bucket
+      zero == 3 ? double(std::max({u.embed, u.head, u.layer})) : std::max(bucket / e, late);
+  const double owned = zero == 0 ? largest : largest / dp;
+  // The update's fp32 temporaries: two of the plain ops (none fused), in bf16 under ZeRO-0/1 the
+  // gradient slice in fp32. Offloaded they are host memory, once per update thread at most.
+  double temps = compat::kFusedAdamW ? 0.0 : 2 * 4 * owned;
+  if (offload) {
+    const double buckets =
+        zero == 3 ? double(layers + 2) : std::ceil(double(p.params_per_gpu) * e / bucket);
+    p.host = p.state.host + std::min(buckets, double(in.offload_threads)) * temps;
+  } else {
+    if (zero <= 1 && x.e != 4) temps += 4 * owned;
+    opt.bytes += temps;
+  }
+  if ((zero == 1 || zero == 2) && dp > 1) opt.bytes += double(p.params_per_gpu) * e / dp;
+  // Before it, at the end of backward: ZeRO-0/1's all-reduces of every bucket still in flight.
+  if (zero <= 1) opt.bytes = std::max(opt.bytes, double(p.params_per_gpu) * e * wire);
+  if (opt.bytes > worst.bytes) worst = opt;
+  p.peak = worst;
+
+  p.overhead = in.overhead_bytes;
+  p.total = p.state.total() + p.peak.bytes + p.overhead;
+  p.fits = p.total <= in.gpu_mem_bytes;
+  p.headroom = p.total <= 0.9 * in.gpu_mem_bytes;
+  // Recompute: a full layer's forward again per recomputed layer; selective's backward recomputes
+  // the attention's two products (and element-wise ops, negligible in FLOPs). A step is about
+  // three forwards (forward, and backward's two products per matmul).
+  double extra = 0, full_layers = 0;
+  for (int64_t i = 0; i < layers; ++i) {
+    switch (policy.ForLayer(i)) {
+      case LayerRecompute::kFull:
+        extra += LayerFlops(x);
+        full_layers += 1;
+        break;
+      case LayerRecompute::kSelective:
+        extra += AttentionFlops(x);
+        break;
+      case LayerRecompute::kNone:
+        break;
+    }
+  }
+  const double forward = double(layers) * LayerFlops(x) + 2 * x.sb * x.h * x.v;
+  p.recompute = extra / (3 * forward);
+  const double pe = double(p.params_per_gpu) * e, f = dp > 1 ? double(dp - 1) / dp : 0.0;
+  const double dp_factor = zero == 1 ? 3.0 : zero == 3 ? 3.0 * in.grad_accum : 2.0;
+  p.dp_comm_bytes = dp_factor * f * pe;
+  if (tp > 1) {
+    // 4 all-reduces of s*b*h per layer (2 forward, 2 backward) + the embedding; a fully
+    // recomputed layer repeats its 2 forward ones (selective replays their kept results).
+    const double ft = 2.0 * double(tp - 1) / tp;
+    p.tp_comm_bytes =
+        (4.0 * double(layers) + 2.0 * full_layers + 1.0) * ft * x.sb * x.h * e * in.grad_accum;
+  }
+  return p;
 }
 
 std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
   const auto& c = in.model;
   const int64_t world = in.nodes * in.gpus_per_node;
-  const double e = double(in.elem_bytes);
-  const double sbh = double(in.seq_len) * in.micro_batch * c.hidden_size;
   std::vector<LayoutPlan> out;
   for (int64_t tp = 1; tp <= in.gpus_per_node; ++tp) {
     if (in.gpus_per_node % tp != 0 || !TpAllowed(c, tp)) continue;
-    const int64_t dp = world / tp;
-    const int64_t params = ParamsPerTpRank(c, tp);
-    const UnitSizes u = Units(c, tp);
-    const double layer_act = LayerActivationBytes(in, tp);
-    const double full_logits =
-        4.0 * in.seq_len * in.micro_batch * (double(c.vocab_size) / tp);
     for (int64_t zero = 0; zero <= 3; ++zero) {
-      for (bool ckpt : {false, true}) {
-        LayoutPlan p;
-        p.dp = dp, p.tp = tp, p.zero = zero, p.activation_checkpointing = ckpt;
-        p.params_per_gpu = params;
-        p.state = StateOf(double(params), in.elem_bytes, dp, zero);
-        const double ends = double(u.embed + u.head);
-        // DataParallel keeps at most 3 full-size gradient buckets in flight (ZeRO-2/3), plus
-        // the embedding / head gradients, which arrive in pieces and are reduced at the end.
-        if (zero == 3) {  // units: embedding + head for the micro-batch, a layer + the next one
-          p.transient = (ends + 2.0 * u.layer) * e + (ends + 3.0 * u.layer) * e;
-        } else if (zero == 2) {
-          p.transient = ends * e + 3.0 * std::min(in.bucket_bytes, double(u.layer) * e);
+      for (bool offload : {false, true}) {
+        for (const auto& policy : in.policies) {
+          if (policy.policy() == ActivationCheckpointing::Policy::kEveryN &&
+              policy.every() > c.num_hidden_layers) {
+            continue;  // recomputes no layer: the trainer refuses it
+          }
+          out.push_back(PlanLayout(in, world / tp, tp, zero, policy, offload));
         }
-        const double layers = double(c.num_hidden_layers);
-        p.activations = ckpt ? layers * sbh * e + layer_act : layers * layer_act;
-        p.logits = 2.0 * std::min(full_logits, kLogitsBudget);  // logits and their gradient
-        p.overhead = in.overhead_bytes;
-        p.total = p.state.total() + p.transient + p.activations + p.logits + p.overhead;
-        p.fits = p.total <= in.gpu_mem_bytes;
-        p.headroom = p.total <= 0.9 * in.gpu_mem_bytes;
-        const double pe = double(p.params_per_gpu) * e, f = dp > 1 ? double(dp - 1) / dp : 0.0;
-        const double dp_factor = zero == 1 ? 3.0 : zero == 3 ? 3.0 * in.grad_accum : 2.0;
-        p.dp_comm_bytes = dp_factor * f * pe;
-        if (tp > 1) {  // 4 all-reduces of s*b*h per layer (2 forward, 2 backward) + the embedding
-          const double ft = 2.0 * double(tp - 1) / tp;
-          p.tp_comm_bytes = (4.0 * layers + 1.0) * ft * sbh * e * in.grad_accum;
-        }
-        out.push_back(p);
       }
     }
   }
@@ -141,7 +355,10 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
 
 int RecommendLayout(const std::vector<LayoutPlan>& plans) {
   auto key = [](const LayoutPlan& p) {
-    return std::make_tuple(!p.headroom, p.activation_checkpointing, p.tp, p.zero);
+    const bool whole_layers = p.checkpointing.policy() == ActivationCheckpointing::Policy::kFull ||
+                              p.checkpointing.policy() == ActivationCheckpointing::Policy::kEveryN;
+    return std::make_tuple(!p.headroom, p.offload, whole_layers, p.tp, p.recompute,
+                           p.dp_comm_bytes, p.zero);
   };
   int best = -1;
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -151,7 +368,8 @@ int RecommendLayout(const std::vector<LayoutPlan>& plans) {
   return best;
 }
 
-std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans) {
+std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans,
+                       const LayoutPlan* config) {
   const auto& c = in.model;
   std::string r;
   const int64_t total_params = ParamsPerTpRank(c, 1);
@@ -164,32 +382,71 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
       c.tie_word_embeddings ? ", tied embeddings" : "", in.elem_bytes == 2 ? "bf16" : "fp32",
       in.seq_len, in.micro_batch, in.grad_accum, in.nodes, in.gpus_per_node,
       Gib(in.gpu_mem_bytes), Gib(in.overhead_bytes),
-      in.flash_attention ? "flash (no s^2 term)" : "materialised softmax");
-  r += "  dp  tp zero ckpt | params  grads  optim transient   acts logits |  total GiB fits | "
-       "comm GB/step dp     tp\n";
+      in.flash_attention ? "fused (no s^2 term)" : "materialized softmax");
+  r += "  dp  tp zero recompute  +flops offload | params  grads  optim   acts |   peak at       | "
+       " total GiB fits | host GiB | comm GB/step dp     tp\n";
   const int best = RecommendLayout(plans);
+  auto row = [&](const LayoutPlan& p, bool recommended) {
+    return fmt::format(
+        "{:4} {:3} {:4} {:>9} {:>6.1f}% {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:<9} | {:>10} "
+        "{:>4} | {:>8} | {:>15.1f} {:>6.1f}{}\n",
+        p.dp, p.tp, p.zero, p.checkpointing.Name(), 100 * p.recompute,
+        p.offload ? "optim" : "-", Gib(p.state.params), Gib(p.state.grads),
+        Gib(p.state.optimizer), Gib(p.acts.kept()), Gib(p.peak.bytes), p.peak.Name(),
+        Gib(p.total), p.fits ? "yes" : "no", p.offload ? Gib(p.host) : "-",
+        p.dp_comm_bytes / 1e9, p.tp_comm_bytes / 1e9, recommended ? "  <- recommended" : "");
+  };
+  // Offload rows only where the same layout without offload lacks 10 % headroom (the others
+  // are planned and considered, but offload would only cost there).
+  std::set<std::tuple<int64_t, int64_t, std::string>> roomy;
+  for (const auto& p : plans) {
+    if (!p.offload && p.headroom) roomy.insert({p.tp, p.zero, p.checkpointing.Name()});
+  }
   for (size_t i = 0; i < plans.size(); ++i) {
     const auto& p = plans[i];
-    r += fmt::format("{:4} {:3} {:4} {:>4} | {:>6} {:>6} {:>6} {:>9} {:>6} {:>6} | {:>10} {:>4} | "
-                     "{:>15.1f} {:>6.1f}{}\n",
-                     p.dp, p.tp, p.zero, p.activation_checkpointing ? "on" : "off",
-                     Gib(p.state.params), Gib(p.state.grads), Gib(p.state.optimizer),
-                     Gib(p.transient), Gib(p.activations), Gib(p.logits), Gib(p.total),
-                     p.fits ? "yes" : "no", p.dp_comm_bytes / 1e9, p.tp_comm_bytes / 1e9,
-                     static_cast<int>(i) == best ? "  <- recommended" : "");
+    const bool shown = !p.offload || !roomy.count({p.tp, p.zero, p.checkpointing.Name()});
+    if (shown || static_cast<int>(i) == best) r += row(p, static_cast<int>(i) == best);
+  }
+  r += "\nacts: activations kept from forward to backward (one micro-batch). peak: the most the "
+       "step holds besides the model state, at the loss's backward, a layer's backward or the "
+       "update (activations, recompute, ZeRO-3's gathered layers, gradients in flight, the "
+       "optimizer's temporaries). total = params + grads + optim + peak + the reserve. offload "
+       "optim: parallel.offload=optimizer, its state and update in host memory (host GiB per GPU; "
+       "listed where the layout without it lacks 10% headroom).\n";
+  if (config != nullptr) {
+    const auto& p = *config;
+    r += fmt::format(
+        "this config: dp {} tp {} zero {} {}{}: {} GiB of {} GiB per GPU ({}), {:.1f}% of the "
+        "step's FLOPs recomputed\n",
+        p.dp, p.tp, p.zero, p.checkpointing.Name(),
+        p.offload ? fmt::format(", optimizer offloaded ({} GiB of host memory per GPU)", Gib(p.host))
+                  : "",
+        Gib(p.total), Gib(in.gpu_mem_bytes),
+        p.headroom ? "fits with 10% headroom" : p.fits ? "fits, without 10% headroom"
+                                                        : "DOES NOT FIT",
+        100 * p.recompute);
   }
   if (best < 0) {
     r += "\nno layout fits: use more GPUs, a shorter data.max_seq_len or a smaller "
          "train.micro_batch (with a larger train.grad_accum)\n";
   } else {
     const auto& p = plans[best];
+    const auto settings = p.checkpointing.Settings();
+    const auto space = settings.find(' ');
+    const std::string sets =
+        space == std::string::npos
+            ? "--set " + settings
+            : "--set " + settings.substr(0, space) + " --set " + settings.substr(space + 1);
     r += fmt::format(
-        "\nrecommended: --set parallel.dp={} --set parallel.tp={} --set parallel.zero={} --set "
-        "train.activation_checkpointing={} ({} GiB of {} GiB per GPU). Chosen among the layouts "
-        "that fit with 10% headroom: no activation checkpointing first, then the smallest tp, "
-        "then the lowest ZeRO stage.\n",
-        p.dp, p.tp, p.zero, p.activation_checkpointing ? "true" : "false", Gib(p.total),
-        Gib(in.gpu_mem_bytes));
+        "\nrecommended: --set parallel.dp={} --set parallel.tp={} --set parallel.zero={} {}{} ({} "
+        "GiB of {} GiB per GPU{}). Chosen among the layouts that fit with 10% headroom: without "
+        "optimizer offload first, then no whole layer recomputed (none or selective), then the "
+        "smallest tp, then the least recompute, then the fewest bytes sent over dp.\n",
+        p.dp, p.tp, p.zero, sets, p.offload ? " --set parallel.offload=optimizer" : "",
+        Gib(p.total), Gib(in.gpu_mem_bytes),
+        p.offload ? fmt::format("; host: {} GiB per GPU, {} GiB per node", Gib(p.host),
+                                Gib(p.host * double(in.gpus_per_node)))
+                  : "");
   }
   return r;
 }

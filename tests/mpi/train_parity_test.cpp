@@ -163,10 +163,141 @@ TEST_F(TrainParity, DataParallelWithAccumulation) {
   }
 }
 
-TEST_F(TrainParity, ActivationCheckpointing) {
-  auto cfg = TinyConfig(2, 1, 0);
-  cfg.train.activation_checkpointing = true;
-  ExpectSameRun(Train(TestWorld().comm(), cfg, kSteps), *reference_, "dp, checkpointing");
+// `policy` as train.activation_checkpointing (every_2: every_n with n = 2).
+Config WithPolicy(Config c, const std::string& policy) {
+  const bool every = policy.rfind("every_", 0) == 0;
+  c.train.activation_checkpointing = every ? "every_n" : policy;
+  c.train.activation_checkpointing_every = every ? std::stoll(policy.substr(6)) : 0;
+  return c;
+}
+
+TEST_F(TrainParity, EveryCheckpointingPolicyAtEachZeroStageAndTp) {
+  // What backward recomputes changes no number: every policy, at every ZeRO stage (ZeRO-3 gathers
+  // and releases layers whether or not they are recomputed), with and without tp. every_2 on the
+  // two layers recomputes layer 1 and keeps layer 0's activations.
+  const int n = TestWorld().world_size();
+  for (const std::string policy : {"none", "full", "every_2", "selective"}) {
+    for (int64_t tp : {1, 2}) {
+      for (int zero = 0; zero <= 3; ++zero) {
+        if (policy == "none" && tp == 1) continue;  // DataParallelEachZeroStage
+        auto cfg = WithPolicy(TinyConfig(2 * tp, 1, zero), policy);  // dp = n/tp ranks x 2tp
+        cfg.parallel.tp = tp;
+        ExpectSameRun(Train(TestWorld().comm(), cfg, kSteps), *reference_,
+                      fmt::format("{} dp={} tp={} zero={}", policy, n / tp, tp, zero));
+      }
+    }
+  }
+}
+
+TEST_F(TrainParity, OptimizerOffloadAtEachZeroStageAndTp) {
+  // parallel.offload: optimizer moves the master weights and moments to the host and updates
+  // them on host threads: the same run as the one-rank reference, at every ZeRO stage and tp.
+  const int n = TestWorld().world_size();
+  for (int64_t tp : {1, 2}) {
+    for (int zero = 0; zero <= 3; ++zero) {
+      auto cfg = TinyConfig(2 * tp, 1, zero);
+      cfg.parallel.tp = tp;
+      cfg.parallel.offload = "optimizer";
+      cfg.parallel.offload_threads = 3;
+      ExpectSameRun(Train(TestWorld().comm(), cfg, kSteps), *reference_,
+                    fmt::format("offload dp={} tp={} zero={}", n / tp, tp, zero));
+    }
+  }
+  // bf16 with fp32 masters: bit for bit the run without offload (the same arithmetic, on host).
+  for (int zero : {0, 3}) {
+    auto cfg = TinyConfig(2, 1, zero);
+    cfg.model.dtype = "bf16";
+    const auto plain = Train(TestWorld().comm(), cfg, kSteps);
+    cfg.parallel.offload = "optimizer";
+    const auto offloaded = Train(TestWorld().comm(), cfg, kSteps);
+    EXPECT_EQ(offloaded.losses, plain.losses) << "bf16 offload zero " << zero;
+    for (const auto& [name, w] : plain.params) {
+      EXPECT_TRUE(offloaded.params.at(name).equal(w)) << "bf16 offload zero " << zero << name;
+    }
+    EXPECT_EQ(offloaded.master_dtype, at::kFloat);
+  }
+}
+
+TEST_F(TrainParity, Zero3GathersEachLayerForForwardAndAgainForBackward) {
+  // ZeRO-3 without recompute: each layer runs once per micro-batch, is released after its
+  // forward (only the embedding, the head and the last layer stay whole until backward) and is
+  // gathered again for its backward with the previous layer prefetched; never more than two
+  // layers are whole. With full recompute each layer runs twice.
+  for (const std::string policy : {"none", "full"}) {
+    auto cfg = WithPolicy(TinyConfig(2, 1, 3), policy);
+    cfg.model.arch.num_hidden_layers = 4;
+    const int64_t layers = cfg.model.arch.num_hidden_layers;
+    parallel::ProcessGrid grid(TestWorld().comm(), ftune::testing::TestGrid(-1, 1));
+    auto model = models::BuildLlama(models::LlamaConfig::FromInline(cfg.model), torch::kFloat,
+                                    cfg.model.init_seed);
+    Trainer trainer(TestWorld(), cfg, model, grid);
+    auto& dp = trainer.data_parallel();
+    std::vector<int64_t> unit_bytes(dp.num_units());
+    int64_t ends = 0, layer = 0;
+    for (size_t p = 0; p < dp.params().size(); ++p) {
+      int64_t numel = 1;
+      for (int64_t d : dp.ShapeOf(static_cast<int>(p))) numel *= d;
+      unit_bytes[dp.UnitOf(static_cast<int>(p))] += numel * 4;
+      const std::string& name = dp.params()[p].name;
+      if (name.rfind("model.layers.0.", 0) == 0) {
+        layer += numel * 4;
+      } else if (name.rfind("model.layers.", 0) != 0) {
+        ends += numel * 4;
+      }
+    }
+    int64_t runs = 0;
+    std::vector<int64_t> in_forward, in_backward;
+    const auto inner = model->layer_runner;
+    model->layer_runner = [&](int64_t l, const torch::Tensor& x, const models::TensorHook& run) {
+      models::TensorHook counted = [&, run](const torch::Tensor& h) {
+        ++runs;
+        auto y = run(h);
+        if (torch::GradMode::is_enabled() == (policy == "none")) {
+          in_forward.push_back(dp.GatheredBytes());
+        }
+        return y;
+      };
+      return inner(l, x, counted);
+    };
+    for (auto& p : model->parameters()) {
+      p.register_hook([&](const torch::Tensor& g) {
+        in_backward.push_back(dp.GatheredBytes());
+        return g;
+      });
+    }
+    const auto b = Samples(0, 2 * grid.dp_rank(), 2);
+    dp.StartMicroBatch(true);
+    trainer.parallel().BeginMicroBatch();
+    auto ls = models::CausalLmLoss(*model, b.tokens, b.targets, b.loss_mask);
+    const int64_t after_forward = dp.GatheredBytes();
+    ls.loss_sum.backward();
+    trainer.parallel().EndMicroBatch();
+    dp.FinishGradSync();
+    dp.ZeroGrads();
+    const std::string what = "policy " + policy;
+    EXPECT_EQ(runs, policy == "none" ? layers : 2 * layers) << what;
+    EXPECT_EQ(after_forward, ends + layer) << what << ": whole after forward (bytes)";
+    ASSERT_EQ(in_forward.size(), static_cast<size_t>(layers)) << what;
+    for (int64_t l = 0; l + 1 < layers; ++l) {
+      EXPECT_EQ(in_forward[l], ends + 2 * layer) << what << ": layer " << l << " and the next";
+    }
+    ASSERT_FALSE(in_backward.empty());
+    EXPECT_EQ(*std::max_element(in_backward.begin(), in_backward.end()), ends + 2 * layer)
+        << what << ": at most the layer and the prefetched previous one in backward";
+    EXPECT_EQ(dp.GatheredBytes(), 0) << what << ": released after the micro-batch";
+    // Parameters visited one unit at a time (export) stay valid after their unit is released,
+    // also where the visitor keeps aliases rather than copies.
+    std::map<std::string, torch::Tensor> held, copies;
+    trainer.parallel().VisitParams([&](const std::string& name, const torch::Tensor& t) {
+      held[name] = t.detach();
+      copies[name] = t.clone();
+    });
+    EXPECT_EQ(dp.GatheredBytes(), 0) << what;
+    for (const auto& [name, t] : copies) {
+      ASSERT_GE(held.at(name).storage().nbytes(), t.numel() * t.element_size()) << what << name;
+      EXPECT_TRUE(held.at(name).equal(t)) << what << ": " << name;
+    }
+  }
 }
 
 TEST_F(TrainParity, TensorParallelAndTpTimesDp) {
@@ -237,6 +368,18 @@ TEST_F(TrainParity, ZeroShardsModelState) {
   EXPECT_NEAR(bytes[2], 4 * psi + 12 * psi / n, 64 * 4);
   EXPECT_NEAR(bytes[3], 16 * psi / n, 64 * 4);
   if (n == 4) EXPECT_LE(bytes[3], 0.3 * bytes[0]);
+  // Offloaded, the optimizer state (master, moments, a gradient copy: 16 bytes per owned
+  // element) is host memory; the device keeps parameters and gradients.
+  for (int zero : {1, 3}) {
+    parallel::ProcessGrid grid(comm, -1, 1);
+    auto cfg = TinyConfig(2, 1, zero);
+    cfg.parallel.offload = "optimizer";
+    auto model = models::BuildLlama(models::LlamaConfig::FromInline(cfg.model), torch::kFloat, 1);
+    Trainer t(TestWorld(), cfg, model, grid);
+    const double device = zero == 1 ? 8 * psi : 8 * psi / n;
+    EXPECT_NEAR(t.data_parallel().ModelStateBytes(), device, 64 * 4) << "zero " << zero;
+    EXPECT_NEAR(t.data_parallel().HostStateBytes(), 16 * psi / n, 64 * 4) << "zero " << zero;
+  }
 }
 
 }  // namespace

@@ -151,7 +151,7 @@ TEST_F(ConfigTest, WrongTypeNamesExpectedType) {
   EXPECT_NE(e.find("expected an integer"), std::string::npos) << e;
   EXPECT_NE(e.find("four"), std::string::npos) << e;
 
-  auto p2 = Write("train:\n  activation_checkpointing: maybe\n");
+  auto p2 = Write("checkpoint:\n  async: maybe\n");
   EXPECT_NE(ErrorOf(p2).find("expected a boolean"), std::string::npos);
   auto p3 = Write("train:\n  micro_batch: 2.5\n");
   EXPECT_NE(ErrorOf(p3).find("expected an integer"), std::string::npos);
@@ -159,6 +159,72 @@ TEST_F(ConfigTest, WrongTypeNamesExpectedType) {
   EXPECT_NE(ErrorOf(p4).find("expected a section"), std::string::npos);
   auto p5 = Write("optim:\n  lr: [1, 2]\n");
   EXPECT_NE(ErrorOf(p5).find("expected a finite number"), std::string::npos);
+}
+
+TEST_F(ConfigTest, ActivationCheckpointingPolicies) {
+  using Policy = ActivationCheckpointing::Policy;
+  // The policies, and the boolean's old values (which checkpoints' recorded configs still hold).
+  const std::vector<std::tuple<std::string, std::string, Policy>> ok = {
+      {"train:\n  activation_checkpointing: none\n", "none", Policy::kNone},
+      {"train:\n  activation_checkpointing: full\n", "full", Policy::kFull},
+      {"train:\n  activation_checkpointing: selective\n", "selective", Policy::kSelective},
+      {"train:\n  activation_checkpointing: every_n\n  activation_checkpointing_every: 3\n",
+       "every_3", Policy::kEveryN},
+      {"train:\n  activation_checkpointing: true\n", "full", Policy::kFull},
+      {"train:\n  activation_checkpointing: false\n", "none", Policy::kNone},
+      {"train:\n  activation_checkpointing: yes\n", "full", Policy::kFull},
+      {"", "none", Policy::kNone},
+  };
+  for (const auto& [yaml, name, policy] : ok) {
+    const auto ac = LoadConfig(yaml.empty() ? "" : Write(yaml), {}, {}).train.Checkpointing();
+    EXPECT_EQ(ac.Name(), name) << yaml;
+    EXPECT_EQ(ac.policy(), policy) << yaml;
+  }
+  // A resolved config written and read back keeps the policy.
+  auto cfg = LoadConfig("", {"train.activation_checkpointing=every_n",
+                             "train.activation_checkpointing_every=2"}, {});
+  EXPECT_EQ(LoadConfigText(ConfigToYaml(cfg), "resolved", {}).train.Checkpointing().Name(),
+            "every_2");
+
+  // Which layers recompute what: every_n recomputes layers n-1, 2n-1, ...
+  const auto every2 = ActivationCheckpointing::Parse("every_n", 2);
+  EXPECT_EQ(every2.ForLayer(0), LayerRecompute::kNone);
+  EXPECT_EQ(every2.ForLayer(1), LayerRecompute::kFull);
+  EXPECT_EQ(every2.ForLayer(3), LayerRecompute::kFull);
+  EXPECT_EQ(every2.RecomputedLayers(5), 2);
+  EXPECT_EQ(ActivationCheckpointing::Parse("selective", 0).ForLayer(7), LayerRecompute::kSelective);
+  EXPECT_EQ(ActivationCheckpointing::Parse("full", 0).RecomputedLayers(4), 4);
+  EXPECT_EQ(ActivationCheckpointing::Parse("none", 0).RecomputedLayers(4), 0);
+  EXPECT_EQ(every2.Settings(),
+            "train.activation_checkpointing=every_n train.activation_checkpointing_every=2");
+
+  // Bad settings name the key, the file and line, and the fix.
+  auto p = Write("run:\n  seed: 1\ntrain:\n  activation_checkpointing: sometimes\n");
+  auto e = ErrorOf(p);
+  EXPECT_NE(e.find(p + ":4: train.activation_checkpointing: 'sometimes' is not a policy: use "
+                       "none, full, every_n"),
+            std::string::npos)
+      << e;
+  e = ErrorOf(Write("train:\n  activation_checkpointing: every_n\n"));
+  EXPECT_NE(e.find("train.activation_checkpointing_every: 0: every_n needs n >= 1"),
+            std::string::npos)
+      << e;
+  e = ErrorOf("",
+              {"train.activation_checkpointing=full", "train.activation_checkpointing_every=2"});
+  EXPECT_NE(e.find("train.activation_checkpointing_every: 2 is set, but only the every_n policy "
+                   "uses it"),
+            std::string::npos)
+      << e;
+  // A policy the model cannot run: every_n past the last layer recomputes nothing.
+  try {
+    ActivationCheckpointing::Parse("every_n", 5).CheckLayers(4);
+    ADD_FAILURE() << "every_5 on 4 layers was accepted";
+  } catch (const ConfigError& err) {
+    EXPECT_NE(std::string(err.what()).find("train.activation_checkpointing_every: 5 is more than "
+                                           "the model's 4 decoder layers"),
+              std::string::npos)
+        << err.what();
+  }
 }
 
 TEST_F(ConfigTest, OutOfRangeNamesRangeAndLine) {
