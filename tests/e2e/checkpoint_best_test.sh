@@ -36,8 +36,9 @@ python3 -c 'import json, sys; assert json.load(open(sys.argv[1]))["final"] is Tr
   fail "best.json does not say final holds the best step"
 echo "ok: final/ is byte-identical to the export of step $b; best.json says so"
 
-# 3. Killed later on: the best checkpoint is still there (and the run resumes past it).
-(train k k1.log) &
+# 3. Killed later on: the best checkpoint is still there. (A longer run, so that the kill lands
+#    while it trains.)
+(train k k1.log --set train.steps=200) &
 pid=$!
 wait_for_step k/metrics.jsonl 14 120
 kill -9 $pid
