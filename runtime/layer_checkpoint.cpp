@@ -100,7 +100,8 @@ torch::Tensor RunLayer(const torch::Tensor& x, const models::TensorHook& run, La
     const auto in = backward ? WithBackwardHook(x, hooks.after_backward) : x;
     Call(hooks.before_forward);
     auto y = run(in);
-    Call(hooks.after_forward);
+    Call(!backward && hooks.after_forward_no_grad ? hooks.after_forward_no_grad
+                                                  : hooks.after_forward);
     return backward ? WithBackwardHook(y, hooks.before_backward) : y;
   }
   auto call = c10::make_intrusive<LayerCall>();

@@ -23,6 +23,9 @@ struct LayerHooks {
   std::function<void()> after_forward;    // e.g. release the layer
   std::function<void()> before_backward;  // e.g. gather again, prefetch the previous layer
   std::function<void()> after_backward;   // e.g. release (its gradients are already handed off)
+  // Instead of after_forward in a forward without grad (evaluation, generation), where no
+  // backward will come; empty = after_forward.
+  std::function<void()> after_forward_no_grad;
 };
 
 // `run(x)` with `mode` deciding what backward keeps (see LayerRecompute) and `hooks` around the

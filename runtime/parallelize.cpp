@@ -290,6 +290,9 @@ LayerHooks ParallelModel::HooksFor(int64_t layer) {
     if (next >= 0) dp->GatherUnit(next);
   };
   if (layer + 1 < n) h.after_forward = [dp, u]() { dp->ReleaseUnitUntilBackward(u); };
+  // No backward to come (eval, generation: each layer runs again for every token): every layer,
+  // the last one too, is released outright.
+  h.after_forward_no_grad = [dp, u]() { dp->ReleaseUnit(u); };
   h.before_backward = [dp, u, prev]() {
     dp->WaitUnit(u);
     if (prev >= 0) dp->GatherUnit(prev);
