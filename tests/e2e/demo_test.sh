@@ -23,6 +23,13 @@ run() {  # run LOG CMD...: run, keep the output, print it on failure
   local log=$1; shift
   if ! "$@" > "$S/$log" 2>&1; then cat "$S/$log"; echo "FAIL: $* (see $S/$log)"; exit 1; fi
 }
+run_stdout() {  # run_stdout OUT CMD...: as run, but OUT gets stdout alone (stderr: OUT.err), so
+  # that what MPI prints on stderr (OpenMPI 5's btl warnings, say) never reaches a compared file
+  local out=$1; shift
+  if ! "$@" > "$S/$out" 2> "$S/$out.err"; then
+    cat "$S/$out" "$S/$out.err"; echo "FAIL: $* (see $S/$out, $S/$out.err)"; exit 1
+  fi
+}
 
 PRE=(--config configs/demo_pretrain.yaml --set run.output_dir="$S/pre" --set train.epochs=-1
      --set train.steps=8 --set eval.every=4)
@@ -168,7 +175,7 @@ check "generate answers" "[ \$(wc -l < $S/gen.out) -ge 1 ]"
 # prompt alone gets (batched with prompts of other lengths, left-padded).
 run gen_one.out "$FTUNE" generate --model "$S/ft/final" --prompt "Spell 'tune' backwards." \
   --max-new-tokens 6
-run gen.jsonl "$FTUNE" generate --model "$S/ft/final" --max-new-tokens 6 --jsonl \
+run_stdout gen.jsonl "$FTUNE" generate --model "$S/ft/final" --max-new-tokens 6 --jsonl \
   --prompt "Is 7 even or odd?" --prompt "Spell 'tune' backwards." --prompt "x"
 python3 - "$S/gen.jsonl" "$S/gen_one.out" <<'PY' && echo "ok: generate --jsonl" || { echo "FAIL: generate --jsonl"; fail=1; }
 import json, sys
@@ -182,11 +189,11 @@ PY
 # greedy and sampled with a seed.
 GEN=(--model "$S/ft/final" --max-new-tokens 6 --jsonl --prompt "Is 7 even or odd?"
      --prompt "Spell 'tune' backwards." --prompt "x")
-run gen_s.jsonl "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7
-run gen_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --tp 2
-run gen_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --zero 3 --batch-size 2
-run gen_s_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --tp 2
-run gen_s_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --zero 3
+run_stdout gen_s.jsonl "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7
+run_stdout gen_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --tp 2
+run_stdout gen_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --zero 3 --batch-size 2
+run_stdout gen_s_tp2.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --tp 2
+run_stdout gen_s_z3.jsonl $MPIRUN -np 2 "$FTUNE" generate "${GEN[@]}" --temperature 1 --seed 7 --zero 3
 check "generate --tp 2 answers as 1 rank" "cmp $S/gen.jsonl $S/gen_tp2.jsonl"
 check "generate --zero 3 answers as 1 rank" "cmp $S/gen.jsonl $S/gen_z3.jsonl"
 check "sampled generate --tp 2 answers as 1 rank" "cmp $S/gen_s.jsonl $S/gen_s_tp2.jsonl"
