@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "data/shards.h"
+#include "parallel/context_parallel.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
 
@@ -189,6 +190,16 @@ struct Loader::Impl {
     out.sample_ids.data_ptr<int64_t>()[b] = s;
   }
 
+  // Context parallelism: this cp rank's two chunks of every row (parallel/context_parallel.h),
+  // with the target count of its own tokens.
+  void ShardForContext(Batch& b) const {
+    if (opts.cp_size == 1) return;
+    for (torch::Tensor* t : {&b.tokens, &b.targets, &b.loss_mask, &b.positions, &b.segment_ids}) {
+      *t = parallel::ShardSequence(*t, opts.cp_size, opts.cp_rank, /*dim=*/1);
+    }
+    b.num_targets = static_cast<int64_t>(b.loss_mask.sum().item<float>());
+  }
+
   // The batch at `st` (advancing to the next epoch when the current one is used up).
   Item Produce(LoaderState st) {
     const int64_t G = GlobalBatch(), B = opts.micro_batch, T = opts.seq_len;
@@ -231,6 +242,7 @@ struct Loader::Impl {
           if (stop) return;
         }
         Item item = Produce(st);
+        ShardForContext(item.batch);
         st = item.after;
         std::lock_guard<std::mutex> lock(mu);
         queue.push_back(std::move(item));

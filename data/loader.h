@@ -17,7 +17,8 @@
 // (epoch, global cursor, seed): restored under another dp_size or micro_batch, the loader
 // continues from the same cursor in the same permutation, skipping and repeating nothing.
 //
-// Batch tensors, with B = micro_batch and T = seq_len:
+// Batch tensors, with B = micro_batch and T = seq_len (T / cp_size under context parallelism:
+// this rank's chunks, positions global, num_targets its own):
 //   tokens (B, T) int64 | targets (B, T) int64 = tokens shifted by one | loss_mask (B, T) f32
 //   positions (B, T) int64 | segment_ids (B, T) int64 (packing only, undefined otherwise)
 //   sample_ids (B) int64: the global sample index of each row (-1 for an empty filler row)
@@ -55,6 +56,10 @@ struct LoaderOptions {
   int64_t seed = 0;                       // shuffle seed
   int dp_rank = 0;
   int dp_size = 1;
+  // Context parallelism: every batch's rows cut to this cp rank's two chunks (the cp ranks of a
+  // dp rank read the same rows; parallel/context_parallel.h). T must be divisible by 2 * cp_size.
+  int cp_rank = 0;
+  int cp_size = 1;
   std::string expected_tokenizer_sha256;  // the model's tokenizer; empty = not checked
   bool shuffle = true;
   int64_t prefetch = 4;                   // batches prepared ahead

@@ -138,12 +138,18 @@ struct KeptProjection : public torch::autograd::Function<KeptProjection> {
 };
 
 // The attention's kept output; backward recomputes the attention and backpropagates through it.
+// The layout travels as IValues: its tensors, and the cp communicator as an int64 handle (it
+// lives in the grid, for the whole run).
 struct KeptAttention : public torch::autograd::Function<KeptAttention> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& kept, c10::IValue mask) {
+                               const torch::Tensor& kept, const AttentionLayout& layout) {
     ctx->save_for_backward({q, k, v});
-    ctx->saved_data["mask"] = std::move(mask);  // undefined (causal) is no input autograd takes
+    // Undefined tensors (no mask, unpacked rows) are no inputs autograd takes: kept as None.
+    auto opt = [](const torch::Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); };
+    ctx->saved_data["mask"] = opt(layout.mask);
+    ctx->saved_data["segment_ids"] = opt(layout.segment_ids);
+    ctx->saved_data["cp"] = reinterpret_cast<int64_t>(layout.cp);
     return kept;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -153,9 +159,14 @@ struct KeptAttention : public torch::autograd::Function<KeptAttention> {
     auto q = saved[0].detach().requires_grad_(true);
     auto k = saved[1].detach().requires_grad_(true);
     auto v = saved[2].detach().requires_grad_(true);
-    const c10::IValue& mask = ctx->saved_data["mask"];
-    auto y = compat::Attention(q, k, v, mask.isTensor() ? mask.toTensor() : torch::Tensor(),
-                               /*causal=*/true);
+    auto tensor = [&](const char* key) {
+      const c10::IValue& t = ctx->saved_data[key];
+      return t.isTensor() ? t.toTensor() : torch::Tensor();
+    };
+    AttentionLayout layout{tensor("mask"), tensor("segment_ids"),
+                           reinterpret_cast<parallel::Communicator*>(
+                               ctx->saved_data["cp"].toInt())};
+    auto y = CausalAttention(q, k, v, layout);
     auto g = torch::autograd::grad({y}, {q, k, v}, {grad_out[0]});
     return {g[0], g[1], g[2], torch::Tensor(), torch::Tensor()};
   }
@@ -173,12 +184,11 @@ torch::Tensor Project(torch::nn::Linear linear, const torch::Tensor& x,
 }
 
 torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                     const torch::Tensor& mask) {
+                     const AttentionLayout& layout) {
   if (current_tape != nullptr && current_tape_mode == OpTapeMode::kReplay) {
-    return KeptAttention::apply(q, k, v, TakeFromTape(),
-                                mask.defined() ? c10::IValue(mask) : c10::IValue());
+    return KeptAttention::apply(q, k, v, TakeFromTape(), layout);
   }
-  auto y = compat::Attention(q, k, v, mask, /*causal=*/true);
+  auto y = CausalAttention(q, k, v, layout);
   if (current_tape != nullptr) current_tape->outputs.push_back(y);
   return y;
 }
@@ -274,7 +284,7 @@ LlamaAttention::LlamaAttention(const LlamaConfig& cfg, bool materialize)
 }
 
 torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                      const torch::Tensor& sin, const torch::Tensor& mask,
+                                      const torch::Tensor& sin, const AttentionLayout& layout,
                                       KVCache* cache, int64_t layer) {
   const int64_t b = x.size(0), t = x.size(1);
   // Local head counts from the (possibly sharded) weights.
@@ -297,7 +307,7 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
     k = cache->k[layer].slice(2, 0, off + t);
     v = cache->v[layer].slice(2, 0, off + t);
   }
-  auto y = Attend(q, k, v, mask);  // (B, H, T, D)
+  auto y = Attend(q, k, v, layout);  // (B, H, T, D)
   y = y.transpose(1, 2).reshape({b, t, nh * head_dim});
   return Project(o_proj, y, exit_region);
 }
@@ -328,9 +338,9 @@ LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& cfg, bool materialize) {
 }
 
 torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                         const torch::Tensor& sin, const torch::Tensor& mask,
+                                         const torch::Tensor& sin, const AttentionLayout& layout,
                                          KVCache* cache, int64_t layer) {
-  auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, cache, layer);
+  auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, layout, cache, layer);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -488,7 +498,7 @@ torch::Tensor LlamaModel::ForwardHidden(const torch::Tensor& tokens, const Forwa
     positions = torch::arange(off, off + t, torch::dtype(torch::kLong).device(dev)).expand({b, t});
   }
 
-  torch::Tensor mask;  // bool (B, 1, T, S), true = attend; undefined = plain causal
+  AttentionLayout layout;  // what the tokens attend to besides causality (models/attention.h)
   if (cache != nullptr) {
     const int64_t s = off + t;
     auto q_idx =
@@ -497,17 +507,25 @@ torch::Tensor LlamaModel::ForwardHidden(const torch::Tensor& tokens, const Forwa
         torch::arange(0, s, torch::dtype(torch::kLong).device(dev)).unsqueeze(0);  // (1, S)
     auto valid = cache->key_valid.slice(1, 0, s).unsqueeze(1);                     // (B, 1, S)
     // A padded query sees at least itself, so no softmax row is all -inf.
-    mask = ((k_idx <= q_idx).unsqueeze(0) & valid) | (k_idx == q_idx).unsqueeze(0);
-    mask = mask.unsqueeze(1);
+    auto mask = ((k_idx <= q_idx).unsqueeze(0) & valid) | (k_idx == q_idx).unsqueeze(0);
+    layout.mask = mask.unsqueeze(1);
   } else if (opt.segment_ids.defined()) {
     if (opt.segment_ids.sizes() != tokens.sizes()) {
       FT_THROW(ModelError, "segment_ids {} must have the shape of tokens {}",
                c10::str(opt.segment_ids.sizes()), c10::str(tokens.sizes()));
     }
-    const auto& seg = opt.segment_ids;
-    auto same = seg.unsqueeze(2) == seg.unsqueeze(1);  // (B, T, T)
-    auto causal = torch::ones({t, t}, torch::dtype(torch::kBool).device(dev)).tril();
-    mask = (same & causal).unsqueeze(1);
+    // On the host: the attention reads the document boundaries there (a device copy would make
+    // the host wait once per layer).
+    layout.segment_ids = opt.segment_ids.to(torch::kCPU);
+  }
+  if (opt.cp != nullptr && opt.cp->size() > 1) {
+    if (cache != nullptr || opt.segment_ids.defined()) {
+      FT_THROW(ModelError, "context parallelism takes neither a KV cache nor packed rows");
+    }
+    if (!opt.positions.defined()) {
+      FT_THROW(ModelError, "context parallelism needs the global positions of this rank's tokens");
+    }
+    layout.cp = opt.cp;
   }
 
   auto x = Embed(tokens);  // (B, T, C)
@@ -519,12 +537,12 @@ torch::Tensor LlamaModel::ForwardHidden(const torch::Tensor& tokens, const Forwa
     if (layer_runner) {
       auto layer = model->layer_list[i];
       const int64_t li = static_cast<int64_t>(i);
-      TensorHook run = [layer, cos = cos, sin = sin, mask, cache, li](const torch::Tensor& h) {
-        return layer->forward(h, cos, sin, mask, cache, li);
+      TensorHook run = [layer, cos = cos, sin = sin, layout, cache, li](const torch::Tensor& h) {
+        return layer->forward(h, cos, sin, layout, cache, li);
       };
       x = layer_runner(li, x, run);
     } else {
-      x = model->layer_list[i]->forward(x, cos, sin, mask, cache, static_cast<int64_t>(i));
+      x = model->layer_list[i]->forward(x, cos, sin, layout, cache, static_cast<int64_t>(i));
     }
   }
   if (cache != nullptr) cache->length += t;

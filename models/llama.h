@@ -7,7 +7,7 @@
 //
 // The math follows transformers' modeling_llama: RMSNorm in fp32 then cast back and scaled by
 // the weight; RoPE in rotate-half layout with cos/sin computed in fp32 (llama3 frequency scaling
-// as `_compute_llama3_parameters`); GQA attention through compat::Attention; SwiGLU MLP; no biases.
+// as `_compute_llama3_parameters`); GQA attention through models/attention.h; SwiGLU MLP; no biases.
 //
 // Extension points for tensor/vocab parallelism (applied from outside by a Parallelize step):
 //  * Attention derives its local head counts at forward time from q_proj / k_proj weight shapes
@@ -32,6 +32,7 @@
 #include <memory>
 #include <vector>
 
+#include "models/attention.h"
 #include "models/llama_config.h"
 
 namespace ftune::models {
@@ -55,9 +56,14 @@ struct KVCache {
 struct ForwardOptions {
   // (B, T) int64 RoPE positions; default cache length + 0..T-1 for every row.
   torch::Tensor positions;
-  // (B, T) int32/int64: packed sequences; a token attends only to earlier tokens with the same id.
-  // The caller passes positions that restart per segment. Not combinable with `cache`.
+  // (B, T) int32/int64: packed sequences; a token attends only to earlier tokens of its own run
+  // of equal ids (a document). The caller passes positions that restart per segment. Not
+  // combinable with `cache`. Best on the host (the attention reads the boundaries there).
   torch::Tensor segment_ids;
+  // Context parallelism: the cp group (parallel/context_parallel.h). tokens and `positions`
+  // (required) are this rank's two chunks of every row, positions global. Not combinable with
+  // `cache` or `segment_ids`.
+  parallel::Communicator* cp = nullptr;
   // Incremental decoding: keys/values of these T tokens are appended at cache->length, the
   // queries attend to all valid cached keys before them, and cache->length grows by T.
   KVCache* cache = nullptr;
@@ -129,10 +135,10 @@ class LlamaAttention : public torch::nn::Module {
  public:
   // materialize: as LlamaModel's.
   explicit LlamaAttention(const LlamaConfig& cfg, bool materialize = true);
-  // x (B, T, C); cos/sin (B, 1, T, D); mask undefined (causal) or bool (B, 1, T, S), true =
-  // attend. Returns (B, T, C).
+  // x (B, T, C); cos/sin (B, 1, T, D); layout: what the tokens attend to besides causality.
+  // Returns (B, T, C).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+                        const AttentionLayout& layout, KVCache* cache, int64_t layer);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   TensorHook enter_region, exit_region;
   int64_t head_dim;
@@ -150,7 +156,7 @@ class LlamaDecoderLayer : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayer(const LlamaConfig& cfg, bool materialize = true);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer);
+                        const AttentionLayout& layout, KVCache* cache, int64_t layer);
   std::shared_ptr<RmsNorm> input_layernorm, post_attention_layernorm;
   std::shared_ptr<LlamaAttention> self_attn;
   std::shared_ptr<LlamaMlp> mlp;

@@ -167,7 +167,8 @@ inline torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k,
     auto keep = torch::ones({t, s}, torch::dtype(torch::kBool).device(q.device())).tril(s - t);
     att = att.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity());
   }
-  att = torch::softmax(att.to(torch::kFloat), -1).to(q.scalar_type());
+  att = torch::softmax(att.to(c10::promoteTypes(att.scalar_type(), torch::kFloat)), -1)
+            .to(q.scalar_type());
   return torch::matmul(att, vv);
 #endif
 }

@@ -9,8 +9,11 @@
 namespace ftune::parallel {
 
 struct ParallelConfig {
-  int64_t dp = -1;          // data-parallel ranks; -1 = world_size / tp
+  int64_t dp = -1;          // data-parallel ranks; -1 = world_size / (cp * tp)
   int64_t tp = 1;           // tensor-parallel ranks (Megatron style) per model replica
+  // context-parallel ranks per replica: each holds 2 of 2*cp load-balanced chunks of every row
+  // (long sequences: activations per rank fall as 1/cp); gradients and ZeRO span dp x cp
+  int64_t cp = 1;
   int64_t zero = 0;         // ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters
   double bucket_mb = 25.0;  // gradient all-reduce bucket size; larger = fewer, bigger messages
   std::string backend = "auto";  // data communicators: auto (nccl on an unshared GPU), mpi, nccl
@@ -23,9 +26,10 @@ struct ParallelConfig {
 
   template <class V>
   void VisitFields(V& v) {
-    v("dp", dp, "data-parallel ranks; -1 = world_size / tp");
+    v("dp", dp, "data-parallel ranks; -1 = world_size / (cp * tp)");
     v("tp", tp, "tensor-parallel ranks per model replica");
-    v("zero", zero, "ZeRO stage 0-3 (optimizer state, +grads, +params sharded over dp)");
+    v("cp", cp, "context-parallel ranks: the sequence split over cp ranks (long context)");
+    v("zero", zero, "ZeRO stage 0-3 (optimizer state, +grads, +params sharded over dp x cp)");
     v("bucket_mb", bucket_mb, "gradient all-reduce bucket size in MB");
     v("backend", backend, "auto | mpi | nccl");
     v("timeout_s", timeout_s, "seconds a collective may wait before the job aborts");
@@ -35,6 +39,7 @@ struct ParallelConfig {
   void Validate() const {
     if (dp != -1 && dp < 1) throw ConfigKeyError("dp", "must be >= 1 or -1 (auto)");
     CheckRange<int64_t>("tp", tp, 1, 1 << 16);
+    CheckRange<int64_t>("cp", cp, 1, 1 << 16);
     CheckRange<int64_t>("zero", zero, 0, 3);
     CheckRange("bucket_mb", bucket_mb, 0.001, 1e6);
     CheckOneOf("backend", backend, {"auto", "mpi", "nccl"});

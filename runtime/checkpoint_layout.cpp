@@ -164,7 +164,7 @@ std::unique_ptr<CheckpointManager::Plan> CheckpointManager::Plan::Make(
              "layout says {}",
              t.name, fmt::join(dp.ShapeOf(static_cast<int>(p)), "x"), fmt::join(local, "x"));
     t.view = view_of[p];
-    t.owner = t.view >= 0 && (dp.zero() > 0 || grid.dp_rank() == 0) &&
+    t.owner = t.view >= 0 && (dp.zero() > 0 || grid.replica_rank() == 0) &&
               (info.sharded() || grid.tp_rank() == 0);
     if (t.view >= 0) {
       const auto& v = plan->views[t.view];

@@ -442,7 +442,7 @@ void CheckpointManager::RunJob(WriteJob& job) {
     w.ComputeCrcs();
     w.CreateFile();
     w.WriteTensors();
-    w.WriteState(cfg_, grid_.dp(), grid_.tp(), dp_.zero(), model_cfg_);
+    w.WriteState(cfg_, grid_.replicas(), grid_.tp(), dp_.zero(), model_cfg_);
     w.Close();
     w.WriteDirect();
     old = w.Publish(dir_, cfg_.checkpoint.keep, root ? BestCheckpointPath() : "");

@@ -434,15 +434,30 @@ Config ParseConfig(const std::string* yaml_text, const std::string& origin,
 
   // Checks across sections, naming every key involved.
   const auto& p = cfg.parallel;
-  const int64_t dp = p.dp == -1 ? (check.world_size % p.tp == 0 ? check.world_size / p.tp : -1)
-                                : p.dp;
-  // dp == world_size / tp, not dp * tp == world_size: that product of two user numbers can
-  // overflow (parallel.dp=2^62+1 with tp 4 "fit" 4 ranks).
-  if (check.layout && (check.world_size % p.tp != 0 || dp != check.world_size / p.tp)) {
+  // dp == world_size / (cp * tp), not dp * cp * tp == world_size: that product of user numbers
+  // can overflow (parallel.dp=2^62+1 with tp 4 "fit" 4 ranks). cp and tp are at most 2^16.
+  const int64_t ct = p.cp * p.tp;
+  const int64_t dp = p.dp == -1 ? (check.world_size % ct == 0 ? check.world_size / ct : -1) : p.dp;
+  if (check.layout && (check.world_size % ct != 0 || dp != check.world_size / ct)) {
     FT_THROW(ConfigError,
-             "{}: parallel.dp * parallel.tp = {} * {} does not equal the world size {} (ranks "
-             "launched); set parallel.dp: -1 or launch parallel.dp * parallel.tp ranks",
-             origins.Of("parallel"), p.dp, p.tp, check.world_size);
+             "{}: parallel.dp * parallel.cp * parallel.tp = {} * {} * {} does not equal the world "
+             "size {} (ranks launched); set parallel.dp: -1 or launch dp * cp * tp ranks",
+             origins.Of("parallel"), p.dp, p.cp, p.tp, check.world_size);
+  }
+  if (check.layout && p.cp > 1 && cfg.data.max_seq_len % (2 * p.cp) != 0) {
+    const int64_t up = (cfg.data.max_seq_len / (2 * p.cp) + 1) * 2 * p.cp;
+    FT_THROW(ConfigError,
+             "{}: data.max_seq_len {} is not divisible by 2 * parallel.cp = {} (context parallelism "
+             "cuts every row into 2 * cp equal chunks); set data.max_seq_len to {} (the padding "
+             "is masked out of the loss)", origins.Of("data.max_seq_len"), cfg.data.max_seq_len,
+             2 * p.cp, up);
+  }
+  if (check.layout && p.cp > 1 && cfg.data.packing) {
+    FT_THROW(ConfigError,
+             "{}: data.packing with parallel.cp > 1 is not supported yet: context-parallel "
+             "attention treats each row as one sequence, and packed rows hold several documents "
+             "that must not attend to each other; set data.packing: false (rows are single "
+             "documents) or parallel.cp: 1", origins.Of("data.packing"));
   }
   if (check.need_train && (cfg.train.steps > 0) == (cfg.train.epochs > 0)) {
     FT_THROW(ConfigError, "{}: set exactly one of train.steps ({}) and train.epochs ({}); leave "

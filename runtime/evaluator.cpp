@@ -19,6 +19,7 @@
 #include "data/sha256.h"
 #include "models/generate.h"
 #include "models/hf_io.h"
+#include "parallel/context_parallel.h"
 #include "parallel/error.h"
 #include "parallel/files.h"
 #include "parallel/gather_strings.h"
@@ -127,7 +128,7 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
   lo.shuffle = false;
   lo.drop_last = false;
   data::Loader loader(lo);
-  const int64_t dp = grid_.dp();
+  const int64_t dp = grid_.dp(), cp = grid_.cp(), cp_rank = grid_.cp_rank();
   const int64_t steps = loader.samples_per_epoch() / (cfg_.eval.batch_size * dp);
 
   torch::NoGradGuard no_grad;
@@ -140,24 +141,32 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
     // of filler rows only still runs (one column, nothing counted): the forward may hold
     // collectives (ZeRO-3 layers gathered as in training, tensor parallelism) that every rank
     // must make.
-    const int64_t t =
+    int64_t t =
         b.num_targets == 0 ? 1 : (b.loss_mask.sum(0) > 0).nonzero().max().item<int64_t>() + 1;
+    // Context parallelism: 2 * cp equal chunks (max_seq_len is a multiple of 2 * cp), each
+    // rank its own two; the rows are counted once, by cp rank 0.
+    t = (t + 2 * cp - 1) / (2 * cp) * (2 * cp);
+    auto cut = [&](const torch::Tensor& x) {
+      return parallel::ShardSequence(x.slice(1, 0, t), cp, cp_rank, /*dim=*/1);
+    };
     models::ForwardOptions fo;
-    fo.positions = b.positions.slice(1, 0, t).to(dev);
-    auto mask = b.loss_mask.slice(1, 0, t);
-    auto ls = models::CausalLmLoss(model, b.tokens.slice(1, 0, t).to(dev),
-                                   b.targets.slice(1, 0, t).to(dev), mask.to(dev), fo);
+    fo.positions = cut(b.positions).to(dev);
+    if (cp > 1) fo.cp = &grid_.cp_comm();
+    auto mask = cut(b.loss_mask);
+    auto ls = models::CausalLmLoss(model, cut(b.tokens).to(dev), cut(b.targets).to(dev),
+                                   mask.to(dev), fo);
     acc[k][0] = ls.loss_sum.item<double>();
     acc[k][1] = static_cast<double>(ls.count.item<int64_t>());
-    acc[k][2] = (mask.sum(1) > 0).sum().item<double>();
+    acc[k][2] = cp_rank == 0 ? (b.loss_mask.sum(1) > 0).sum().item<double>() : 0.0;
   }
-  // Chunk c = k * dp + r is row block c of the split whatever dp is: add in chunk order.
-  auto all = torch::zeros({dp, local.size(0), 3}, torch::kDouble);
+  // Chunk c = k * dp + r is row block c of the split whatever dp is: add in chunk order (and
+  // within a chunk, the cp ranks' parts in cp order). Replica index = dp rank * cp + cp rank.
+  auto all = torch::zeros({dp * cp, local.size(0), 3}, torch::kDouble);
   grid_.dp_control().AllGather(local, all)->Wait();  // host sums: control traffic
   auto a = all.accessor<double, 3>();
   LossTotals tot;
   for (int64_t k = 0; k < steps; ++k) {
-    for (int64_t r = 0; r < dp; ++r) {
+    for (int64_t r = 0; r < dp * cp; ++r) {
       tot.nll_sum += a[r][k][0];
       tot.targets += static_cast<int64_t>(a[r][k][1]);
       tot.samples += static_cast<int64_t>(a[r][k][2]);
@@ -225,8 +234,9 @@ GenerationResult Evaluator::Generate(ParallelModel& pm, int64_t max_samples) {
 GenerationResult Evaluator::GenerateWith(models::LlamaModel& model, int64_t max_samples,
                                          const std::function<bool(bool)>& lock_step) {
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t bs = cfg_.eval.batch_size, dp = grid_.dp(), rank = grid_.dp_rank();
-  // Batch k (examples [k*bs, (k+1)*bs) in dataset order) runs on rank k % dp.
+  // Generation is not sharded over cp: every replica of the weights (dp x cp) takes batches.
+  const int64_t bs = cfg_.eval.batch_size, dp = grid_.replicas(), rank = grid_.replica_rank();
+  // Batch k (examples [k*bs, (k+1)*bs) in dataset order) runs on replica k % dp.
   const auto examples = ReadExamples(max_samples, [&](int64_t i) { return (i / bs) % dp == rank; });
 
   models::GenerateOptions opt = TokenGenerateOptions(tok_, model.config());

@@ -17,14 +17,15 @@ void GenerateOnGrid(models::LlamaModel& model, ParallelModel* pm, parallel::Proc
   FT_CHECK(pm == nullptr || &pm->model() == &model, "the model must be the ParallelModel's");
   using Ids = std::vector<std::vector<int32_t>>;
   const int64_t n = static_cast<int64_t>(inputs.size()), bs = batch_size;
-  const int64_t batches = (n + bs - 1) / bs, dp = grid.dp();
+  // Generation is not sharded over cp: every replica of the weights (dp x cp) takes batches.
+  const int64_t batches = (n + bs - 1) / bs, dp = grid.replicas();
   const int64_t rounds = (batches + dp - 1) / dp;
   if (pm != nullptr) {
     pm->BeginForward();
     opt.lock_step = pm->GenerationLockStep();
   }
   for (int64_t r = 0; r < rounds; ++r) {
-    const int64_t mine = r * dp + grid.dp_rank();
+    const int64_t mine = r * dp + grid.replica_rank();
     Ids out;
     if (mine < batches) {
       const Ids ids(inputs.begin() + mine * bs, inputs.begin() + std::min(n, (mine + 1) * bs));

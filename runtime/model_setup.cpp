@@ -111,6 +111,8 @@ TrainData OpenTrainData(const Config& cfg, const parallel::ProcessGrid& grid,
   lo.seed = cfg.data.shuffle_seed;
   lo.dp_rank = grid.dp_rank();
   lo.dp_size = grid.dp();
+  lo.cp_rank = grid.cp_rank();
+  lo.cp_size = grid.cp();
   lo.expected_tokenizer_sha256 = tok.sha256();
   TrainData d;
   d.loader = std::make_unique<data::Loader>(lo);

@@ -350,7 +350,7 @@ void ParallelModel::VisitParams(
 bool ParallelModel::zero3() const { return dp_->zero() == 3; }
 
 std::function<bool(bool)> ParallelModel::GenerationLockStep() {
-  if (dp_->zero() != 3 || grid_.dp() == 1) return {};
+  if (dp_->zero() != 3 || grid_.replicas() == 1) return {};
   parallel::Communicator* dp = &grid_.dp_control();
   return [dp](bool more) {
     auto flag = torch::tensor({more ? 1 : 0}, torch::kInt);

@@ -68,6 +68,7 @@ Config SetUpRun(World& world, const CommonArgs& args, const ConfigCheck& check,
 std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg, bool log) {
   parallel::GridOptions opt;
   opt.dp = cfg.parallel.dp;
+  opt.cp = cfg.parallel.cp;
   opt.tp = cfg.parallel.tp;
   opt.device = world.device();
   opt.backend = cfg.parallel.backend;
@@ -75,8 +76,9 @@ std::unique_ptr<parallel::ProcessGrid> MakeGrid(World& world, const Config& cfg,
   opt.timeout_s = cfg.parallel.timeout_s;
   auto grid = std::make_unique<parallel::ProcessGrid>(world.comm(), opt);
   if (!log) return grid;
-  LogInfo("placement: dp {} x tp {} on {} (rank 0's device), data communicators {}, control MPI",
-          grid->dp(), grid->tp(), grid->device().str(), grid->backend());
+  LogInfo("placement: dp {} x cp {} x tp {} on {} (rank 0's device), data communicators {}, "
+          "control MPI", grid->dp(), grid->cp(), grid->tp(), grid->device().str(),
+          grid->backend());
   return grid;
 }
 

@@ -39,9 +39,9 @@ data::Batch ToDevice(const data::Batch& b, const torch::Device& device) {
   data::Batch d = b;
   d.tokens = move(b.tokens);
   d.targets = move(b.targets);
-  // loss_mask stays on the host: CausalLmLoss selects the target rows there without a sync.
+  // loss_mask and segment_ids stay on the host: CausalLmLoss selects the target rows there, and
+  // the attention reads the document boundaries there, without a sync.
   d.positions = move(b.positions);
-  d.segment_ids = move(b.segment_ids);
   return d;
 }
 
@@ -63,6 +63,7 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
   models::ForwardOptions opt;
   opt.positions = b.positions;
   opt.segment_ids = b.segment_ids;
+  if (grid_.cp() > 1) opt.cp = &grid_.cp_comm();  // the batch holds this rank's chunks
   // Chunk the cross-entropy (recomputing logits in backward) only when this
   // rank's fp32 logits would exceed 1 GiB: below that, recomputing the lm_head
   // costs more time than the memory it saves.
@@ -79,7 +80,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
   auto& dp = pm_->data_parallel();
   StepStats s;
   s.step = step_ + 1;
-  // The loss denominator: target tokens of all micro-batches on all dp ranks (host integers
+  // The loss denominator: target tokens of all micro-batches on all dp x cp ranks (host integers
   // from the loader, over the control communicator: no device involved).
   int64_t local_targets = 0, local_tokens = 0;
   for (const auto& b : micro) local_targets += b.num_targets, local_tokens += b.tokens.numel();
@@ -102,10 +103,10 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
     if (last || dp.zero() == 3) dp.FinishGradSync();
   }
   // Loss and gradient norm of the whole job: [loss, replicated sq, tp-sharded sq]
-  // reduced over dp, the sharded part over tp too. Under ZeRO-0 every dp rank
+  // reduced over dp x cp, the sharded part over tp too. Under ZeRO-0 every replica
   // holds the whole (identical) gradient: count it once.
   auto sq = dp.ShardGradSquaredNorms();
-  if (dp.zero() == 0) sq = sq / grid_.dp();
+  if (dp.zero() == 0) sq = sq / grid_.replicas();
   auto stats = torch::cat({loss_sum.reshape({1}), sq});
   grid_.dp_comm().AllReduce(stats)->Wait();
   if (grid_.tp() > 1) {
@@ -257,10 +258,11 @@ TrainingSetup SetUpTraining(World& world, const Config& cfg) {
     for (int64_t d : dp.ShapeOf(static_cast<int>(p))) n *= d;
     params += n;
   }
-  LogInfo("training {} steps: {} samples per epoch, global batch {} ({} steps/epoch), dp {} tp {} "
-          "zero {}, {} parameters on this rank, model state {:.1f} MB on rank 0",
+  LogInfo("training {} steps: {} samples per epoch, global batch {} ({} steps/epoch), dp {} cp {} "
+          "tp {} zero {}, {} parameters on this rank, model state {:.1f} MB on rank 0",
           t.data.total_steps, t.data.loader->samples_per_epoch(), t.data.global_batch,
-          t.data.steps_per_epoch, t.grid->dp(), t.grid->tp(), cfg.parallel.zero, params,
+          t.data.steps_per_epoch, t.grid->dp(), t.grid->cp(), t.grid->tp(), cfg.parallel.zero,
+          params,
           t.trainer->data_parallel().ModelStateBytes() / 1e6);
   LogInfo("model loaded: peak resident memory {:.1f} MB on this rank so far ({:.1f} MB before "
           "the model and its optimizer state)", PeakRssBytes() / 1e6, rss_before / 1e6);

@@ -293,10 +293,25 @@ TEST_F(ConfigTest, NonFiniteNumbersAreErrors) {
 // that "fit" 4 ranks; found with fuzz_config under UBSan).
 TEST_F(ConfigTest, HugeDpDoesNotFitTheWorld) {
   auto e = ErrorOf("", {"parallel.dp=4611686018427387905", "parallel.tp=4"}, {4, false});
-  EXPECT_NE(e.find("parallel.dp * parallel.tp = 4611686018427387905 * 4 does not equal the world "
-                   "size 4"),
+  EXPECT_NE(e.find("parallel.dp * parallel.cp * parallel.tp = 4611686018427387905 * 1 * 4 does "
+                   "not equal the world size 4"),
             std::string::npos)
       << e;
+}
+
+TEST_F(ConfigTest, ContextParallelLayoutIsChecked) {
+  // dp * cp * tp must be the world; rows must cut into 2 * cp chunks; packed rows are refused.
+  auto e = ErrorOf("", {"parallel.cp=2", "parallel.tp=2", "parallel.dp=2"}, {4, false});
+  EXPECT_NE(e.find("parallel.dp * parallel.cp * parallel.tp = 2 * 2 * 2 does not equal the world "
+                   "size 4"), std::string::npos) << e;
+  e = ErrorOf("", {"parallel.cp=4", "data.max_seq_len=1001", "data.packing=false"}, {4, false});
+  EXPECT_NE(e.find("data.max_seq_len 1001 is not divisible by 2 * parallel.cp = 8"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("set data.max_seq_len to 1008"), std::string::npos) << e;
+  e = ErrorOf("", {"parallel.cp=2", "data.max_seq_len=1024", "data.packing=true"}, {2, false});
+  EXPECT_NE(e.find("data.packing with parallel.cp > 1 is not supported"), std::string::npos) << e;
+  e = ErrorOf("", {"parallel.cp=0"}, {2, false});
+  EXPECT_NE(e.find("parallel.cp"), std::string::npos) << e;
 }
 
 TEST_F(ConfigTest, TpMustDivideTheModel) {
