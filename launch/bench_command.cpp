@@ -121,7 +121,7 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     // same formula as metrics.jsonl's per step).
     ThroughputModel tm;
     tm.flops_per_token = flops_per_token;
-    tm.dp = grid.dp();
+    tm.dp = grid.replicas();  // the devices sharing the tokens: dp x cp (x tp in the model)
     const double model_flops = ModelFlopsPerDevice(tm, tokens_per_step, median);
     const auto dtype = trainer.model().dtype();
     const torch::Device device = grid.device();
@@ -129,7 +129,8 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     const double gemm = GemmFlops(device, dtype, n, device.is_cuda() ? 20 : 5);
     if (world.rank() != 0) return;
     nlohmann::json j = {
-        {"world_size", world.world_size()}, {"dp", grid.dp()}, {"tp", grid.tp()},
+        {"world_size", world.world_size()}, {"dp", grid.dp()}, {"cp", grid.cp()},
+        {"tp", grid.tp()},
         {"zero", cfg.parallel.zero}, {"dtype", cfg.model.dtype}, {"device", device.str()},
         {"threads", world.threads()}, {"seq_len", cfg.data.max_seq_len},
         {"micro_batch", cfg.train.micro_batch}, {"grad_accum", cfg.train.grad_accum},

@@ -21,6 +21,7 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
   static int64_t nodes = 1, gpus = 8;
   static double gpu_mem_gib = 80;
   static std::string attention = "flash";
+  static bool max_seq = false;
   sub->add_option("--nodes", nodes, "nodes in the job")->check(CLI::PositiveNumber);
   sub->add_option("--gpus-per-node", gpus, "GPUs per node (tp stays within a node)")
       ->check(CLI::PositiveNumber);
@@ -29,6 +30,9 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
   sub->add_option("--attention", attention,
                   "flash (GPU, libtorch >= 2: no s^2 score memory) or materialized")
       ->check(CLI::IsMember({"flash", "materialized"}));
+  sub->add_flag("--max-seq", max_seq,
+                "also the longest data.max_seq_len the config's own layout (parallel.cp, tp, "
+                "zero, checkpointing) trains on these GPUs");
   sub->callback([&world]() {
     runtime::ConfigCheck check;
     check.layout = false;  // the layouts are what plan enumerates
@@ -51,6 +55,13 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
       runtime::LogWarn("plan: the config's own layout is not planned: {}", e.what());
     }
     if (world.rank() == 0) fmt::print("{}", runtime::PlanReport(in, plans, own.get()));
+    if (max_seq && own && world.rank() == 0) {
+      const int64_t longest = runtime::PlanMaxSeqLen(in, cfg);
+      fmt::print("longest sequence of this config's layout (dp {} cp {} tp {} zero {} {}): {}\n",
+                 own->dp, own->cp, own->tp, own->zero, own->checkpointing.Name(),
+                 longest > 0 ? fmt::format("{} tokens ({} per rank)", longest, longest / own->cp)
+                             : std::string("none fits"));
+    }
   });
 }
 

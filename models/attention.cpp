@@ -172,7 +172,17 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
   }
   if (layout.segment_ids.defined()) {
     FT_CHECK(!layout.mask.defined(), "packed rows cannot be combined with a KV cache");
-    return DocumentCausalAttention(q, k, v, layout.segment_ids);
+    if (q.size(2) >= kLongRowTokens) return DocumentCausalAttention(q, k, v, layout.segment_ids);
+    // A short row: one call with its (same document & causal) mask, T^2 bools per row, beats
+    // dozens of tiny per-document calls (demo rows of 192 tokens: 10 % faster per step on CPU).
+    const auto seg = layout.segment_ids.to(q.device());
+    const int64_t t = q.size(2);
+    auto causal = torch::ones({t, t}, torch::dtype(torch::kBool).device(q.device())).tril();
+    return compat::Attention(q, k, v, ((seg.unsqueeze(2) == seg.unsqueeze(1)) & causal).unsqueeze(1),
+                             /*causal=*/true);
+  }
+  if (!compat::kTorch2 && !layout.mask.defined() && q.size(2) >= kLongRowTokens) {
+    return BlockCausalAttention(q, k, v, 0);
   }
   return compat::Attention(q, k, v, layout.mask, /*causal=*/true);
 }

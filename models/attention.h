@@ -1,8 +1,10 @@
 // Causal self-attention of a training or decoding forward, in one entry point for every layout
 // the tokens come in, none of which builds a (B, 1, T, T) mask:
-//  * a plain row: SDPA's causal kernel (grouped-query attention native on libtorch >= 2.5);
+//  * a plain row: SDPA's causal kernel (grouped-query attention native on libtorch >= 2.5); on
+//    libtorch 1.x, rows of kLongRowTokens or more go block by block (below);
 //  * packed rows (`segment_ids`): each run of equal ids is a document that attends only within
-//    itself, computed document by document (causal), so the cost follows the documents' lengths;
+//    itself; rows of kLongRowTokens or more are computed document by document (causal), so the
+//    cost follows the documents' lengths, not the row's square;
 //  * context parallelism (`cp`): q, k, v hold this rank's two chunks of every row
 //    (parallel/context_parallel.h). The keys and values of the whole row are gathered over the
 //    cp group, and each local query chunk attends to the keys before it block by block, the
@@ -18,6 +20,12 @@
 #include "parallel/communicator.h"
 
 namespace ftune::models {
+
+// Rows at least this long never build a T x T tensor: packed rows go document by document, and
+// plain rows block-wise where libtorch has no fused attention (1.x: compat::Attention would
+// materialize the (B, H, T, T) probabilities, 4 GiB per head at 32K). Shorter packed rows take one
+// masked call (their mask is small, and one call is faster than many tiny ones).
+inline constexpr int64_t kLongRowTokens = 1024;
 
 struct AttentionLayout {
   // KV-cache decoding: bool (B, 1, T, S), true = attend. Undefined otherwise.

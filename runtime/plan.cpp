@@ -1,5 +1,7 @@
 #include "runtime/plan.h"
 
+#include "models/attention.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <set>
 #include <tuple>
 
+#include "models/attention.h"
 #include "parallel/compat.h"
 #include "runtime/parallelize.h"
 
@@ -50,12 +53,14 @@ UnitSizes Units(const models::LlamaConfig& cfg, int64_t tp) {
 // rank's share.
 struct Shapes {
   double s, b, sb, e, h, q, kv, inter, heads, v, d;
+  double row = 0, cp = 1;  // the whole row's tokens (s = row / cp under context parallelism)
 };
 
 Shapes ShapesOf(const PlanInput& in, int64_t tp) {
   const auto& c = in.model;
   Shapes x;
-  x.s = double(in.seq_len), x.b = double(in.micro_batch), x.e = double(in.elem_bytes);
+  x.row = double(in.seq_len), x.cp = double(in.cp);
+  x.s = x.row / x.cp, x.b = double(in.micro_batch), x.e = double(in.elem_bytes);
   x.sb = x.s * x.b;
   x.h = double(c.hidden_size);
   x.q = double(c.num_attention_heads) * c.head_dim / tp;
@@ -74,8 +79,30 @@ double NormBytes(const Shapes& x) {
   return x.sb * x.h * (4.0 + squared + x.e) + x.sb * 4.0;
 }
 
+// Block-wise attention (models/attention.h): context parallelism, and long rows where libtorch
+// has no fused attention.
+bool BlockAttention(const PlanInput& in) {
+  return in.cp > 1 || (!in.flash_attention && in.seq_len >= models::kLongRowTokens);
+}
+
+// Block-wise attention's working set in its backward, besides what it keeps: one key block's
+// fp32 scores, probabilities and their gradient for a chunk of queries (a cp rank's chunk: half
+// its tokens; the whole row without cp), the fp32 gradients of q, of the gathered K and V and the
+// gathered K/V gradient handed to the reduce-scatter (and its per-rank copy).
+double BlockAttentionBackBytes(const Shapes& x) {
+  const double chunk = x.cp > 1 ? x.s / 2 : x.s;
+  const double block = 512;
+  return 3 * x.b * x.heads * chunk * std::min(block, x.row) * 4 + x.sb * x.q * 4 +
+         2 * x.b * x.row * x.kv * 4 + (x.cp > 1 ? 2 * 2 * x.b * x.row * x.kv * x.e : 0.0);
+}
+
 // What the attention keeps, the o_proj input included.
 double AttentionBytes(const PlanInput& in, const Shapes& x) {
+  if (BlockAttention(in)) {
+    // q, the output and the o_proj input of this rank's tokens, the K/V of the whole row
+    // (gathered over cp), the fp32 log-sum-exp.
+    return x.sb * 3 * x.q * x.e + x.b * x.row * 2 * x.kv * x.e + x.b * x.heads * x.s * 4.0;
+  }
   if (in.flash_attention) {  // q, k, v, the output, the o_proj input; the log-sum-exp
     return x.sb * (3 * x.q + 2 * x.kv) * x.e + x.b * x.heads * x.s * 4.0;
   }
@@ -107,8 +134,9 @@ double LossChunkRows(const Shapes& x) { return std::max(1024.0, kGiB / (4 * x.v)
 // fp32 logits of `rows` rows and their log-sum-exp.
 double LogitsBytes(const Shapes& x, double rows) { return rows * x.v * 4 + rows * 4; }
 
-// Forward FLOPs of the attention's two products (full s x s, as the materialized path computes).
-double AttentionFlops(const Shapes& x) { return 4 * x.b * x.s * x.s * x.q; }
+// Forward FLOPs of the attention's two products (full s x s, as the materialized path computes;
+// a cp rank's queries against the whole row's keys).
+double AttentionFlops(const Shapes& x) { return 4 * x.b * x.s * x.row * x.q; }
 
 // Forward FLOPs of one decoder layer.
 double LayerFlops(const Shapes& x) {
@@ -158,15 +186,17 @@ PlanInput PlanInputFor(const Config& cfg, const models::LlamaConfig& model, int6
   in.gpu_mem_bytes = gpu_mem_bytes;
   in.policies = PlanPolicies(cfg.train.Checkpointing());
   in.offload_threads = cfg.parallel.offload_threads;
+  in.cp = cfg.parallel.cp;
   return in;
 }
 
 LayoutPlan PlanConfigLayout(const PlanInput& in, const Config& cfg) {
-  const int64_t gpus = in.nodes * in.gpus_per_node, tp = cfg.parallel.tp;
-  const int64_t dp = cfg.parallel.dp == -1 ? gpus / tp : cfg.parallel.dp;
-  if (gpus % tp != 0 || dp != gpus / tp) {
-    FT_THROW(ConfigError, "parallel.dp {} x parallel.tp {} does not fill the {} GPU(s) planned; "
-             "set parallel.dp: -1 or plan for dp x tp GPUs", cfg.parallel.dp, tp, gpus);
+  const int64_t gpus = in.nodes * in.gpus_per_node, tp = cfg.parallel.tp, ct = in.cp * tp;
+  const int64_t dp = cfg.parallel.dp == -1 ? gpus / ct : cfg.parallel.dp;
+  if (gpus % ct != 0 || dp != gpus / ct) {
+    FT_THROW(ConfigError, "parallel.dp {} x parallel.cp {} x parallel.tp {} does not fill the {} "
+             "GPU(s) planned; set parallel.dp: -1 or plan for dp x cp x tp GPUs",
+             cfg.parallel.dp, in.cp, tp, gpus);
   }
   const auto policy = cfg.train.Checkpointing();
   policy.CheckLayers(in.model.num_hidden_layers);
@@ -218,9 +248,11 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
   const UnitSizes u = Units(c, tp);
   const int64_t layers = c.num_hidden_layers;
   LayoutPlan p;
-  p.dp = dp, p.tp = tp, p.zero = zero, p.checkpointing = policy, p.offload = offload;
+  p.dp = dp, p.cp = in.cp, p.tp = tp, p.zero = zero, p.checkpointing = policy;
+  p.offload = offload;
   p.params_per_gpu = ParamsPerTpRank(c, tp);
-  p.state = StateOf(double(p.params_per_gpu), in.elem_bytes, dp, zero, offload);
+  const int64_t replicas = dp * in.cp;  // gradients and ZeRO shards span dp x cp
+  p.state = StateOf(double(p.params_per_gpu), in.elem_bytes, replicas, zero, offload);
   p.acts = PlanActivations(in, tp, policy);
 
   // The step's peak (see the header): the loss's backward, each layer's backward, the optimizer.
@@ -256,8 +288,10 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
     b.when = StepPeak::When::kLayer;
     b.layer = i;
     const double back = policy.ForLayer(i) == LayerRecompute::kNone ? 0.0 : none - kept[i];
-    // Gradients through the SwiGLU (product, silu, gate) and of the layer's output.
-    const double flowing = (3 * x.inter + x.h) * x.sb * x.e;
+    // Gradients through the SwiGLU (product, silu, gate) and of the layer's output; later in the
+    // layer's backward, block-wise attention's working set if larger.
+    const double flowing = std::max((3 * x.inter + x.h) * x.sb * x.e,
+                                    BlockAttention(in) ? BlockAttentionBackBytes(x) : 0.0);
     b.activations = below + kept[i] + back + flowing;
     if (zero == 3) b.gathered = ends + (i > 0 ? 2 : 1) * layer;
     // The layers after i have produced their gradients (this layer's arrive at the end of its
@@ -267,7 +301,7 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
     const double complete = std::floor(produced / bucket);
     if (zero >= 2) {
       const double filling = produced - complete * bucket;
-      b.grads = lm_head + filling + std::min(complete, 2.0) * (bucket + bucket / dp) * (1 + wire);
+      b.grads = lm_head + filling + std::min(complete, 2.0) * (bucket + bucket / replicas) * (1 + wire);
     } else {
       b.grads = complete * bucket * wire;  // all-reduced in place, staged while in flight
     }
@@ -278,7 +312,7 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
   opt.when = StepPeak::When::kUpdate;
   const double largest =  // elements of the largest bucket
       zero == 3 ? double(std::max({u.embed, u.head, u.layer})) : std::max(bucket / e, late);
-  const double owned = zero == 0 ? largest : largest / dp;
+  const double owned = zero == 0 ? largest : largest / replicas;
   // The update's fp32 temporaries: two of the plain ops (none fused), in bf16 under ZeRO-0/1 the
   // gradient slice in fp32. Offloaded they are host memory, once per update thread at most.
   double temps = compat::kFusedAdamW ? 0.0 : 2 * 4 * owned;
@@ -290,7 +324,9 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
     if (zero <= 1 && x.e != 4) temps += 4 * owned;
     opt.bytes += temps;
   }
-  if ((zero == 1 || zero == 2) && dp > 1) opt.bytes += double(p.params_per_gpu) * e / dp;
+  if ((zero == 1 || zero == 2) && replicas > 1) {
+    opt.bytes += double(p.params_per_gpu) * e / replicas;
+  }
   // Before it, at the end of backward: ZeRO-0/1's all-reduces of every bucket still in flight.
   if (zero <= 1) opt.bytes = std::max(opt.bytes, double(p.params_per_gpu) * e * wire);
   if (opt.bytes > worst.bytes) worst = opt;
@@ -319,9 +355,21 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
   }
   const double forward = double(layers) * LayerFlops(x) + 2 * x.sb * x.h * x.v;
   p.recompute = extra / (3 * forward);
-  const double pe = double(p.params_per_gpu) * e, f = dp > 1 ? double(dp - 1) / dp : 0.0;
+  const double pe = double(p.params_per_gpu) * e;
+  const double f = replicas > 1 ? double(replicas - 1) / replicas : 0.0;
   const double dp_factor = zero == 1 ? 3.0 : zero == 3 ? 3.0 * in.grad_accum : 2.0;
   p.dp_comm_bytes = dp_factor * f * pe;
+  if (in.cp > 1) {
+    // Per layer the K/V of the whole row all-gathered in forward (again when the layer is
+    // recomputed in full, or when selective recompute re-runs the attention) and their gradient
+    // reduce-scattered in backward: each (cp - 1) / cp of b * row * 2kv elements sent per rank.
+    const double kv = double(in.cp - 1) / in.cp * x.b * x.row * 2 * x.kv * e;
+    double passes = 0;
+    for (int64_t i = 0; i < layers; ++i) {
+      passes += policy.ForLayer(i) == LayerRecompute::kNone ? 2.0 : 3.0;
+    }
+    p.cp_comm_bytes = passes * kv * in.grad_accum;
+  }
   if (tp > 1) {
     // 4 all-reduces of s*b*h per layer (2 forward, 2 backward) + the embedding; a fully
     // recomputed layer repeats its 2 forward ones (selective replays their kept results).
@@ -337,7 +385,7 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
   const int64_t world = in.nodes * in.gpus_per_node;
   std::vector<LayoutPlan> out;
   for (int64_t tp = 1; tp <= in.gpus_per_node; ++tp) {
-    if (in.gpus_per_node % tp != 0 || !TpAllowed(c, tp)) continue;
+    if (in.gpus_per_node % tp != 0 || world % (tp * in.cp) != 0 || !TpAllowed(c, tp)) continue;
     for (int64_t zero = 0; zero <= 3; ++zero) {
       for (bool offload : {false, true}) {
         for (const auto& policy : in.policies) {
@@ -345,12 +393,29 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in) {
               policy.every() > c.num_hidden_layers) {
             continue;  // recomputes no layer: the trainer refuses it
           }
-          out.push_back(PlanLayout(in, world / tp, tp, zero, policy, offload));
+          out.push_back(PlanLayout(in, world / (tp * in.cp), tp, zero, policy, offload));
         }
       }
     }
   }
   return out;
+}
+
+int64_t PlanMaxSeqLen(PlanInput in, const Config& cfg) {
+  const int64_t step = 2 * in.cp * 64;  // rows cut into 2 * cp chunks of a multiple of 64
+  auto fits = [&](int64_t seq) {
+    in.seq_len = seq;
+    return PlanConfigLayout(in, cfg).fits;
+  };
+  if (!fits(step)) return 0;
+  int64_t lo = 1, hi = 2;  // in steps: lo fits, hi unknown
+  while (hi < (int64_t(1) << 24) / step && fits(hi * step)) lo = hi, hi *= 2;
+  if (hi >= (int64_t(1) << 24) / step) return lo * step;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid * step) ? lo : hi) = mid;
+  }
+  return lo * step;
 }
 
 int RecommendLayout(const std::vector<LayoutPlan>& plans) {
@@ -375,14 +440,19 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
   const int64_t total_params = ParamsPerTpRank(c, 1);
   r += fmt::format(
       "model: {:.2f} B parameters ({} layers, hidden {}, {} heads / {} kv heads, ffn {}, vocab {}{})\n"
-      "run: {} | seq {} x micro-batch {} x grad_accum {} | {} node(s) x {} GPU(s), {} GiB each "
+      "run: {} | seq {}{} x micro-batch {} x grad_accum {} | {} node(s) x {} GPU(s), {} GiB each "
       "(reserving {} GiB for CUDA/NCCL/allocator) | attention: {}\n\n",
       total_params / 1e9, c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
       c.num_key_value_heads, c.intermediate_size, c.vocab_size,
       c.tie_word_embeddings ? ", tied embeddings" : "", in.elem_bytes == 2 ? "bf16" : "fp32",
-      in.seq_len, in.micro_batch, in.grad_accum, in.nodes, in.gpus_per_node,
-      Gib(in.gpu_mem_bytes), Gib(in.overhead_bytes),
-      in.flash_attention ? "fused (no s^2 term)" : "materialized softmax");
+      in.seq_len,
+      in.cp > 1 ? fmt::format(" over cp {} ({} tokens per rank)", in.cp, in.seq_len / in.cp)
+                : "",
+      in.micro_batch, in.grad_accum, in.nodes, in.gpus_per_node, Gib(in.gpu_mem_bytes),
+      Gib(in.overhead_bytes),
+      BlockAttention(in)      ? "block-wise (no s^2 term)"
+      : in.flash_attention    ? "fused (no s^2 term)"
+                              : "materialized softmax");
   r += "  dp  tp zero recompute  +flops offload | params  grads  optim   acts |   peak at       | "
        " total GiB fits | host GiB | comm GB/step dp     tp\n";
   const int best = RecommendLayout(plans);
@@ -416,15 +486,17 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
   if (config != nullptr) {
     const auto& p = *config;
     r += fmt::format(
-        "this config: dp {} tp {} zero {} {}{}: {} GiB of {} GiB per GPU ({}), {:.1f}% of the "
-        "step's FLOPs recomputed\n",
-        p.dp, p.tp, p.zero, p.checkpointing.Name(),
+        "this config: dp {} cp {} tp {} zero {} {}{}: {} GiB of {} GiB per GPU ({}), {:.1f}% of "
+        "the step's FLOPs recomputed{}\n",
+        p.dp, p.cp, p.tp, p.zero, p.checkpointing.Name(),
         p.offload ? fmt::format(", optimizer offloaded ({} GiB of host memory per GPU)", Gib(p.host))
                   : "",
         Gib(p.total), Gib(in.gpu_mem_bytes),
         p.headroom ? "fits with 10% headroom" : p.fits ? "fits, without 10% headroom"
                                                         : "DOES NOT FIT",
-        100 * p.recompute);
+        100 * p.recompute,
+        p.cp > 1 ? fmt::format(", {:.1f} GB sent per GPU per step over cp", p.cp_comm_bytes / 1e9)
+                 : "");
   }
   if (best < 0) {
     r += "\nno layout fits: use more GPUs, a shorter data.max_seq_len or a smaller "
@@ -438,11 +510,12 @@ std::string PlanReport(const PlanInput& in, const std::vector<LayoutPlan>& plans
             ? "--set " + settings
             : "--set " + settings.substr(0, space) + " --set " + settings.substr(space + 1);
     r += fmt::format(
-        "\nrecommended: --set parallel.dp={} --set parallel.tp={} --set parallel.zero={} {}{} ({} "
+        "\nrecommended: --set parallel.dp={}{} --set parallel.tp={} --set parallel.zero={} {}{} ({} "
         "GiB of {} GiB per GPU{}). Chosen among the layouts that fit with 10% headroom: without "
         "optimizer offload first, then no whole layer recomputed (none or selective), then the "
         "smallest tp, then the least recompute, then the fewest bytes sent over dp.\n",
-        p.dp, p.tp, p.zero, sets, p.offload ? " --set parallel.offload=optimizer" : "",
+        p.dp, p.cp > 1 ? fmt::format(" --set parallel.cp={}", p.cp) : "", p.tp, p.zero, sets,
+        p.offload ? " --set parallel.offload=optimizer" : "",
         Gib(p.total), Gib(in.gpu_mem_bytes),
         p.offload ? fmt::format("; host: {} GiB per GPU, {} GiB per node", Gib(p.host),
                                 Gib(p.host * double(in.gpus_per_node)))

@@ -1,12 +1,13 @@
 // `ftune plan`: per-GPU memory and per-step communication of every layout a job could use,
 // before any GPU is spent. Pure arithmetic over the model config; nothing is allocated.
 //
-// A layout is dp x tp, a ZeRO stage and an activation checkpointing policy (the same
+// A layout is dp x cp x tp (cp from the config: parallel.cp), a ZeRO stage and an activation
+// checkpointing policy (the same
 // ActivationCheckpointing object the trainer runs, runtime/activation_checkpointing.h), so every
 // row is a run the trainer can do, and the row of a config's own settings is the run it does.
 //
 // Model state (what ftune's DataParallel allocates, parallel/data_parallel.cpp), with
-// P = parameters per tensor-parallel rank, N = dp, e = bytes per element of model.dtype:
+// P = parameters per tensor-parallel rank, N = dp x cp, e = bytes per element of model.dtype:
 //   parameters  P*e                (zero 0-2)    P/N*e (zero 3)
 //   gradients   P*e                (zero 0-1)    P/N*4 (zero 2-3: the reduced shard is fp32)
 //   moments     8*P (zero 0)       8*P/N (zero >= 1)
@@ -29,6 +30,12 @@
 //              attention's output: (3h + 2q + 2kv + 2I) s*b*e; attention's scores are recomputed.
 //   full       the layer's input, s*b*h*e.
 //   every_n    full for every n-th layer, none for the others.
+// With context parallelism every per-token term counts s = seq_len / cp tokens (the rank's
+// chunks); the attention keeps the gathered K/V of the whole row.
+// Attention, block-wise (models/attention.h: cp > 1, or rows of 1024+ tokens where libtorch has no
+// fused attention): q, the output and the o_proj input of the rank's tokens, K and V of the whole
+// row, the fp32 log-sum-exp; its backward's working set (a key block's fp32 scores for a query
+// chunk, the fp32 gradients of q and the row's K/V) counts in the layer's backward.
 // Attention, fused (GPU, libtorch >= 2: flash / memory-efficient SDPA): q, k, v, its output and
 // the o_proj input, (3q + 2kv) s*b*e, and the log-sum-exp. Materialized (ftune's attention on
 // libtorch 1.x, what CPU ranks on Debian 12 run): contiguous copies of q, k and v (k and v
@@ -89,6 +96,7 @@ struct PlanInput {
   bool staged_reductions = false;
   int64_t offload_threads = 4;  // parallel.offload_threads: host threads of an offloaded update
   double overhead_bytes = 3.0 * (1 << 30);  // CUDA context, NCCL buffers, allocator slack
+  int64_t cp = 1;  // parallel.cp: each rank holds seq_len / cp tokens of every row
   // The policies each layout is planned with (PlanPolicies: none, selective, every_2, full and the
   // config's own).
   std::vector<ActivationCheckpointing> policies = PlanPolicies({});
@@ -128,7 +136,7 @@ struct StepPeak {
 };
 
 struct LayoutPlan {
-  int64_t dp = 1, tp = 1, zero = 0;
+  int64_t dp = 1, cp = 1, tp = 1, zero = 0;  // ZeRO shards span dp x cp
   ActivationCheckpointing checkpointing;
   bool offload = false;        // parallel.offload: optimizer
   int64_t params_per_gpu = 0;  // P: parameters of this tp rank's shard
@@ -143,6 +151,7 @@ struct LayoutPlan {
   double recompute = 0;        // extra compute: the step's FLOPs spent recomputing, as a fraction
   double dp_comm_bytes = 0;    // sent per GPU per optimizer step, ring algorithms
   double tp_comm_bytes = 0;
+  double cp_comm_bytes = 0;    // K/V all-gathers and their gradients' reduce-scatters
 };
 
 // Parameters of one tp rank's shard (tp = 1: the whole model).
@@ -168,6 +177,10 @@ std::vector<LayoutPlan> PlanLayouts(const PlanInput& in);
 // The layout `cfg` asks for (parallel.dp, parallel.tp, parallel.zero and its policy) on in's GPUs.
 // Throws ConfigError naming the key when it does not fill them or the model cannot run it.
 LayoutPlan PlanConfigLayout(const PlanInput& in, const Config& cfg);
+
+// The longest data.max_seq_len (a multiple of 2 * cp * 64, at most 16M) that `cfg`'s layout
+// (PlanConfigLayout) fits into the GPU memory with, or 0 when not even the shortest does.
+int64_t PlanMaxSeqLen(PlanInput in, const Config& cfg);
 
 // The layout to use among those that fit with 10 % headroom (else among those that fit at all),
 // or -1: first one without optimizer offload (PCIe copies and a host AdamW every step), then one

@@ -145,7 +145,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
 Trainer::Outcome Trainer::Train(data::Loader& loader, int64_t total_steps, const Loop& loop) {
   ThroughputModel tm;
   tm.flops_per_token = pm_->FlopsPerToken(cfg_.data.max_seq_len);
-  tm.dp = grid_.dp();
+  tm.dp = grid_.replicas();  // the devices sharing the tokens: dp x cp (x tp in the model)
   const std::string device_name = compat::DeviceName(grid_.device());
   const double peak_tflops = cfg_.run.peak_tflops > 0
                                  ? cfg_.run.peak_tflops

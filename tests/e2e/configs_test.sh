@@ -22,6 +22,7 @@ short=(--set train.epochs=-1 --set train.steps=2 --set run.threads=1)
 for c in configs/*.yaml; do
   case $(basename "$c") in
     tiny.yaml|demo_pretrain.yaml|demo_finetune.yaml|llama3_8b.yaml|llama3_70b.yaml) ;;
+    llama3_1_8b_128k.yaml) ;;
     *) echo "FAIL: $c is not covered by this test"; fail=1 ;;
   esac
   check "$c starts with a comment saying what it is for" "head -1 $c | grep -q '^# '"
@@ -48,7 +49,7 @@ run ft_prepare.out "$FTUNE" prepare --config configs/demo_finetune.yaml --set ru
 
 # The real-model configs: `ftune plan` exactly as their comments show, and the layout they set
 # is the one the plan recommends.
-for c in configs/llama3_8b.yaml configs/llama3_70b.yaml; do
+for c in configs/llama3_8b.yaml configs/llama3_70b.yaml configs/llama3_1_8b_128k.yaml; do
   cmd=$(sed -n 's/^#   ftune plan /plan /p' "$c" | head -1)
   [ -n "$cmd" ] || { echo "FAIL: $c has no '#   ftune plan ...' line"; fail=1; continue; }
   # shellcheck disable=SC2086  # the comment's words
@@ -65,6 +66,13 @@ def key(k):
 for k in ("tp", "zero"):
     want = re.search(r"parallel\.%s=(\d+)" % k, line)
     assert want and key(k) == want.group(1), (k, key(k), line)
+cp = re.search(r"parallel\.cp=(\d+)", line)
+assert (cp.group(1) if cp else None) == key("cp"), ("cp", key("cp"), line)
+ac = re.search(r"train\.activation_checkpointing=(\S+)", line)
+assert ac and key("activation_checkpointing") == ac.group(1), (key("activation_checkpointing"), line)
+if "--max-seq" in cfg:
+    m = re.search(r"^longest sequence of this config's layout .*: (\d+) tokens", out, re.M)
+    assert m and int(m.group(1)) >= int(key("max_seq_len")), out[-600:]
 PY
   fi
 done

@@ -68,13 +68,16 @@ TEST(BlockCausalAttention, Fp32WithinTolerance) {
   EXPECT_LT(RelErr(got.to(torch::kDouble), want), 1e-5);
 }
 
-TEST(CausalAttention, PackedRowsAttendWithinEachDocumentOnly) {
-  // Rows of several documents (runs of equal ids; a padding run at the end) against the dense
-  // (same segment & causal) mask the training forward used to build.
-  const int64_t b = 3, h = 4, hkv = 2, d = 8, t = 12;
-  auto seg = torch::tensor({0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3,    //
-                            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,    //
-                            5, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7}, torch::kLong).view({b, t});
+// Packed rows of T tokens against the dense (same segment & causal) mask, fp64.
+void CheckPackedRows(int64_t t) {
+  const int64_t b = 3, h = 4, hkv = 2, d = 8;
+  const std::vector<std::vector<int64_t>> lengths = {
+      {t / 4, t / 3, t - t / 4 - t / 3 - 2, 2}, {t}, {1, 2, t - 3}};
+  auto seg = torch::empty({b, t}, torch::kLong);
+  for (int64_t r = 0; r < b; ++r) {
+    int64_t at = 0, id = 5 * r;
+    for (int64_t n : lengths[r]) seg[r].narrow(0, at, n).fill_(id++), at += n;
+  }
   auto q = Rand({b, h, t, d}, 7), k = Rand({b, hkv, t, d}, 8), v = Rand({b, hkv, t, d}, 9);
   auto w = torch::randn({b, h, t, d}, torch::kDouble);
   auto keep = ((seg.unsqueeze(2) == seg.unsqueeze(1)) &
@@ -83,10 +86,18 @@ TEST(CausalAttention, PackedRowsAttendWithinEachDocumentOnly) {
   AttentionLayout layout;
   layout.segment_ids = seg;
   auto got = CausalAttention(q, k, v, layout);
-  EXPECT_LT(RelErr(got, want), 1e-12);
+  EXPECT_LT(RelErr(got, want), 1e-12) << "t " << t;
   const auto gw = Grads(want, w, {q, k, v});
   const auto gg = Grads(got, w, {q, k, v});
-  for (int i = 0; i < 3; ++i) EXPECT_LT(RelErr(gg[i], gw[i]), 1e-12) << "grad " << i;
+  for (int i = 0; i < 3; ++i) EXPECT_LT(RelErr(gg[i], gw[i]), 1e-12) << "t " << t << " grad " << i;
+}
+
+TEST(CausalAttention, PackedRowsAttendWithinEachDocumentOnly) {
+  // Rows of several documents (runs of equal ids; a padding run at the end) against the dense
+  // (same segment & causal) mask the training forward used to build: short rows (one masked
+  // call) and long rows (kLongRowTokens and more: document by document).
+  CheckPackedRows(12);
+  CheckPackedRows(kLongRowTokens + 6);
 }
 
 TEST(CausalAttention, PackedRowIsEachDocumentAlone) {
