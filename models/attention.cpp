@@ -21,11 +21,6 @@ c10::ScalarType AccumulationType(const torch::Tensor& x) {
   return c10::promoteTypes(x.scalar_type(), torch::kFloat);
 }
 
-// Grouped-query layout: (B, H, T, D) -> (B, Hkv, H / Hkv * T, D), query head h = kv * rep + j.
-torch::Tensor GroupQueries(const torch::Tensor& x, int64_t hkv) {
-  return x.reshape({x.size(0), hkv, -1, x.size(3)});
-}
-
 // The blocks of keys [a, e) a query block sees, and whether a block needs the causal mask.
 struct KeyBlocks {
   int64_t q_start, t, last, block;
@@ -48,33 +43,47 @@ torch::Tensor Scores(const KeyBlocks& kb, const torch::Tensor& qf, const torch::
   return s;
 }
 
+// One tile of grouped queries: rows [i0, i0 + n) of every query head, as (B, Hkv, rep * n, D).
+torch::Tensor Tile(const torch::Tensor& x5, int64_t i0, int64_t n) {
+  return x5.narrow(3, i0, n).reshape({x5.size(0), x5.size(1), -1, x5.size(4)});
+}
+
+// Query tiles of `block` queries, each against the key blocks up to its last query: the
+// causal half of the score matrix, at block granularity.
 class BlockCausalAttentionFn : public torch::autograd::Function<BlockCausalAttentionFn> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, int64_t q_start, int64_t block) {
-    const int64_t hkv = k.size(1);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-    const KeyBlocks kb(q_start, q.size(2), k.size(2), block);
+    const int64_t b = q.size(0), t = q.size(2), d = q.size(3), hkv = k.size(1);
+    const int64_t rep = q.size(1) / hkv;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     const auto acc_t = AccumulationType(q);
-    auto qf = GroupQueries(q.to(acc_t), hkv);
+    auto q5 = q.to(acc_t).reshape({b, hkv, rep, t, d});
     auto kf = k.to(acc_t), vf = v.to(acc_t);
-    const auto f32 = qf.options();
-    auto m = torch::full({qf.size(0), hkv, qf.size(2)}, kNegInf, f32);
-    auto l = torch::zeros_like(m);
-    auto acc = torch::zeros_like(qf);
-    // Block 0 holds key 0, which every query sees: m is finite from the first block on.
-    for (int64_t a = 0; a < kb.last; a += block) {
-      const int64_t e = std::min(a + block, kb.last);
-      auto s = Scores(kb, qf, kf, a, e, scale);
-      auto m_new = torch::maximum(m, std::get<0>(s.max(-1)));
-      auto p = s.sub_(m_new.unsqueeze(-1)).exp_();
-      auto corr = (m - m_new).exp_();
-      l = l.mul_(corr).add_(p.sum(-1));
-      acc = acc.mul_(corr.unsqueeze(-1)).add_(torch::matmul(p, vf.narrow(2, a, e - a)));
-      m = m_new;
+    auto out = torch::empty_like(q5);
+    auto lse = torch::empty({b, hkv, rep, t}, q5.options());
+    for (int64_t i0 = 0; i0 < t; i0 += block) {
+      const int64_t n = std::min(block, t - i0);
+      const KeyBlocks kb(q_start + i0, n, k.size(2), block);
+      auto qt = Tile(q5, i0, n);
+      auto m = torch::full({b, hkv, qt.size(2)}, kNegInf, qt.options());
+      auto l = torch::zeros_like(m);
+      auto acc = torch::zeros_like(qt);
+      // Block 0 holds key 0, which every query sees: m is finite from the first block on.
+      for (int64_t a = 0; a < kb.last; a += block) {
+        const int64_t e = std::min(a + block, kb.last);
+        auto s = Scores(kb, qt, kf, a, e, scale);
+        auto m_new = torch::maximum(m, std::get<0>(s.max(-1)));
+        auto p = s.sub_(m_new.unsqueeze(-1)).exp_();
+        auto corr = (m - m_new).exp_();
+        l.mul_(corr).add_(p.sum(-1));
+        acc.mul_(corr.unsqueeze(-1)).add_(torch::matmul(p, vf.narrow(2, a, e - a)));
+        m = m_new;
+      }
+      out.narrow(3, i0, n).copy_(acc.div_(l.unsqueeze(-1)).view({b, hkv, rep, n, d}));
+      lse.narrow(3, i0, n).copy_(m.add_(l.log_()).view({b, hkv, rep, n}));
     }
-    auto lse = m.add_(l.log());
-    auto y = acc.div_(l.unsqueeze(-1)).reshape(q.sizes()).to(q.scalar_type());
+    auto y = out.view(q.sizes()).to(q.scalar_type());
     ctx->save_for_backward({q, k, v, y, lse});
     ctx->saved_data["q_start"] = q_start;
     ctx->saved_data["block"] = block;
@@ -86,26 +95,34 @@ class BlockCausalAttentionFn : public torch::autograd::Function<BlockCausalAtten
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &y = saved[3], &lse = saved[4];
     const int64_t q_start = ctx->saved_data["q_start"].toInt();
     const int64_t block = ctx->saved_data["block"].toInt();
-    const int64_t hkv = k.size(1);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-    const KeyBlocks kb(q_start, q.size(2), k.size(2), block);
+    const int64_t b = q.size(0), t = q.size(2), d = q.size(3), hkv = k.size(1);
+    const int64_t rep = q.size(1) / hkv;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     const auto acc_t = AccumulationType(q);
-    auto qf = GroupQueries(q.to(acc_t), hkv);
+    auto q5 = q.to(acc_t).reshape({b, hkv, rep, t, d});
+    auto go5 = grad[0].to(acc_t).reshape({b, hkv, rep, t, d});
+    auto delta5 = (go5 * y.to(acc_t).reshape({b, hkv, rep, t, d})).sum(-1, /*keepdim=*/true);
     auto kf = k.to(acc_t), vf = v.to(acc_t);
-    auto go = GroupQueries(grad[0].to(acc_t), hkv);
-    auto delta = (go * GroupQueries(y.to(acc_t), hkv)).sum(-1, /*keepdim=*/true);
-    auto dq = torch::zeros_like(qf);
+    auto dq5 = torch::empty_like(q5);
     auto dk = torch::zeros_like(kf), dv = torch::zeros_like(vf);
-    for (int64_t a = 0; a < kb.last; a += block) {
-      const int64_t e = std::min(a + block, kb.last);
-      auto p = Scores(kb, qf, kf, a, e, scale).sub_(lse.unsqueeze(-1)).exp_();  // (B, Hkv, R, n)
-      dv.narrow(2, a, e - a).add_(torch::matmul(p.transpose(-2, -1), go));
-      auto ds = torch::matmul(go, vf.narrow(2, a, e - a).transpose(-2, -1)).sub_(delta).mul_(p)
-                    .mul_(scale);
-      dq.add_(torch::matmul(ds, kf.narrow(2, a, e - a)));
-      dk.narrow(2, a, e - a).add_(torch::matmul(ds.transpose(-2, -1), qf));
+    for (int64_t i0 = 0; i0 < t; i0 += block) {
+      const int64_t n = std::min(block, t - i0);
+      const KeyBlocks kb(q_start + i0, n, k.size(2), block);
+      auto qt = Tile(q5, i0, n), go = Tile(go5, i0, n), delta = Tile(delta5, i0, n);
+      auto lse_t = lse.narrow(3, i0, n).reshape({b, hkv, -1, 1});
+      auto dq = torch::zeros_like(qt);
+      for (int64_t a = 0; a < kb.last; a += block) {
+        const int64_t e = std::min(a + block, kb.last);
+        auto p = Scores(kb, qt, kf, a, e, scale).sub_(lse_t).exp_();  // (B, Hkv, R, e - a)
+        dv.narrow(2, a, e - a).add_(torch::matmul(p.transpose(-2, -1), go));
+        auto ds = torch::matmul(go, vf.narrow(2, a, e - a).transpose(-2, -1)).sub_(delta).mul_(p)
+                      .mul_(scale);
+        dq.add_(torch::matmul(ds, kf.narrow(2, a, e - a)));
+        dk.narrow(2, a, e - a).add_(torch::matmul(ds.transpose(-2, -1), qt));
+      }
+      dq5.narrow(3, i0, n).copy_(dq.view({b, hkv, rep, n, d}));
     }
-    return {dq.reshape(q.sizes()).to(q.scalar_type()), dk.to(k.scalar_type()),
+    return {dq5.view(q.sizes()).to(q.scalar_type()), dk.to(k.scalar_type()),
             dv.to(v.scalar_type()), torch::Tensor(), torch::Tensor()};
   }
 };

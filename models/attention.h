@@ -42,8 +42,9 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const AttentionLayout& layout);
 
 // Causal attention of queries at positions q_start .. q_start + T - 1 over keys at 0 .. S - 1
-// (a query at p sees the keys at <= p; S >= q_start + T), computed over key blocks of `block`
-// keys: fp32 (fp64 for fp64 inputs) scores of one block at a time, merged by their log-sum-exp
+// (a query at p sees the keys at <= p; S >= q_start + T), in tiles of `block` queries against
+// blocks of `block` keys up to the tile's last query (the causal half, at block granularity):
+// fp32 (fp64 for fp64 inputs) scores of one block at a time, merged by their log-sum-exp
 // (flash attention's online softmax), grouped-query attention without repeated K/V. Backward recomputes each
 // block's probabilities from the saved output and log-sum-exp (flash attention's backward), so
 // no T x S tensor is kept or built. Plain ATen math: the CPU implementation and the oracle of

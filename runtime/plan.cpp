@@ -85,14 +85,13 @@ bool BlockAttention(const PlanInput& in) {
   return in.cp > 1 || (!in.flash_attention && in.seq_len >= models::kLongRowTokens);
 }
 
-// Block-wise attention's working set in its backward, besides what it keeps: one key block's
-// fp32 scores, probabilities and their gradient for a chunk of queries (a cp rank's chunk: half
-// its tokens; the whole row without cp), the fp32 gradients of q, of the gathered K and V and the
-// gathered K/V gradient handed to the reduce-scatter (and its per-rank copy).
+// Block-wise attention's working set in its backward, besides what it keeps: for one tile of 512
+// queries against one block of 512 keys, the fp32 scores, probabilities and their gradient; the
+// fp32 copies of q and of its gradient, the fp32 gradients of the row's K and V, and under cp the
+// gathered K/V gradient handed to the reduce-scatter with its per-rank copy.
 double BlockAttentionBackBytes(const Shapes& x) {
-  const double chunk = x.cp > 1 ? x.s / 2 : x.s;
-  const double block = 512;
-  return 3 * x.b * x.heads * chunk * std::min(block, x.row) * 4 + x.sb * x.q * 4 +
+  const double tile = std::min(512.0, x.cp > 1 ? x.s / 2 : x.s);
+  return 3 * x.b * x.heads * tile * std::min(512.0, x.row) * 4 + 2 * x.sb * x.q * 4 +
          2 * x.b * x.row * x.kv * 4 + (x.cp > 1 ? 2 * 2 * x.b * x.row * x.kv * x.e : 0.0);
 }
 
