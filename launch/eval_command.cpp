@@ -94,10 +94,10 @@ void RunEval(EvalArgs a, runtime::World& world) {
     model.whole->to(grid.device());
     model.whole->eval();
   }
-  LogInfo("evaluating {} on {} test examples ({} tokens) of {}{}; {} rank(s): dp {} x tp {}, {}",
-          model_path, evaluator.num_test_examples(), evaluator.num_test_tokens(), data_dir,
-          base ? " against --compare " + a.compare : "", world.world_size(), grid.dp(),
-          grid.tp(),
+  LogInfo("evaluating {} on {} test examples ({} tokens) of {}{}; {} rank(s): dp {} x cp {} x tp "
+          "{}, {}", model_path, evaluator.num_test_examples(), evaluator.num_test_tokens(),
+          data_dir, base ? " against --compare " + a.compare : "", world.world_size(), grid.dp(),
+          grid.cp(), grid.tp(),
           model.whole ? "whole models on every rank"
                       : fmt::format("each rank its shard (ZeRO {})", cfg.parallel.zero));
 

@@ -3,6 +3,8 @@
 // config's model, batch and sequence length, which fit, the config's own layout, and the one to
 // use (runtime/plan.h).
 // Needs no GPU and no data; under mpirun only rank 0 prints.
+#include <nlohmann/json.hpp>
+
 #include "launch/commands.h"
 #include "models/llama_config.h"
 #include "parallel/files.h"
@@ -21,7 +23,7 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
   static int64_t nodes = 1, gpus = 8;
   static double gpu_mem_gib = 80;
   static std::string attention = "flash";
-  static bool max_seq = false;
+  static bool max_seq = false, json = false;
   sub->add_option("--nodes", nodes, "nodes in the job")->check(CLI::PositiveNumber);
   sub->add_option("--gpus-per-node", gpus, "GPUs per node (tp stays within a node)")
       ->check(CLI::PositiveNumber);
@@ -33,6 +35,8 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
   sub->add_flag("--max-seq", max_seq,
                 "also the longest data.max_seq_len the config's own layout (parallel.cp, tp, "
                 "zero, checkpointing) trains on these GPUs");
+  sub->add_flag("--json", json,
+                "print the config's own layout as one JSON line (bytes) instead of the table");
   sub->callback([&world]() {
     runtime::ConfigCheck check;
     check.layout = false;  // the layouts are what plan enumerates
@@ -53,6 +57,21 @@ void AddPlanCommand(CLI::App& app, runtime::World& world) {
       own = std::make_unique<runtime::LayoutPlan>(runtime::PlanConfigLayout(in, cfg));
     } catch (const ConfigError& e) {
       runtime::LogWarn("plan: the config's own layout is not planned: {}", e.what());
+    }
+    if (json) {
+      if (!own) throw ConfigError("plan --json: the config's own layout is not planned (above)");
+      nlohmann::json j = {{"dp", own->dp}, {"cp", own->cp}, {"tp", own->tp}, {"zero", own->zero},
+                          {"activation_checkpointing", own->checkpointing.Name()},
+                          {"seq_len", in.seq_len}, {"model_state_bytes", own->state.total()},
+                          {"activations_bytes", own->acts.kept()},
+                          {"peak_bytes", own->peak.bytes}, {"peak_at", own->peak.Name()},
+                          {"total_bytes", own->total}, {"fits", own->fits},
+                          {"dp_comm_bytes", own->dp_comm_bytes},
+                          {"cp_comm_bytes", own->cp_comm_bytes},
+                          {"tp_comm_bytes", own->tp_comm_bytes}};
+      if (max_seq) j["max_seq_len"] = runtime::PlanMaxSeqLen(in, cfg);
+      if (world.rank() == 0) fmt::print("{}\n", j.dump());
+      return;
     }
     if (world.rank() == 0) fmt::print("{}", runtime::PlanReport(in, plans, own.get()));
     if (max_seq && own && world.rank() == 0) {

@@ -86,13 +86,13 @@ bool BlockAttention(const PlanInput& in) {
 }
 
 // Block-wise attention's working set in its backward, besides what it keeps: for one tile of 512
-// queries against one block of 512 keys, the fp32 scores, probabilities and their gradient; the
+// queries against one block of 512 keys, the fp32 probabilities and their gradient; the
 // fp32 copies of q and of its gradient, the fp32 gradients of the row's K and V, and under cp the
-// gathered K/V gradient handed to the reduce-scatter with its per-rank copy.
+// gathered K/V gradient the reduce-scatter sends.
 double BlockAttentionBackBytes(const Shapes& x) {
   const double tile = std::min(512.0, x.cp > 1 ? x.s / 2 : x.s);
-  return 3 * x.b * x.heads * tile * std::min(512.0, x.row) * 4 + 2 * x.sb * x.q * 4 +
-         2 * x.b * x.row * x.kv * 4 + (x.cp > 1 ? 2 * 2 * x.b * x.row * x.kv * x.e : 0.0);
+  return 2 * x.b * x.heads * tile * std::min(512.0, x.row) * 4 + 2 * x.sb * x.q * 4 +
+         2 * x.b * x.row * x.kv * 4 + (x.cp > 1 ? 2 * x.b * x.row * x.kv * x.e : 0.0);
 }
 
 // What the attention keeps, the o_proj input included.
@@ -288,9 +288,14 @@ LayoutPlan PlanLayout(const PlanInput& in, int64_t dp, int64_t tp, int64_t zero,
     b.layer = i;
     const double back = policy.ForLayer(i) == LayerRecompute::kNone ? 0.0 : none - kept[i];
     // Gradients through the SwiGLU (product, silu, gate) and of the layer's output; later in the
-    // layer's backward, block-wise attention's working set if larger.
-    const double flowing = std::max((3 * x.inter + x.h) * x.sb * x.e,
-                                    BlockAttention(in) ? BlockAttentionBackBytes(x) : 0.0);
+    // layer's backward, block-wise attention's working set if larger, by when the SwiGLU's
+    // activations are gone (silu and product; gate and up too unless selective keeps them).
+    const double swiglu = (policy.ForLayer(i) == LayerRecompute::kSelective ? 2 : 4) * x.inter *
+                          x.sb * x.e;
+    const double flowing =
+        std::max((3 * x.inter + x.h) * x.sb * x.e,
+                 BlockAttention(in) ? BlockAttentionBackBytes(x) + x.sb * x.h * x.e - swiglu
+                                    : 0.0);
     b.activations = below + kept[i] + back + flowing;
     if (zero == 3) b.gathered = ends + (i > 0 ? 2 : 1) * layer;
     // The layers after i have produced their gradients (this layer's arrive at the end of its

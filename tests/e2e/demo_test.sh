@@ -146,7 +146,7 @@ for out, ref in (("layout_final_parallel_tp_2", "ft"), ("layout_final_parallel_z
         assert [(e["answer"], e["base_answer"]) for e in ex] == \
                [(e["answer"], e["base_answer"]) for e in ex1], out
 PY
-check "sharded eval names its layout" "grep -q 'dp 1 x tp 2, each rank its shard' $S/layout_final_parallel_tp_2.out"
+check "sharded eval names its layout" "grep -q 'dp 1 x cp 1 x tp 2, each rank its shard' $S/layout_final_parallel_tp_2.out"
 # eval.generate during training in tp 2 and in dp 2 x ZeRO-3 (layers gathered per token).
 for layout in "parallel.tp=2" "parallel.zero=3"; do
   out=train_${layout//[.=]/_}

@@ -16,6 +16,7 @@ extern "C" size_t __sanitizer_get_current_allocated_bytes();
 
 #include "models/llama.h"
 #include "parallel/compat.h"
+#include "parallel/context_parallel.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/parallelize.h"
@@ -186,6 +187,84 @@ TEST(PlanActivations, MatchAllocationsPerPolicyZeroStageAndTp) {
                     "libtorch " << compat::TorchVersion() << " runs SDPA on the CPU";
   }
   ExpectActivationsMatch(TestWorld().comm());
+}
+
+// Long rows with block-wise attention (models/attention.h) at cp 1 (one rank of its own) and at
+// cp = the job's ranks: the plan's activations and step peak against allocations, within 15 %.
+void ExpectContextParallelMatches(parallel::Communicator& comm) {
+  Config cfg = LoadConfig("", {}, {});
+  cfg.model.arch.vocab_size = 256;
+  cfg.model.arch.hidden_size = 128;
+  cfg.model.arch.intermediate_size = 352;
+  cfg.model.arch.num_hidden_layers = 2;
+  cfg.model.arch.num_attention_heads = 4;
+  cfg.model.arch.num_key_value_heads = 2;
+  cfg.model.arch.max_position_embeddings = 4096;
+  cfg.data.max_seq_len = 4096;
+  cfg.data.packing = false;
+  cfg.train.micro_batch = 1;
+  cfg.log.jsonl = false;
+  const int64_t cp = comm.size(), t = cfg.data.max_seq_len;
+  const auto mcfg = models::LlamaConfig::FromInline(cfg.model);
+  auto gen = at::detail::createCPUGenerator(12);
+  data::Batch b;
+  b.tokens = torch::randint(256, {1, t}, gen, torch::kLong);
+  b.targets = torch::randint(256, {1, t}, gen, torch::kLong);
+  b.loss_mask = torch::ones({1, t});
+  b.positions = torch::arange(t).unsqueeze(0);
+  parallel::GridOptions go = ftune::testing::TestGrid(-1, 1);
+  go.cp = cp;
+  parallel::ProcessGrid grid(comm, go);
+  for (const std::string policy : {"none", "selective", "full"}) {
+    cfg.parallel.cp = cp;
+    cfg.train.activation_checkpointing = policy;
+    PlanInput in = PlanInputFor(cfg, mcfg, 1, comm.size(), 1e12);
+    in.flash_attention = false;
+    in.staged_reductions = true;
+    in.overhead_bytes = 0;
+    const LayoutPlan plan = PlanConfigLayout(in, cfg);
+    testing::TensorMemoryCounter memory;
+    auto model = std::make_shared<models::LlamaModel>(mcfg, /*materialize=*/false);
+    models::Unmaterialize(*model, torch::kFloat);
+    auto source = [](const parallel::ParamSpec&, int64_t, at::Tensor out) { out.fill_(0.02); };
+    Trainer trainer(TestWorld(), cfg, model, grid, source);
+    auto& dp = trainer.data_parallel();
+    auto& pm = trainer.parallel();
+    const double state = double(memory.in_use());
+    memory.ResetPeak();
+    models::ForwardOptions fo;
+    auto cut = [&](const torch::Tensor& x) { return parallel::ShardSequence(x, cp, grid.cp_rank()); };
+    fo.positions = cut(b.positions);
+    if (cp > 1) fo.cp = &grid.cp_comm();
+    dp.StartMicroBatch(true);
+    pm.BeginMicroBatch();
+    // The trainer's chunking of the loss (Trainer::MicroBatchLoss): none below 1 GiB of logits.
+    const int64_t chunk = std::max<int64_t>(1024, (int64_t(1) << 30) / (4 * mcfg.vocab_size));
+    auto ls = models::CausalLmLoss(*model, cut(b.tokens), cut(b.targets), cut(b.loss_mask), fo,
+                                   chunk);
+    const double kept = double(memory.in_use()) - state;
+    ls.loss_sum.backward();
+    pm.EndMicroBatch();
+    dp.FinishGradSync();
+    dp.Step({});
+    const double peak = double(memory.peak()) - state;
+    const std::string what = fmt::format("cp {} seq {} {}", cp, t, policy);
+    EXPECT_NEAR(plan.acts.kept(), kept, 0.15 * kept) << what << ": activations";
+    EXPECT_NEAR(plan.peak.bytes, peak, 0.15 * peak)
+        << what << ": peak above the model state (planned at the " << plan.peak.Name() << ")";
+    if (TestWorld().rank() == 0) {
+      std::printf("%s: activations planned %.0f measured %.0f (%+.1f%%) | peak planned %.0f (%s) "
+                  "measured %.0f (%+.1f%%)\n", what.c_str(), plan.acts.kept(), kept,
+                  100.0 * (plan.acts.kept() - kept) / kept, plan.peak.bytes, plan.peak.Name(),
+                  peak, 100.0 * (plan.peak.bytes - peak) / peak);
+    }
+  }
+}
+
+TEST(PlanActivations, MatchAllocationsUnderContextParallelism) {
+  auto self = TestWorld().comm().Split(TestWorld().rank(), 0, "self");
+  ExpectContextParallelMatches(*self);
+  ExpectContextParallelMatches(TestWorld().comm());
 }
 
 TEST(PlanModelState, MatchesDataParallelAtOneRank) {
