@@ -198,7 +198,7 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
     return compat::Attention(q, k, v, ((seg.unsqueeze(2) == seg.unsqueeze(1)) & causal).unsqueeze(1),
                              /*causal=*/true);
   }
-  if (!compat::kTorch2 && !layout.mask.defined() && q.size(2) >= kLongRowTokens) {
+  if ((!compat::kTorch2 || q.is_cpu()) && !layout.mask.defined() && q.size(2) >= kLongRowTokens) {
     return BlockCausalAttention(q, k, v, 0);
   }
   return compat::Attention(q, k, v, layout.mask, /*causal=*/true);

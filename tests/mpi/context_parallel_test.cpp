@@ -110,8 +110,12 @@ class ContextParallel : public ::testing::Test {
           << what << " step " << i + 1;
     }
     for (const auto& [name, w] : want.params) {
+      // 2e-5: on libtorch 2.x the one-rank reference's attention is SDPA's CPU kernel, another
+      // summation order than the block-wise cp attention, and AdamW's first steps amplify the
+      // gradients' last bits (1.3e-5 seen there; 1.x stays below 1e-5). The gradients themselves
+      // are within 1e-5 relative (LossAndEveryGradientOfOneMicroBatch).
       const double err = (got.params.at(name) - w).abs().max().item<double>();
-      EXPECT_LT(err, 1e-5) << what << ": " << name << " max abs diff " << err;
+      EXPECT_LT(err, 2e-5) << what << ": " << name << " max abs diff " << err;
     }
   }
   static parallel::Communicator* self_;
