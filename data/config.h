@@ -49,6 +49,9 @@ struct DataConfig {
   std::string overlong = "truncate";    // truncate | drop examples longer than max_seq_len
   bool train_on_prompt = false;         // loss on prompt tokens too (default: response only)
   bool packing = false;                 // concatenate examples into full rows (else pad each)
+  // Unpacked batches are cut to their longest row rounded up to this multiple: 8 keeps bf16
+  // GEMM dims tensor-core aligned and the number of distinct shapes small, wasting < 8 columns.
+  int64_t pad_to_multiple = 8;
   bool strict = false;                  // stop at the first bad record instead of skipping it
   int64_t shard_tokens = 1 << 22;       // tokens per HDF5 shard file
   int64_t compression = 0;              // gzip level of shard datasets (0 = uncompressed)
@@ -72,6 +75,8 @@ struct DataConfig {
     v("overlong", overlong, "truncate | drop examples longer than max_seq_len");
     v("train_on_prompt", train_on_prompt, "compute the loss on prompt tokens too");
     v("packing", packing, "pack several examples into each row");
+    v("pad_to_multiple", pad_to_multiple,
+      "unpacked: each micro-batch is cut to its longest row, rounded up to this multiple");
     v("strict", strict, "stop at the first bad record instead of skipping it");
     v("shard_tokens", shard_tokens, "tokens per HDF5 shard file");
     v("compression", compression, "gzip level 0-9 of shard datasets (0 = uncompressed)");
@@ -84,6 +89,7 @@ struct DataConfig {
     CheckOneOf("format", format, {"auto", "text", "qa", "alpaca", "chat"});
     CheckRange<int64_t>("max_seq_len", max_seq_len, 8, 1 << 20);
     CheckOneOf("overlong", overlong, {"truncate", "drop"});
+    CheckRange<int64_t>("pad_to_multiple", pad_to_multiple, 1, max_seq_len);
     CheckRange<int64_t>("shard_tokens", shard_tokens, 1024, int64_t(1) << 40);
     CheckRange<int64_t>("compression", compression, 0, 9);
   }

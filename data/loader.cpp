@@ -7,6 +7,7 @@
 #include <exception>
 #include <list>
 #include <mutex>
+#include <numeric>
 #include <thread>
 
 #include "data/shards.h"
@@ -129,7 +130,7 @@ struct Loader::Impl {
   // Fills row b of the batch tensors with sample `s` (-1: an empty filler row).
   void FillRow(int64_t s, int64_t b, Batch& out, std::vector<int32_t>& tok,
                std::vector<uint8_t>& mask, std::vector<int64_t>& seg) {
-    const int64_t T = opts.seq_len, R = T + 1;
+    const int64_t T = out.tokens.size(1), R = T + 1;  // the batch's width, <= seq_len
     tok.assign(R, pad_id);
     mask.assign(R, 0);
     seg.assign(R, 0);
@@ -190,6 +191,20 @@ struct Loader::Impl {
     out.sample_ids.data_ptr<int64_t>()[b] = s;
   }
 
+  // The width of an unpacked batch of samples `ids` (-1: filler): its longest row, rounded up to
+  // pad_to_multiple (and to 2 * cp_size: context parallelism cuts rows into 2 * cp chunks), at
+  // most seq_len; at least one column (a batch of filler rows only). Every cut column is padding
+  // of every row (loss mask 0), so the loss is that of the full width.
+  int64_t Width(const std::vector<int64_t>& ids) const {
+    if (opts.packing) return opts.seq_len;  // packed rows are full
+    int64_t longest = 1;
+    for (int64_t s : ids) {
+      if (s >= 0) longest = std::max(longest, std::min<int64_t>(doc_len[s], opts.seq_len));
+    }
+    const int64_t m = std::lcm(opts.pad_to_multiple, int64_t(2) * opts.cp_size);
+    return std::min(opts.seq_len, (longest + m - 1) / m * m);
+  }
+
   // Context parallelism: this cp rank's two chunks of every row (parallel/context_parallel.h),
   // with the target count of its own tokens.
   void ShardForContext(Batch& b) const {
@@ -202,7 +217,7 @@ struct Loader::Impl {
 
   // The batch at `st` (advancing to the next epoch when the current one is used up).
   Item Produce(LoaderState st) {
-    const int64_t G = GlobalBatch(), B = opts.micro_batch, T = opts.seq_len;
+    const int64_t G = GlobalBatch(), B = opts.micro_batch;
     if (st.cursor + G > Used()) {
       ++st.epoch;
       st.cursor = 0;
@@ -212,6 +227,12 @@ struct Loader::Impl {
       perm_epoch = st.epoch;
       perm_seed = st.seed;
     }
+    std::vector<int64_t> ids(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t g = st.cursor + int64_t(opts.dp_rank) * B + b;
+      ids[b] = g < num_samples ? perm[g] : -1;
+    }
+    const int64_t T = Width(ids);
     Item item;
     Batch& out = item.batch;
     out.tokens = torch::empty({B, T}, torch::kLong);
@@ -223,10 +244,7 @@ struct Loader::Impl {
     std::vector<int32_t> tok;
     std::vector<uint8_t> mask;
     std::vector<int64_t> seg;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t g = st.cursor + int64_t(opts.dp_rank) * B + b;
-      FillRow(g < num_samples ? perm[g] : -1, b, out, tok, mask, seg);
-    }
+    for (int64_t b = 0; b < B; ++b) FillRow(ids[b], b, out, tok, mask, seg);
     out.num_targets = static_cast<int64_t>(out.loss_mask.sum().item<float>());
     st.cursor += G;
     item.after = st;
@@ -276,9 +294,10 @@ Loader::Loader(const LoaderOptions& o) : impl_(std::make_unique<Impl>()) {
   Impl& im = *impl_;
   im.opts = o;
   if (o.seq_len < 1 || o.micro_batch < 1 || o.dp_size < 1 || o.dp_rank < 0 ||
-      o.dp_rank >= o.dp_size || o.prefetch < 1) {
+      o.dp_rank >= o.dp_size || o.prefetch < 1 || o.pad_to_multiple < 1) {
     FT_THROW(ConfigError, "loader: bad options (seq_len {}, micro_batch {}, dp rank {} of {}, "
-             "prefetch {})", o.seq_len, o.micro_batch, o.dp_rank, o.dp_size, o.prefetch);
+             "prefetch {}, pad_to_multiple {})", o.seq_len, o.micro_batch, o.dp_rank, o.dp_size,
+             o.prefetch, o.pad_to_multiple);
   }
   const Manifest m = ReadManifest(o.dir);
   if (!o.expected_tokenizer_sha256.empty() &&

@@ -1,8 +1,8 @@
 // The streaming loader that `train` and `eval` read: micro-batches of a prepared split
 // (data/shards.h) for one data-parallel rank.
 //
-// Samples. Padding mode (packing = false): sample i is document i, truncated or padded to
-// seq_len + 1 tokens. Packing mode: the documents, in stored (input) order, are concatenated
+// Samples. Padding mode (packing = false): sample i is document i, truncated to seq_len + 1
+// tokens and padded to its batch's width + 1 (Width, below). Packing mode: the documents, in stored (input) order, are concatenated
 // and cut into rows of seq_len + 1 tokens, so each row is one contiguous token range (cheap
 // to read); the rows are what gets shuffled. The last row is padded. A document may continue into the next row. In a row, `segment_ids` number the
 // document pieces 0, 1, ..., `positions` restart at 0 at each piece (RoPE per document), and
@@ -17,8 +17,14 @@
 // (epoch, global cursor, seed): restored under another dp_size or micro_batch, the loader
 // continues from the same cursor in the same permutation, skipping and repeating nothing.
 //
-// Batch tensors, with B = micro_batch and T = seq_len (T / cp_size under context parallelism:
-// this rank's chunks, positions global, num_targets its own):
+// Width. Packed rows are T = seq_len wide. An unpacked batch is cut to its longest row (the
+// tokens of its longest document, at most seq_len) rounded up to a multiple of pad_to_multiple
+// and of 2 * cp_size (capped at seq_len): the cut columns are padding in every row (loss mask 0), so a batch of
+// short examples costs its own length, not seq_len. The width is a function of the batch's
+// samples only: a restored loader produces the same batches.
+//
+// Batch tensors, with B = micro_batch and T = the batch's width (above; T / cp_size under
+// context parallelism: this rank's chunks, positions global, num_targets its own):
 //   tokens (B, T) int64 | targets (B, T) int64 = tokens shifted by one | loss_mask (B, T) f32
 //   positions (B, T) int64 | segment_ids (B, T) int64 (packing only, undefined otherwise)
 //   sample_ids (B) int64: the global sample index of each row (-1 for an empty filler row)
@@ -50,9 +56,10 @@ struct Batch {               // one micro-batch for this rank
 struct LoaderOptions {
   std::string dir;                        // prepared dataset directory (data.dir resolved)
   std::string split = "train";            // train | test
-  int64_t seq_len = 0;                    // T: each row holds T + 1 tokens
+  int64_t seq_len = 0;                    // the longest row: at most seq_len + 1 tokens
   int64_t micro_batch = 1;                // B: rows per rank per batch
   bool packing = false;
+  int64_t pad_to_multiple = 8;            // unpacked: batch width rounded up to a multiple of this
   int64_t seed = 0;                       // shuffle seed
   int dp_rank = 0;
   int dp_size = 1;

@@ -121,6 +121,7 @@ LossTotals Evaluator::Loss(models::LlamaModel& model) {
   lo.seq_len = cfg_.data.max_seq_len;
   lo.micro_batch = cfg_.eval.batch_size;
   lo.packing = false;
+  lo.pad_to_multiple = cfg_.data.pad_to_multiple;
   lo.seed = cfg_.data.shuffle_seed;
   lo.dp_rank = grid_.dp_rank();
   lo.dp_size = grid_.dp();

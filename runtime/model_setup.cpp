@@ -108,6 +108,7 @@ TrainData OpenTrainData(const Config& cfg, const parallel::ProcessGrid& grid,
   lo.seq_len = cfg.data.max_seq_len;
   lo.micro_batch = cfg.train.micro_batch;
   lo.packing = cfg.data.packing;
+  lo.pad_to_multiple = cfg.data.pad_to_multiple;
   lo.seed = cfg.data.shuffle_seed;
   lo.dp_rank = grid.dp_rank();
   lo.dp_size = grid.dp();
