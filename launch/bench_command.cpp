@@ -1,7 +1,8 @@
 // `ftune bench comm`: Communicator all-reduce bandwidth beside raw MPI.
-// `ftune bench train --config C [--warmup N] [--steps M]`: N untimed and M timed steps of the
-// real training step (data from the shards, gradient sync, optimizer), then the device's
-// practical GEMM ceiling on the same threads; one JSON line on rank 0 (the last line of stdout).
+// `ftune bench train --config C [--warmup N] [--steps M] [--profile DIR]`: N untimed and M timed
+// steps of the real training step (data from the shards, gradient sync, optimizer), then the
+// device's practical GEMM ceiling on the same threads; one JSON line on rank 0 (the last line of
+// stdout). --profile: the timed steps are the profiler's window (runtime/profiler.h).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 #include "launch/commands.h"
 #include "parallel/comm_bench.h"
 #include "parallel/compat.h"
+#include "parallel/files.h"
 #include "runtime/metrics.h"
 #include "runtime/model_setup.h"
 #include "runtime/trainer.h"
@@ -87,6 +89,10 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
                     "H100/H200/A100 (else no MFU)")
       ->capture_default_str();
   train->add_option("--gemm-n", gemm_n, "size of the GEMM-ceiling matmul (0: 2048 CPU, 8192 GPU)");
+  static std::string profile_dir;
+  train->add_option("--profile", profile_dir,
+                    "profile the timed steps: a trace per rank in DIR (DIR/rank<r>.pt.trace.json) "
+                    "and the top ops on rank 0 (the timings then include the profiler's cost)");
   train->callback([&world]() {
     using namespace runtime;
     // The bench's own step count replaces the config's length, whether given in steps or in
@@ -94,6 +100,11 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
     targs.overrides.push_back(fmt::format("train.steps={}", bench_warmup + bench_steps));
     targs.overrides.push_back("train.epochs=-1");
     targs.overrides.push_back("log.every=1000000000");
+    if (!profile_dir.empty()) {
+      targs.overrides.push_back(fmt::format("train.profile.start={}", bench_warmup + 1));
+      targs.overrides.push_back(fmt::format("train.profile.steps={}", bench_steps));
+      targs.overrides.push_back("train.profile.dir=" + files::Absolute(profile_dir));
+    }
     Config cfg = SetUpRun(world, targs, {world.world_size(), /*need_train=*/true}, "bench_train");
     TrainingSetup run = SetUpTraining(world, cfg);
     Trainer& trainer = *run.trainer;
@@ -149,6 +160,7 @@ void AddBenchCommand(CLI::App& app, runtime::World& world) {
         {"comm_wait_fraction", comm / wall},  // rank 0 blocked in Communicator waits: exposed comm
         {"peak_rss_bytes", PeakRssBytes()},
     };
+    if (!profile_dir.empty()) j["profile_dir"] = files::Absolute(profile_dir);
     const std::string device_name = compat::DeviceName(device);
     const double peak = peak_tflops > 0   ? peak_tflops
                         : cfg.run.peak_tflops > 0 ? cfg.run.peak_tflops

@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef FTUNE_WITH_NCCL  // defined exactly when libtorch has CUDA
@@ -17,6 +18,10 @@
 #include <cuda_runtime_api.h>
 #include <torch/cuda.h>
 #define FTUNE_HAS_C10_CUDA 1
+#if __has_include(<nvtx3/nvToolsExt.h>)  // the CUDA toolkit's header-only NVTX 3
+#include <nvtx3/nvToolsExt.h>
+#define FTUNE_HAS_NVTX 1
+#endif
 #endif
 
 namespace ftune::compat {
@@ -240,5 +245,44 @@ class SyncCounter {
   std::vector<std::string> messages_;
 };
 #endif
+
+// NVTX ranges, which nsys shows on its timeline: in CUDA builds where the toolkit has nvtx3;
+// no-ops elsewhere (and cheap while no tool listens).
+inline void NvtxPush(const char* name) {
+#ifdef FTUNE_HAS_NVTX
+  nvtxRangePushA(name);
+#else
+  (void)name;
+#endif
+}
+inline void NvtxPop() {
+#ifdef FTUNE_HAS_NVTX
+  nvtxRangePop();
+#endif
+}
+
+// A profiler event's (torch::autograd::profiler::KinetoEvent) start and duration in ns: libtorch
+// 2.x has startNs() / durationNs(), 1.13 startUs() / durationUs().
+template <class Event, class = void>
+struct HasNsTimes : std::false_type {};
+template <class Event>
+struct HasNsTimes<Event, std::void_t<decltype(std::declval<const Event&>().durationNs())>>
+    : std::true_type {};
+template <class Event>
+int64_t EventStartNs(const Event& e) {
+  if constexpr (HasNsTimes<Event>::value) {
+    return static_cast<int64_t>(e.startNs());
+  } else {
+    return static_cast<int64_t>(e.startUs()) * 1000;
+  }
+}
+template <class Event>
+int64_t EventDurationNs(const Event& e) {
+  if constexpr (HasNsTimes<Event>::value) {
+    return static_cast<int64_t>(e.durationNs());
+  } else {
+    return static_cast<int64_t>(e.durationUs()) * 1000;
+  }
+}
 
 }  // namespace ftune::compat

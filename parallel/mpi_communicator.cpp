@@ -8,6 +8,7 @@
 #include "parallel/communicator.h"
 #include "parallel/flight_recorder.h"
 #include "parallel/mpi_check.h"
+#include "parallel/trace_range.h"
 #include "parallel/watchdog.h"
 
 namespace ftune::parallel {
@@ -122,6 +123,7 @@ class MpiWork : public Work {
   void Wait() override {
     if (done_) return;
     done_ = true;
+    TraceRange range("ftune::communication");
     WaitRequest(&req_, ticket_, timeout_s_);
     if (finish_) finish_();
   }

@@ -34,6 +34,7 @@
 #include "parallel/communicator.h"
 #include "parallel/flight_recorder.h"
 #include "parallel/mpi_check.h"
+#include "parallel/trace_range.h"
 #include "parallel/watchdog.h"
 
 namespace ftune::parallel {
@@ -383,6 +384,7 @@ class NcclCommunicator : public Communicator {
 void NcclWork::Wait() {
   if (waited_) return;
   waited_ = true;
+  TraceRange range("ftune::communication");
   const auto start = std::chrono::steady_clock::now();
   auto& recorder = FlightRecorder::Get();
   if (!done_.query()) {

@@ -47,6 +47,30 @@ struct RunConfig {
   }
 };
 
+// A window of profiled training steps (runtime/profiler.h): a trace per rank and, on rank 0,
+// a table of the top ops at the end of the window.
+struct ProfileConfig {
+  int64_t start = 0;               // first profiled step (1-based); 0 = no profiling
+  int64_t steps = 3;               // steps in the window: start .. start + steps - 1
+  std::string dir = "profile";     // <dir>/rank<r>.pt.trace.json, relative to run.output_dir
+  int64_t top = 15;                // rows of rank 0's table of ops (CPU) or kernels (GPU)
+
+  template <class V>
+  void VisitFields(V& v) {
+    v("start", start, "first profiled step (1-based); 0 = no profiling");
+    v("steps", steps, "profiled steps from start on");
+    v("dir", dir, "trace directory, one rank<r>.pt.trace.json per rank (relative to "
+      "run.output_dir unless absolute)");
+    v("top", top, "rows of the top-ops table printed on rank 0 at the end of the window");
+  }
+  void Validate() const {
+    CheckRange<int64_t>("start", start, 0, int64_t(1) << 40);
+    CheckRange<int64_t>("steps", steps, 1, 1 << 20);
+    CheckRange<int64_t>("top", top, 1, 1000);
+    if (dir.empty()) throw ConfigKeyError("dir", "must name a directory");
+  }
+};
+
 struct TrainConfig {
   int64_t steps = -1;         // optimizer steps; exactly one of steps / epochs is set
   double epochs = -1;         // passes over the training split (fractions allowed)
@@ -61,6 +85,7 @@ struct TrainConfig {
   // Which weights become <run>/final: "last" (the end of training) or "best" (the checkpoint of
   // the eval step with the lowest eval loss, <run>/best.json; needs eval.every).
   std::string export_which = "last";
+  ProfileConfig profile;      // a window of profiled steps (off by default)
 
   template <class V>
   void VisitFields(V& v) {
@@ -76,6 +101,7 @@ struct TrainConfig {
     v("max_bad_steps", max_bad_steps, "consecutive non-finite steps tolerated");
     v("export", export_which,
       "last | best: <run>/final from the last step or the best eval step's checkpoint");
+    v("profile", profile, "a window of profiled steps: traces per rank and a top-ops table");
   }
   void Validate() const {
     if (steps == 0 || steps < -1) throw ConfigKeyError("steps", "must be > 0 or -1");

@@ -7,6 +7,7 @@
 #include "runtime/log.h"
 #include "runtime/lr_schedule.h"
 #include "runtime/metrics.h"
+#include "runtime/profiler.h"
 #include "runtime/run_setup.h"
 #include "runtime/signals.h"
 #include "runtime/tensorboard.h"
@@ -69,7 +70,9 @@ torch::Tensor Trainer::MicroBatchLoss(const data::Batch& b, double inv_targets) 
   // costs more time than the memory it saves.
   const int64_t local_vocab = pm_->model().config().vocab_size / grid_.tp();
   const int64_t chunk = std::max<int64_t>(1024, (int64_t(1) << 30) / (4 * local_vocab));
+  parallel::TraceRange phase("ftune::forward");
   auto ls = models::CausalLmLoss(pm_->model(), b.tokens, b.targets, b.loss_mask, opt, chunk);
+  phase.Next("ftune::backward");
   (ls.loss_sum * inv_targets).backward();
   return ls.loss_sum.detach().to(torch::kDouble);
 }
@@ -80,6 +83,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
   auto& dp = pm_->data_parallel();
   StepStats s;
   s.step = step_ + 1;
+  ProfileWindow profile(cfg_, s.step, total_steps, world_.rank());
   // The loss denominator: target tokens of all micro-batches on all dp x cp ranks (host integers
   // from the loader, over the control communicator: no device involved).
   int64_t local_targets = 0, local_tokens = 0;
@@ -121,6 +125,7 @@ StepStats Trainer::TrainStep(const std::vector<data::Batch>& micro, int64_t tota
   if (std::isfinite(s.loss) && std::isfinite(s.grad_norm)) {
     const double clip = cfg_.train.clip;
     const double scale = clip > 0 ? std::min(1.0, clip / (s.grad_norm + 1e-6)) : 1.0;
+    parallel::TraceRange phase("ftune::optimizer");
     dp.Step({s.lr, cfg_.optim.beta1, cfg_.optim.beta2, cfg_.optim.eps, cfg_.optim.weight_decay,
              scale, s.step - bad_total_, cfg_.optim.fused});
     bad_steps_ = 0;
