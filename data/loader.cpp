@@ -201,7 +201,8 @@ struct Loader::Impl {
     for (int64_t s : ids) {
       if (s >= 0) longest = std::max(longest, std::min<int64_t>(doc_len[s], opts.seq_len));
     }
-    const int64_t m = std::lcm(opts.pad_to_multiple, int64_t(2) * opts.cp_size);
+    const int64_t cp_chunks = opts.cp_size > 1 ? 2 * int64_t(opts.cp_size) : 1;
+    const int64_t m = std::lcm(opts.pad_to_multiple, cp_chunks);
     return std::min(opts.seq_len, (longest + m - 1) / m * m);
   }
 

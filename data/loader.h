@@ -19,9 +19,9 @@
 //
 // Width. Packed rows are T = seq_len wide. An unpacked batch is cut to its longest row (the
 // tokens of its longest document, at most seq_len) rounded up to a multiple of pad_to_multiple
-// and of 2 * cp_size (capped at seq_len): the cut columns are padding in every row (loss mask 0), so a batch of
-// short examples costs its own length, not seq_len. The width is a function of the batch's
-// samples only: a restored loader produces the same batches.
+// and of 2 * cp_size (capped at seq_len): the cut columns are padding in every row (loss mask
+// 0), so a batch of short examples costs its own length, not seq_len. The width is a function
+// of the batch's samples only: a restored loader (or another cp rank) makes the same batches.
 //
 // Batch tensors, with B = micro_batch and T = the batch's width (above; T / cp_size under
 // context parallelism: this rank's chunks, positions global, num_targets its own):

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "data/loader.h"
 #include "data/shards.h"
@@ -113,6 +114,29 @@ TEST(LoaderWidth, CutBatchIsThePrefixOfTheFullWidthBatch) {
   const Batch a = again.Next(), c = cut.Next();
   EXPECT_TRUE(torch::equal(a.tokens, c.tokens));
   EXPECT_TRUE(torch::equal(a.sample_ids, c.sample_ids));
+}
+
+TEST(LoaderWidth, ContextParallelRanksGetTheirChunksOfOneWidth) {
+  const auto dir = MakeDataset("cp", 16);
+  auto o = Opts(dir, 1);
+  Loader one(o);
+  o.cp_size = 2;  // the width is a multiple of 2 * 2 = 4 (pad_to_multiple 1)
+  std::vector<std::unique_ptr<Loader>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    o.cp_rank = r;
+    ranks.push_back(std::make_unique<Loader>(o));
+  }
+  for (int64_t k = 0; k < 4; ++k) {
+    const Batch whole = one.Next();
+    const int64_t width = k == 1 ? kSeqLen : (Longest(k) + 3) / 4 * 4;  // batch 1: seq_len
+    int64_t targets = 0;
+    for (auto& l : ranks) {
+      const Batch b = l->Next();
+      EXPECT_EQ(b.tokens.sizes(), (std::vector<int64_t>{4, width / 2})) << k;
+      targets += b.num_targets;
+    }
+    EXPECT_EQ(targets, whole.num_targets) << k;
+  }
 }
 
 TEST(LoaderWidth, FillerRowsOnlyAndPackedRows) {
