@@ -22,9 +22,10 @@ print("cut : tokens/step %(tokens_per_step)s, step %(step_ms_median).1f ms, peak
 print("full: tokens/step %(tokens_per_step)s, step %(step_ms_median).1f ms, peak RSS %(peak_rss_bytes)d B" % full)
 assert full["tokens_per_step"] == 2048, full
 assert 0 < cut["tokens_per_step"] <= 64 and cut["tokens_per_step"] % 8 == 0, cut
-# The padded step holds (1, 4, 2048, 2048) fp32 attention scores per layer (64 MB each, 2 layers,
-# kept for backward on libtorch 1.13): well over 100 MB that the cut step never allocates.
-assert full["peak_rss_bytes"] - cut["peak_rss_bytes"] > 100 << 20, (cut, full)
+# The padded step keeps 2048 positions of activations, logits and block-wise attention tiles
+# (a 512-query tile against 2048 keys is 16 MB in fp32) where the cut one keeps <= 64: about
+# 50 MB more on libtorch 1.13 (more with explicit attention scores). Its time is ~30x, asked 3x.
+assert full["peak_rss_bytes"] - cut["peak_rss_bytes"] > 16 << 20, (cut, full)
 assert full["step_ms_median"] > 3 * cut["step_ms_median"], (cut, full)
 PY
 
