@@ -24,7 +24,7 @@ printf 'run:\n  output_dir: %s/run\nparallel:\n  dp: 3\n' "$WORK" > layout.yaml
 timeout 120 $MPIRUN -np 2 "$FTUNE" env --config layout.yaml > layout.out 2>&1; rc=$?
 check "dp*tp != world size exits non-zero" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
 check "layout error names both keys and the world size" \
-  "grep -q 'parallel.dp \* parallel.tp = 3 \* 1 does not equal the world size 2' layout.out"
+  "grep -q 'parallel.dp \* parallel.cp \* parallel.tp = 3 \* 1 \* 1 does not equal the world size 2' layout.out"
 
 printf 'run:\n  output_dir: %s/run\ntrain:\n  micro_batch: 3\n' "$WORK" > good.yaml
 $MPIRUN -np 2 "$FTUNE" env --config good.yaml --set optim.lr=0.5 > good.out 2>&1; rc=$?
